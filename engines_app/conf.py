@@ -1,0 +1,67 @@
+"""Engine settings, read from ``settings.LEVIPANEL`` when asked for, never at import time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from .runtime.engine import symbol_problem
+from .runtime.recovery import RecoverySettings
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    symbols: list[str]
+    cycle_interval: float
+    cycle_interval_overrides: dict[str, float]
+    health_check_interval: float
+    heartbeat_timeout: float
+    max_restarts_per_hour: int
+    backoff_base: float
+    backoff_cap: float
+    backoff_jitter: float
+    stable_after: float
+    flush_interval: float
+    poll_interval: float
+    stop_timeout: float
+    log_dir: Path
+
+    def cycle_interval_for(self, symbol: str) -> float:
+        return self.cycle_interval_overrides.get(symbol, self.cycle_interval)
+
+    def recovery(self) -> RecoverySettings:
+        return RecoverySettings(
+            max_restarts_per_hour=self.max_restarts_per_hour,
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            jitter=self.backoff_jitter,
+            stable_after=self.stable_after,
+        )
+
+
+def engine_settings() -> EngineSettings:
+    raw = settings.LEVIPANEL
+    return EngineSettings(**{key.lower(): value for key, value in raw.items()})
+
+
+def problems() -> list[str]:
+    """Every invalid engine setting, as 'VARIABLE: what is wrong'."""
+    found = [
+        f"{name}: {' '.join(messages)}"
+        for name, messages in getattr(settings, "LEVIPANEL_ENV_ERRORS", {}).items()
+    ]
+    raw = settings.LEVIPANEL
+    for symbol in raw["SYMBOLS"] or []:
+        if problem := symbol_problem(symbol):
+            found.append(f"LEVIPANEL_SYMBOLS: {symbol!r}: {problem}")
+    for symbol, interval in (raw["CYCLE_INTERVAL_OVERRIDES"] or {}).items():
+        if problem := symbol_problem(symbol):
+            found.append(f"LEVIPANEL_CYCLE_INTERVAL_OVERRIDES: {symbol!r}: {problem}")
+        if interval is not None and interval <= 0:
+            found.append(f"LEVIPANEL_CYCLE_INTERVAL_OVERRIDES: {symbol}: must be greater than 0")
+    base, cap = raw["BACKOFF_BASE"], raw["BACKOFF_CAP"]
+    if base is not None and cap is not None and cap < base:
+        found.append("LEVIPANEL_BACKOFF_CAP: must not be smaller than LEVIPANEL_BACKOFF_BASE")
+    return found

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from .runtime.engine import EngineConfig, symbol_problem
+from .runtime.errors import ConfigError
+
+
+def validate_symbol(value: str) -> None:
+    if problem := symbol_problem(value):
+        raise ValidationError(problem, code="invalid_symbol")
+
+
+class Engine(models.Model):
+    """One symbol's engine: what operators want (desired state, config) and what the
+    runner reports (status, heartbeat, trading results)."""
+
+    class DesiredState(models.TextChoices):
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
+    class Status(models.TextChoices):
+        STARTING = "starting", "Starting"
+        RUNNING = "running", "Running"
+        BACKOFF = "backoff", "Waiting to restart"
+        CRASHED = "crashed", "Crashed"
+        STOPPING = "stopping", "Stopping"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed (needs an operator)"
+
+    # Operator-owned.
+    symbol = models.CharField(
+        max_length=20, unique=True, validators=[validate_symbol], help_text="e.g. BTCUSDT"
+    )
+    desired_state = models.CharField(
+        max_length=10, choices=DesiredState, default=DesiredState.RUNNING
+    )
+    cycle_interval = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Seconds between trading cycles; empty uses the default (1 s).",
+    )
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Per-engine options, e.g. {"crash_probability": 0.01, "seed": 7}.',
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # Runner-owned: written by the runner only, read-only everywhere else.
+    status = models.CharField(max_length=10, choices=Status, default=Status.STOPPED)
+    status_reason = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    error_count = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    position = models.FloatField(null=True, blank=True)
+    daily_pnl = models.FloatField(default=0.0)
+    total_pnl = models.FloatField(default=0.0)
+    trade_count = models.PositiveIntegerField(default=0)
+    restart_attempt = models.PositiveIntegerField(
+        default=0, help_text="Attempt n of the current crash streak."
+    )
+    restart_budget_left = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Restarts left in the sliding one-hour window."
+    )
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    failures_reset_at = models.DateTimeField(
+        null=True, blank=True, help_text="An operator restart; earlier restarts no longer count."
+    )
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["symbol"]
+        permissions = [("control_engine", "Can start, stop and restart engines")]
+
+    def __str__(self) -> str:
+        return self.symbol
+
+    def clean(self) -> None:
+        try:
+            self.engine_config(default_interval=1.0).validate()
+        except ConfigError as exc:
+            raise ValidationError({"config": str(exc)}) from exc
+
+    def engine_config(self, *, default_interval: float) -> EngineConfig:
+        """The runtime config of this engine; raises ConfigError when it is invalid."""
+        options = self.config if isinstance(self.config, dict) else None
+        if options is None:
+            raise ConfigError("config must be a JSON object")
+        interval = self.cycle_interval if self.cycle_interval is not None else default_interval
+        try:
+            return EngineConfig.from_options(self.symbol, interval, options)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+class EngineRestart(models.Model):
+    """A restart decided by the recovery policy: when, why, which attempt, how long a wait."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="restarts")
+    at = models.DateTimeField(db_index=True)
+    reason = models.TextField()
+    attempt = models.PositiveIntegerField()
+    backoff_seconds = models.FloatField()
+
+    class Meta:
+        ordering = ["-at"]
+        get_latest_by = "at"
+
+    def __str__(self) -> str:
+        return f"{self.engine} restart {self.attempt} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class EngineError(models.Model):
+    """An error an engine raised, whether it survived it or crashed."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="errors")
+    at = models.DateTimeField(db_index=True)
+    type = models.CharField(max_length=100)
+    message = models.TextField()
+    traceback = models.TextField(blank=True)
+    fatal = models.BooleanField(default=False)
+    crashed = models.BooleanField(default=False, help_text="The engine's task ended on it.")
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.engine} {self.type} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class EngineCommand(models.Model):
+    """An operator's command: who asked what, when, and when the runner carried it out."""
+
+    class Action(models.TextChoices):
+        START = "start", "Start"
+        STOP = "stop", "Stop"
+        RESTART = "restart", "Restart"
+        ADD = "add", "Add"
+        REMOVE = "remove", "Remove"
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    engine = models.ForeignKey(
+        Engine, on_delete=models.SET_NULL, null=True, blank=True, related_name="commands"
+    )
+    symbol = models.CharField(max_length=20, db_index=True)
+    action = models.CharField(max_length=10, choices=Action)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    source = models.CharField(max_length=20, default="shell", help_text="admin, api, dashboard …")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    acked_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    outcome = models.CharField(max_length=10, choices=Outcome, default=Outcome.PENDING)
+    message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.symbol} ({self.outcome})"

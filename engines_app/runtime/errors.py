@@ -1,0 +1,37 @@
+"""Engine errors, classed by what recovery should do with them."""
+
+
+class EngineError(Exception):
+    """Base of the errors an engine raises on purpose."""
+
+
+class FatalEngineError(EngineError):
+    """Retrying cannot help (bad config, invalid symbol, rejected credentials): fail at once."""
+
+
+class ConfigError(FatalEngineError):
+    """The engine's configuration is invalid."""
+
+
+class InvalidSymbolError(FatalEngineError):
+    """The symbol is malformed or unknown to the market."""
+
+
+class AuthError(FatalEngineError):
+    """The exchange refused the credentials."""
+
+
+class CrashError(EngineError):
+    """Ends the engine's task at once (the cycle does not swallow it); retryable."""
+
+
+class InjectedCrash(CrashError):
+    """A crash asked for by failure injection (demos and tests)."""
+
+
+class HeartbeatTimeout(CrashError):
+    """The engine stopped heart-beating: it is hung and was cancelled."""
+
+
+def is_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, FatalEngineError)

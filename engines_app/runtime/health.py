@@ -1,0 +1,46 @@
+"""Health monitor: catches hung engines. Crashes are seen at once by the manager."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .manager import EngineManager
+
+
+class HealthMonitor:
+    """Every ``check_interval`` seconds, treat a running engine whose heartbeat is older
+    than ``heartbeat_timeout`` as hung: the manager cancels it and recovery takes over."""
+
+    def __init__(
+        self,
+        manager: EngineManager,
+        *,
+        check_interval: float = 30.0,
+        heartbeat_timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.manager = manager
+        self.check_interval = check_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.clock = clock
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            self.check()
+
+    def check(self) -> list[str]:
+        """Recover every hung engine now; return their symbols."""
+        horizon = self.clock() - self.heartbeat_timeout
+        hung = [
+            symbol
+            for symbol, slot in self.manager.slots.items()
+            if slot.is_running and (slot.engine.last_heartbeat or 0) < horizon
+        ]
+        for symbol in hung:
+            self.manager.recover_hung(symbol, self.heartbeat_timeout)
+        return hung

@@ -1,0 +1,282 @@
+"""Engine manager: starts, stops and restarts engine tasks and reacts to their failures."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from functools import partial
+
+from .engine import EngineConfig, EngineState, TradingEngine
+from .errors import HeartbeatTimeout, is_fatal
+from .events import ErrorRaised, Event, RestartScheduled, StatusChanged
+from .recovery import RecoveryPolicy
+
+log = logging.getLogger("levipanel.engine")
+
+
+class Status(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    CRASHED = "crashed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class Slot:
+    """The manager's record of one symbol: its config, live engine and task."""
+
+    __slots__ = (
+        "config",
+        "engine",
+        "task",
+        "status",
+        "reason",
+        "stopping",
+        "retry",
+        "next_retry_at",
+    )
+
+    def __init__(self, config: EngineConfig, state: EngineState) -> None:
+        self.config = config
+        self.engine = TradingEngine(config, state=state)
+        self.task: asyncio.Task[None] | None = None
+        self.status = Status.STOPPED
+        self.reason = ""
+        self.stopping = False
+        self.retry: asyncio.TimerHandle | None = None
+        self.next_retry_at: float | None = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.status == Status.RUNNING and self.task is not None
+
+
+class EngineManager:
+    """Own every engine task (strong references), one per symbol, none sharing a fate."""
+
+    def __init__(
+        self,
+        *,
+        policy: RecoveryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.policy = policy or RecoveryPolicy(clock=clock)
+        self.clock = clock
+        self.stop_timeout = stop_timeout
+        self.slots: dict[str, Slot] = {}
+        self.events: list[Event] = []
+        self.changed = asyncio.Event()
+
+    # Commands ---------------------------------------------------------------------------
+
+    def start(self, config: EngineConfig, *, state: EngineState | None = None) -> bool:
+        """Start an engine unless it is already running; False when it was."""
+        slot = self.slots.get(config.symbol)
+        if slot is None:
+            slot = self.slots[config.symbol] = Slot(config, state or EngineState())
+        elif slot.task is not None and not slot.stopping:
+            return False
+        slot.config = config
+        self._cancel_retry(slot)
+        self._launch(slot)
+        return True
+
+    def adopt(
+        self,
+        config: EngineConfig,
+        state: EngineState | None,
+        status: Status,
+        reason: str,
+        *,
+        emit: bool = True,
+    ) -> None:
+        """Track an engine that is not to run now (stopped, or failed before)."""
+        slot = self.slots.get(config.symbol)
+        if slot is None:
+            slot = self.slots[config.symbol] = Slot(config, state or EngineState())
+        if emit:
+            self._set_status(slot, status, reason)
+        else:
+            slot.status = status
+
+    def fail(self, symbol: str, exc: BaseException) -> None:
+        """Hand a failure found outside the engine's task (e.g. a bad config) to recovery."""
+        self._failed(self.slots[symbol], exc)
+
+    def start_all(self, configs: Iterable[EngineConfig]) -> int:
+        return sum(self.start(config) for config in configs)
+
+    async def stop(self, symbol: str, *, reason: str = "stopped") -> None:
+        """Stop gracefully: the current cycle finishes, then the task ends. A hung engine
+        is cancelled after ``stop_timeout``."""
+        slot = self.slots.get(symbol)
+        if slot is None:
+            return
+        self._cancel_retry(slot)
+        task = slot.task
+        if task is None:
+            if slot.status != Status.STOPPED:
+                self._set_status(slot, Status.STOPPED, reason)
+            return
+        slot.stopping = True
+        slot.reason = reason
+        self._set_status(slot, Status.STOPPING, reason)
+        if slot.engine.request_stop():
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=self.stop_timeout)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def stop_all(self, *, reason: str = "stopped") -> None:
+        await asyncio.gather(*(self.stop(symbol, reason=reason) for symbol in list(self.slots)))
+
+    async def restart(self, symbol: str, config: EngineConfig | None = None) -> None:
+        """Stop and start again, with a fresh failure budget (an operator asked for it)."""
+        slot = self.slots.get(symbol)
+        if slot is None and config is None:
+            raise KeyError(symbol)
+        await self.stop(symbol, reason="restarting")
+        self.policy.reset(symbol)
+        self.start(config or slot.config)
+
+    async def remove(self, symbol: str) -> None:
+        await self.stop(symbol, reason="removed")
+        self.slots.pop(symbol, None)
+
+    def recover_hung(self, symbol: str, timeout: float) -> None:
+        """Cancel a hung engine and hand it to recovery as a failure."""
+        slot = self.slots[symbol]
+        task, slot.task = slot.task, None
+        if task is not None:
+            task.cancel()
+        self._failed(slot, HeartbeatTimeout(f"no heartbeat for {timeout:.0f}s"))
+
+    # Reading ----------------------------------------------------------------------------
+
+    def drain_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        self.changed.clear()
+        return events
+
+    def summary(self) -> dict[str, int]:
+        counts = {"total": len(self.slots)} | {status.value: 0 for status in Status}
+        for slot in self.slots.values():
+            counts[slot.status] += 1
+        return counts
+
+    # Engine listener --------------------------------------------------------------------
+
+    def engine_started(self, engine: TradingEngine) -> None:
+        slot = self.slots.get(engine.symbol)
+        if slot is not None and slot.engine is engine:
+            self._set_status(slot, Status.RUNNING, "", started_at=engine.started_at)
+
+    def engine_error(self, engine: TradingEngine, exc: BaseException) -> None:
+        self._emit(_error_event(engine.symbol, self.clock(), exc, crashed=False))
+
+    # Internals --------------------------------------------------------------------------
+
+    def _launch(self, slot: Slot) -> None:
+        state = slot.engine.state
+        slot.engine = TradingEngine(slot.config, listener=self, state=state, clock=self.clock)
+        slot.stopping = False
+        slot.next_retry_at = None
+        self._set_status(slot, Status.STARTING, "")
+        task = asyncio.create_task(slot.engine.run(), name=f"engine:{slot.config.symbol}")
+        slot.task = task
+        task.add_done_callback(partial(self._on_done, slot))
+
+    def _on_done(self, slot: Slot, task: asyncio.Task[None]) -> None:
+        if slot.task is not task:
+            return  # already handled (a hung task cancelled by recover_hung)
+        slot.task = None
+        exc = None if task.cancelled() else task.exception()
+        if exc is None or slot.stopping:
+            self._set_status(slot, Status.STOPPED, slot.reason if slot.stopping else "")
+            slot.stopping = False
+        else:
+            self._failed(slot, exc)
+
+    def _failed(self, slot: Slot, exc: BaseException) -> None:
+        now, symbol, engine = self.clock(), slot.config.symbol, slot.engine
+        fatal = is_fatal(exc)
+        engine.state.error_count += 1
+        engine.state.last_error = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "Engine %s crashed: %s",
+            symbol,
+            engine.state.last_error,
+            extra={"symbol": symbol},
+            exc_info=exc,
+        )
+        self._emit(_error_event(symbol, now, exc, crashed=True))
+        self._set_status(slot, Status.CRASHED, engine.state.last_error)
+        ran_for = now - engine.started_at if engine.started_at else 0.0
+        decision = self.policy.on_failure(symbol, fatal=fatal, ran_for=ran_for)
+        if not decision.restart:
+            log.error("Engine %s failed: %s", symbol, decision.reason, extra={"symbol": symbol})
+            self._set_status(
+                slot,
+                Status.FAILED,
+                f"{decision.reason} ({engine.state.last_error})",
+                attempt=decision.attempt,
+                budget_left=decision.budget_left,
+            )
+            return
+        slot.next_retry_at = now + decision.delay
+        self._emit(
+            RestartScheduled(symbol, now, engine.state.last_error, decision.attempt, decision.delay)
+        )
+        log.warning(
+            "Engine %s restarts in %.1fs (attempt %d, %d left this hour)",
+            symbol,
+            decision.delay,
+            decision.attempt,
+            decision.budget_left,
+            extra={"symbol": symbol},
+        )
+        self._set_status(
+            slot,
+            Status.BACKOFF,
+            engine.state.last_error,
+            attempt=decision.attempt,
+            next_retry_at=slot.next_retry_at,
+            budget_left=decision.budget_left,
+        )
+        loop = asyncio.get_running_loop()
+        slot.retry = loop.call_later(decision.delay, self._retry_due, slot)
+
+    def _retry_due(self, slot: Slot) -> None:
+        slot.retry = None
+        if self.slots.get(slot.config.symbol) is slot and slot.task is None:
+            self._launch(slot)
+
+    def _cancel_retry(self, slot: Slot) -> None:
+        if slot.retry is not None:
+            slot.retry.cancel()
+            slot.retry = None
+        slot.next_retry_at = None
+
+    def _set_status(self, slot: Slot, status: Status, reason: str, **extra: object) -> None:
+        slot.status = status
+        symbol = slot.config.symbol
+        extra.setdefault("attempt", self.policy.attempt(symbol))
+        extra.setdefault("budget_left", self.policy.budget_left(symbol))
+        self._emit(StatusChanged(symbol, status.value, self.clock(), reason, **extra))
+
+    def _emit(self, event: Event) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+
+def _error_event(symbol: str, at: float, exc: BaseException, *, crashed: bool) -> ErrorRaised:
+    trace = "".join(traceback.format_exception(exc))
+    return ErrorRaised(symbol, at, type(exc).__name__, str(exc), trace, is_fatal(exc), crashed)

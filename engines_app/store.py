@@ -1,0 +1,224 @@
+"""The runner's one boundary with the ORM. Plain synchronous functions: the runner calls
+them through ``sync_to_async`` so every query runs on one thread with one connection."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.db import connection, transaction
+from django.db.models import F, Q
+
+from .models import Engine, EngineCommand, EngineError, EngineRestart
+from .runtime.engine import EngineConfig, EngineState
+from .runtime.errors import ConfigError
+from .runtime.events import ErrorRaised, RestartScheduled
+from .signals import engines_written
+
+
+def to_datetime(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True)
+class ControlRow:
+    """What operators own of one engine, enough to notice any change to it."""
+
+    id: int
+    symbol: str
+    desired_state: str
+    cycle_interval: float | None
+    config_key: str
+
+    def engine_config(self, default_interval: float) -> EngineConfig:
+        options = json.loads(self.config_key)
+        if not isinstance(options, dict):
+            raise ConfigError("config must be a JSON object")
+        interval = self.cycle_interval if self.cycle_interval is not None else default_interval
+        try:
+            config = EngineConfig.from_options(self.symbol, interval, options)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+        return config
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    id: int
+    status: str
+    reason: str
+    started_at: float | None
+    attempt: int
+    budget_left: int | None
+    next_retry_at: float | None
+    error_count: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class HeartbeatRow:
+    id: int
+    last_heartbeat: float | None
+    error_count: int
+    last_error: str | None
+    position: float | None
+    daily_pnl: float
+    total_pnl: float
+    trade_count: int
+
+
+def seed_engines(symbols: list[str]) -> list[str]:
+    """On an empty table, create the configured symbols, desired running."""
+    if Engine.objects.exists():
+        return []
+    Engine.objects.bulk_create([Engine(symbol=symbol) for symbol in symbols])
+    return symbols
+
+
+def ensure_engines(symbols: list[str]) -> list[str]:
+    """Create the given symbols that do not exist yet (``runengines --symbols``)."""
+    existing = set(Engine.objects.filter(symbol__in=symbols).values_list("symbol", flat=True))
+    missing = [symbol for symbol in symbols if symbol not in existing]
+    Engine.objects.bulk_create([Engine(symbol=symbol) for symbol in missing])
+    return missing
+
+
+def control_rows(symbols: list[str] | None = None) -> dict[str, ControlRow]:
+    """Every engine's operator-owned fields: one cheap query the runner polls."""
+    rows = Engine.objects.values_list("id", "symbol", "desired_state", "cycle_interval", "config")
+    if symbols is not None:
+        rows = rows.filter(symbol__in=symbols)
+    return {
+        symbol: ControlRow(pk, symbol, desired, interval, json.dumps(config, sort_keys=True))
+        for pk, symbol, desired, interval, config in rows
+    }
+
+
+def load_states(symbols: list[str]) -> dict[str, tuple[str, EngineState]]:
+    """Each engine's last status and the counters that survive a runner restart."""
+    fields = ("symbol", "status", "error_count", "last_error", "position", "daily_pnl",
+              "total_pnl", "trade_count")  # fmt: skip
+    out = {}
+    for symbol, status, *values in Engine.objects.filter(symbol__in=symbols).values_list(*fields):
+        errors, last_error, position, daily, total, trades = values
+        out[symbol] = (status, EngineState(errors, last_error or None, position, daily, total,
+                                           trades))  # fmt: skip
+    return out
+
+
+def restart_history(window: float, now: float) -> dict[str, tuple[list[float], int]]:
+    """Per symbol: restart times inside the window and the last attempt number."""
+    since = to_datetime(now - window)
+    history: dict[str, tuple[list[float], int]] = {}
+    rows = (
+        EngineRestart.objects.filter(at__gt=since)
+        .filter(Q(engine__failures_reset_at=None) | Q(engine__failures_reset_at__lt=F("at")))
+        .order_by("at")
+        .values_list("engine__symbol", "at", "attempt")
+    )
+    for symbol, at, attempt in rows:
+        times, _ = history.get(symbol, ([], 0))
+        times.append(at.timestamp())
+        history[symbol] = (times, attempt)
+    return history
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    id: int
+    symbol: str
+    action: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    id: int
+    outcome: str
+    message: str
+
+
+def pending_commands(after_id: int, symbols: list[str] | None = None) -> list[CommandRow]:
+    """Commands not carried out yet, oldest first."""
+    rows = EngineCommand.objects.filter(acked_at=None, id__gt=after_id)
+    if symbols is not None:
+        rows = rows.filter(symbol__in=symbols)
+    return [CommandRow(*row) for row in rows.order_by("id").values_list("id", "symbol", "action")]
+
+
+def write(
+    *,
+    statuses: list[StatusRow],
+    errors: list[EngineError],
+    restarts: list[EngineRestart],
+    heartbeats: list[HeartbeatRow],
+    acks: list[Ack] = (),
+) -> None:
+    """Everything the runner has to say, in one transaction; then tell the receivers."""
+    if not (statuses or errors or restarts or heartbeats or acks):
+        return
+    now = datetime.now(UTC)
+    with transaction.atomic():
+        for ack in acks:
+            EngineCommand.objects.filter(id=ack.id).update(
+                acked_at=now, outcome=ack.outcome, message=ack.message
+            )
+        for row in statuses:
+            Engine.objects.filter(id=row.id).update(
+                status=row.status,
+                status_reason=row.reason,
+                started_at=to_datetime(row.started_at),
+                restart_attempt=row.attempt,
+                restart_budget_left=row.budget_left,
+                next_retry_at=to_datetime(row.next_retry_at),
+                error_count=row.error_count,
+                last_error=row.last_error or "",
+                updated_at=now,
+            )
+        EngineError.objects.bulk_create(errors)
+        EngineRestart.objects.bulk_create(restarts)
+        if heartbeats:
+            _flush_heartbeats(heartbeats, now)
+    engines_written.send(
+        sender=Engine, statuses=statuses, errors=errors, restarts=restarts,
+        heartbeats=bool(heartbeats), acks=acks,
+    )  # fmt: skip
+
+
+def _flush_heartbeats(rows: list[HeartbeatRow], now: datetime) -> None:
+    # One executemany UPDATE: ~1 ms for 500 rows, where bulk_update's CASE takes ~100 ms.
+    table = connection.ops.quote_name(Engine._meta.db_table)
+    columns = ("last_heartbeat", "error_count", "last_error", "position", "daily_pnl",
+               "total_pnl", "trade_count", "updated_at")  # fmt: skip
+    assignments = ", ".join(f"{connection.ops.quote_name(c)} = %s" for c in columns)
+    adapt = connection.ops.adapt_datetimefield_value
+    stamp = adapt(now)
+    params = [
+        (adapt(to_datetime(r.last_heartbeat)), r.error_count, r.last_error or "", r.position,
+         r.daily_pnl, r.total_pnl, r.trade_count, stamp, r.id)
+        for r in rows
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
+
+
+def error_row(engine_id: int, event: ErrorRaised) -> EngineError:
+    return EngineError(
+        engine_id=engine_id,
+        at=to_datetime(event.at),
+        type=event.type[:100],
+        message=event.message,
+        traceback=event.traceback,
+        fatal=event.fatal,
+        crashed=event.crashed,
+    )
+
+
+def restart_row(engine_id: int, event: RestartScheduled) -> EngineRestart:
+    return EngineRestart(
+        engine_id=engine_id,
+        at=to_datetime(event.at),
+        reason=event.reason,
+        attempt=event.attempt,
+        backoff_seconds=event.backoff,
+    )

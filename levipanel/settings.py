@@ -1,0 +1,174 @@
+"""LeviPanel settings: every value comes from the environment, here and nowhere else.
+
+With no variables set, LeviPanel runs on the embedded default: a SQLite file under
+``data/``, the in-memory channel layer and django-q2's ORM broker.
+"""
+
+import secrets
+from pathlib import Path
+
+from environs import Env, EnvValidationError
+from marshmallow.validate import Range
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = Env()
+DATA_DIR = env.path("LEVIPANEL_DATA_DIR", BASE_DIR / "data").resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """Keep one generated key per data directory, so sessions survive a restart."""
+    key_file = DATA_DIR / ".secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", "") or _secret_key()
+DEBUG = env.bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_q",
+    "engines_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "levipanel.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "levipanel.asgi.application"
+
+# SQLite is tuned for a web process and a runner writing at once: WAL lets readers and
+# one writer work side by side, IMMEDIATE takes the write lock up front (no "database is
+# locked" upgrade failures) and the timeout makes a writer wait instead of failing.
+DATABASES = {
+    "default": env.dj_db_url(
+        "DATABASE_URL", f"sqlite:///{DATA_DIR / 'levipanel.sqlite3'}", conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["TEST"] = {
+        "NAME": env.str("LEVIPANEL_TEST_DB", str(DATA_DIR / "test_levipanel.sqlite3"))
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", "")
+if REDIS_URL:
+    # The default capacity of 100 silently drops group messages in bursts.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 5000},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+Q_CLUSTER = {
+    "name": "levipanel",
+    "workers": env.int("LEVIPANEL_Q_WORKERS", 2),
+    "timeout": 60,
+    "retry": 120,  # longer than timeout, or a slow task runs twice
+    "catch_up": False,
+    "label": "Tasks",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/admin/login/"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LEVIPANEL_LOG_LEVEL", "INFO")},
+    "loggers": {
+        # Engine lines go to their per-symbol JSONL files, set up by the runner.
+        "levipanel.engine": {"level": "INFO", "propagate": False},
+        "django_q": {"level": "WARNING"},
+    },
+}
+
+# Engine settings. Parsed lazily-validated: a bad value does not crash the import, it is
+# reported by the system check "levipanel.E001" and `runengines` refuses to start.
+_engine_env = Env(eager=False, prefix="LEVIPANEL_")
+_positive = Range(min=0, min_inclusive=False, error="must be greater than 0")
+_non_negative = Range(min=0, error="must not be negative")
+LEVIPANEL = {
+    "SYMBOLS": _engine_env.list("SYMBOLS", ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
+    "CYCLE_INTERVAL": _engine_env.float("CYCLE_INTERVAL", 1.0, validate=_positive),
+    "CYCLE_INTERVAL_OVERRIDES": _engine_env.dict(
+        "CYCLE_INTERVAL_OVERRIDES", {}, subcast_values=float
+    ),
+    "HEALTH_CHECK_INTERVAL": _engine_env.float("HEALTH_CHECK_INTERVAL", 30.0, validate=_positive),
+    "HEARTBEAT_TIMEOUT": _engine_env.float("HEARTBEAT_TIMEOUT", 60.0, validate=_positive),
+    "MAX_RESTARTS_PER_HOUR": _engine_env.int("MAX_RESTARTS_PER_HOUR", 5, validate=_non_negative),
+    "BACKOFF_BASE": _engine_env.float("BACKOFF_BASE", 60.0, validate=_non_negative),
+    "BACKOFF_CAP": _engine_env.float("BACKOFF_CAP", 900.0, validate=_non_negative),
+    "BACKOFF_JITTER": _engine_env.float(
+        "BACKOFF_JITTER", 0.1, validate=Range(min=0, max=1, error="must be between 0 and 1")
+    ),
+    "STABLE_AFTER": _engine_env.float("STABLE_AFTER", 600.0, validate=_non_negative),
+    "FLUSH_INTERVAL": _engine_env.float("FLUSH_INTERVAL", 1.0, validate=_positive),
+    "POLL_INTERVAL": _engine_env.float("POLL_INTERVAL", 0.25, validate=_positive),
+    "STOP_TIMEOUT": _engine_env.float("STOP_TIMEOUT", 5.0, validate=_positive),
+    "LOG_DIR": _engine_env.path("LOG_DIR", DATA_DIR / "logs"),
+}
+try:
+    _engine_env.seal()
+    LEVIPANEL_ENV_ERRORS: dict = {}
+except EnvValidationError as exc:
+    LEVIPANEL_ENV_ERRORS = exc.error_messages
