@@ -113,15 +113,20 @@ class EngineManager:
     def start_all(self, configs: Iterable[EngineConfig]) -> int:
         return sum(self.start(config) for config in configs)
 
-    async def stop(self, symbol: str, *, reason: str = "stopped") -> None:
+    async def stop(
+        self, symbol: str, *, reason: str = "stopped", keep_failed: bool = False
+    ) -> None:
         """Stop gracefully: the current cycle finishes, then the task ends. A hung engine
-        is cancelled after ``stop_timeout``."""
+        is cancelled after ``stop_timeout``. ``keep_failed`` leaves a failed engine failed
+        (a runner shutdown is no operator's decision)."""
         slot = self.slots.get(symbol)
         if slot is None:
             return
         self._cancel_retry(slot)
         task = slot.task
         if task is None:
+            if keep_failed and slot.status == Status.FAILED:
+                return
             if slot.status != Status.STOPPED:
                 self._set_status(slot, Status.STOPPED, reason)
             return
@@ -135,8 +140,10 @@ class EngineManager:
             task.cancel()
             await asyncio.wait({task})
 
-    async def stop_all(self, *, reason: str = "stopped") -> None:
-        await asyncio.gather(*(self.stop(symbol, reason=reason) for symbol in list(self.slots)))
+    async def stop_all(self, *, reason: str = "stopped", keep_failed: bool = False) -> None:
+        await asyncio.gather(
+            *(self.stop(s, reason=reason, keep_failed=keep_failed) for s in list(self.slots))
+        )
 
     async def restart(self, symbol: str, config: EngineConfig | None = None) -> None:
         """Stop and start again, with a fresh failure budget (an operator asked for it)."""
