@@ -143,6 +143,20 @@ def test_runs_on_postgresql(tmp_path, postgres_url):
 
         wait_for(lambda: set(pg_statuses().values()) == {"running"} and len(pg_statuses()) == 3,
                  timeout=20, message="engines never ran on PostgreSQL")  # fmt: skip
+
+        # Cut the runner's database connection under it: it reconnects and carries on.
+        with psycopg.connect(admin, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            ).fetchall()
+        assert killed, "the runner held no connection to cut"
+        with psycopg.connect(admin.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as conn:
+            conn.execute("UPDATE engines_app_engine SET desired_state = 'stopped' "
+                         "WHERE symbol = 'SOLUSDT'")  # fmt: skip
+        wait_for(lambda: pg_statuses()["SOLUSDT"] == "stopped", timeout=10,
+                 message="runner did not recover from a lost connection")  # fmt: skip
+        assert runner.poll() is None
         runner.send_signal(signal.SIGTERM)
         assert runner.wait(15) == 0
         assert set(pg_statuses().values()) == {"stopped"}
