@@ -71,7 +71,7 @@ class Broadcaster:
         self.polls = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._since = timezone.now()
+        self._since = timezone.now() - OVERLAP
         self._versions: dict[str, float] = {}
         self._commands: dict[int, float | None] = {}
 
