@@ -96,7 +96,10 @@ class Broadcaster:
             hints = asyncio.create_task(self._listen_for_hints(), name="dashboard-hints")
         try:
             while True:
-                await self.poll()
+                try:
+                    await self.poll()
+                except Exception:  # one bad look must not end the pushes of every page
+                    log.exception("dashboard broadcast failed")
                 await self._sleep()
         finally:
             if hints is not None:
