@@ -80,7 +80,8 @@ def test_operator_stops_and_restarts_an_engine_without_a_reload(page: Page, pane
     assert page.evaluate("window.__sameDocument") is True
 
 
-def test_heartbeat_age_ticks_between_pushes(page: Page, panel):
+def test_uptime_ticks_in_the_browser_between_pushes(page: Page, panel):
+    # Pushes never change started_at: a changing uptime is the page's own clock.
     log_in(page, panel)
     cell = row(page, "BTCUSDT").locator('[data-field="uptime"]')
     expect(cell).not_to_have_text("—")
