@@ -6,4 +6,5 @@ class EnginesAppConfig(AppConfig):
     verbose_name = "Engines"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system check)
+        # Register the system check and connect the engines_written receivers.
+        from . import broadcast, checks, pnl  # noqa: F401

@@ -166,3 +166,18 @@ class EngineCommand(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.symbol} ({self.outcome})"
+
+
+class EnginePnlSample(models.Model):
+    """An engine's PnL at one moment, sampled by the runner for the detail page's chart."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="pnl_samples")
+    at = models.DateTimeField(db_index=True)
+    daily_pnl = models.FloatField()
+    total_pnl = models.FloatField()
+
+    class Meta:
+        ordering = ["at"]
+
+    def __str__(self) -> str:
+        return f"{self.engine} PnL {self.total_pnl} at {self.at:%Y-%m-%d %H:%M:%S}"
