@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 from ninja.errors import HttpError
 
 from ..models import Engine, EngineCommand
@@ -56,15 +56,18 @@ def _steer(request: HttpRequest, symbol: str, service: Callable[..., EngineComma
     except EngineNotFound as exc:
         raise HttpError(404, str(exc)) from None
     engine = command.engine
-    return 202, {
-        "symbol": symbol,
-        "action": command.action,
-        "command_id": command.id,
-        "outcome": command.outcome,
-        "desired_state": engine.desired_state,
-        "status": engine.status,
-        "message": f"{command.action} {symbol} requested; the runner carries it out",
-    }
+    return Status(
+        202,
+        {
+            "symbol": symbol,
+            "action": command.action,
+            "command_id": command.id,
+            "outcome": command.outcome,
+            "desired_state": engine.desired_state,
+            "status": engine.status,
+            "message": f"{command.action} {symbol} requested; the runner carries it out",
+        },
+    )
 
 
 CONTROL = {"response": {202: CommandOut, **ERRORS}}
