@@ -80,6 +80,8 @@ class Engine(models.Model):
         return self.symbol
 
     def clean(self) -> None:
+        if symbol_problem(self.symbol):
+            return  # the symbol field's validator reports it
         try:
             self.engine_config(default_interval=1.0).validate()
         except ConfigError as exc:
