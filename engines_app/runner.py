@@ -215,6 +215,7 @@ class Runner:
                 log.exception("command %s failed", command)
                 ack = store.Ack(command.id, "failed", f"{type(exc).__name__}: {exc}")
             self._acks.append(ack)
+            self.say(f"Command {command.id} {command.action} {command.symbol}: {ack.message}")
             self.manager.changed.set()
 
     async def _carry_out(self, command: store.CommandRow) -> str:
@@ -223,9 +224,16 @@ class Runner:
         if action == "remove" or row is None:
             await self.manager.remove(symbol)
             return "removed" if action == "remove" else "engine no longer exists"
+        # The desired state in the row is at least as new as the command: a command it
+        # contradicts was overtaken by a later one (given while the runner was down, or
+        # within one poll), and carrying it out would only make the engine flap.
         if action == "stop":
+            if row.desired_state == RUNNING:
+                return "superseded: a later command wants it running"
             await self.manager.stop(symbol, reason="stopped by operator")
             return "stopped"
+        if action == "restart" and row.desired_state != RUNNING:
+            return "superseded: a later command wants it stopped"
         if action == "restart":
             self.policy.reset(symbol)
             await self.manager.stop(symbol, reason="restarting")
@@ -234,7 +242,7 @@ class Runner:
         if slot is not None and slot.task is not None and not slot.stopping:
             return "running"
         if row.desired_state != RUNNING:
-            return "not started: desired state is stopped"
+            return "superseded: a later command wants it stopped"
         if slot is not None and slot.status == Status.FAILED:
             self.policy.reset(symbol)
         if slot is not None and slot.task is not None:
