@@ -195,3 +195,15 @@ def test_a_config_edit_in_the_admin_restarts_just_that_engine(runner, django_use
     assert Engine.objects.get(symbol="ETHUSDT").started_at == before["ETHUSDT"]
     assert "ETHUSDT config changed" not in runner.log()
     runner.stop()
+
+
+def test_the_benchmark_reports_latency_beside_its_baseline(django_db_blocker):
+    from engines_app.benchmarks import commands
+
+    with django_db_blocker.unblock():
+        rows = commands.run(engines=2, samples=6)
+    assert [row["name"] for row in rows] == [f"{commands.NAME} {p}" for p in ("p50", "p95", "p99")]
+    for row in rows:
+        assert row["unit"] == "ms" and row["target"] == "p95 < 1000 ms"
+        assert row["value"] > row["baseline"] > 0  # the runner's work costs more than a write
+        assert row["baseline_name"].startswith("service call + status read")
