@@ -3,6 +3,10 @@ every bad request."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import socket
+import subprocess
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +15,7 @@ from django.test import Client
 
 from engines_app.api.tokens import api_token_create
 from engines_app.models import Engine, EngineCommand
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -317,3 +322,66 @@ def test_an_unknown_path_under_engines_is_a_json_404(client, token, url):
     response = client.get(url, **token)
     assert response.status_code == 404
     assert response.json()["detail"].startswith("not found")
+
+
+# The guide's curl examples, against a running panel -------------------------------------
+
+MAKE_TOKEN = (
+    "from django.contrib.auth import get_user_model;"
+    "from engines_app.api.tokens import api_token_create;"
+    "user = get_user_model().objects.create_superuser('ops', '', None);"
+    "print(api_token_create(user=user, name='curl')[1])"
+)
+ACKED = (
+    "from engines_app.models import EngineCommand;print(EngineCommand.objects.get(pk=%d).outcome)"
+)
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_the_guides_curl_examples_work_against_the_running_panel(project):
+    key = project.manage("shell", "-c", MAKE_TOKEN).stdout.split()[-1]
+    port = free_port()
+    project.start("manage.py", "runengines", log_name="runner")
+    project.start("-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                  "levipanel.asgi:application", log_name="web")  # fmt: skip
+    wait_for(lambda: _listening(port), timeout=20, message="the web server did not start")
+    auth = f' -H "Authorization: Bearer {key}"'
+
+    def curl(example: str) -> dict:
+        """Run a line of the guide, on this panel's port, with the token header added."""
+        command = example.replace("localhost:8000", f"localhost:{port}").replace(
+            " |", auth + " |", 1
+        )
+        command = command if auth in command else command + auth
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=20)
+        assert done.returncode == 0 and done.stdout, (command, done.stdout, done.stderr)
+        return json.loads(done.stdout)
+
+    fleet = wait_for(lambda: (f := curl("curl -s http://localhost:8000/engines/status | jq"))
+                     ["running"] == 3 and f, message="the three engines did not start")  # fmt: skip
+    assert fleet["total"] == 3 and fleet["crashed"] == fleet["stopped"] == 0
+    assert [e["symbol"] for e in fleet["engines"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    for engine in fleet["engines"]:
+        same_shape(GUIDE_ENGINE, engine)
+    same_shape(GUIDE_ENGINE, curl("curl -s http://localhost:8000/engines/status/BTCUSDT | jq"))
+
+    def status(symbol: str) -> str:
+        return curl(f"curl -s http://localhost:8000/engines/status/{symbol} | jq")["status"]
+
+    assert curl("curl -X POST http://localhost:8000/engines/stop/SOLUSDT")["action"] == "stop"
+    wait_for(lambda: status("SOLUSDT") == "stopped", message="SOLUSDT did not stop")
+    assert curl("curl -X POST http://localhost:8000/engines/start/SOLUSDT")["action"] == "start"
+    wait_for(lambda: status("SOLUSDT") == "running", message="SOLUSDT did not start")
+    restart = curl("curl -X POST http://localhost:8000/engines/restart/BTCUSDT")
+    assert restart["action"] == "restart"
+    wait_for(lambda: project.manage("shell", "-c", ACKED % restart["command_id"]).stdout
+             .split()[-1] == "done", message="the restart was not carried out")  # fmt: skip
+    assert status("BTCUSDT") == "running"
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
