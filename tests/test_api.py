@@ -282,6 +282,8 @@ def test_an_unknown_symbol_is_404(client, engines, token, method):
         ("BTC-USDT", "2-20 upper-case"),
         ("BTC%20USDT", "2-20 upper-case"),
         ("%C3%87USDT", "2-20 upper-case"),
+        ("%FF", "2-20 upper-case"),
+        ("BTC%00", "2-20 upper-case"),
         ("A" * 21, "longer than 20"),
         ("A" * 5000, "longer than 20"),
     ],
