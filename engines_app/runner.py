@@ -85,6 +85,7 @@ class Runner:
         self._last_command_id = 0
         self._acks: list[store.Ack] = []
         self._unsent_acks: list[store.Ack] = []
+        self._launched: dict[str, float] = {}  # symbol -> when the runner last started it
 
     # Lifecycle --------------------------------------------------------------------------
 
@@ -234,6 +235,8 @@ class Runner:
             return "stopped"
         if action == "restart" and row.desired_state != RUNNING:
             return "superseded: a later command wants it stopped"
+        if action == "restart" and self._fresh_since(symbol, command.created_at):
+            return "restarted: started after the command was given"
         if action == "restart":
             self.policy.reset(symbol)
             await self.manager.stop(symbol, reason="restarting")
@@ -248,6 +251,13 @@ class Runner:
         if slot is not None and slot.task is not None:
             await self.manager.stop(symbol, reason="restarting")
         return "started" if self._start(row, None) else "start refused: bad config"
+
+    def _fresh_since(self, symbol: str, at: float) -> bool:
+        """Whether the engine runs from a start made after ``at``: a restart asked for at
+        ``at`` then has nothing left to do (the start that carried it out reset its budget)."""
+        slot = self.manager.slots.get(symbol)
+        alive = slot is not None and slot.task is not None and not slot.stopping
+        return alive and self._launched.get(symbol, 0.0) >= at
 
     def _apply(self, old: store.ControlRow | None, row: store.ControlRow) -> None:
         slot = self.manager.slots.get(row.symbol)
@@ -287,7 +297,10 @@ class Runner:
             self.manager.fail(row.symbol, exc)
             self.say(f"Engine {row.symbol} not started: {exc}")
             return False
-        return self.manager.start(config, state=state)
+        started = self.manager.start(config, state=state)
+        if started:
+            self._launched[row.symbol] = self.clock()
+        return started
 
     def _in_background(self, coro) -> None:
         task = asyncio.create_task(coro)

@@ -94,10 +94,11 @@ def test_commands_given_while_no_runner_runs_are_applied_in_order_once(runner):
     engine_stop(symbol="SOLUSDT", source="admin")
     engine_add(symbol="ADAUSDT", desired_state="stopped")
     engine_start(symbol="ADAUSDT")
+    engine_restart(symbol="ADAUSDT")  # the runner's first start of it is that restart
     engine_add(symbol="XRPUSDT")
     engine_remove(symbol="XRPUSDT")
     given = list(EngineCommand.objects.order_by("id").values_list("id", "action", "symbol"))
-    assert len(given) == 12 and not EngineCommand.objects.exclude(acked_at=None).exists()
+    assert len(given) == 13 and not EngineCommand.objects.exclude(acked_at=None).exists()
 
     runner.start()
     wait_for(all_acked, message="not every command was acknowledged")
@@ -120,11 +121,13 @@ def test_commands_given_while_no_runner_runs_are_applied_in_order_once(runner):
         ("done", "stopped"),  # stop SOLUSDT
         ("done", "running"),  # add ADAUSDT
         ("done", "running"),  # start ADAUSDT
+        ("done", "restarted: started after the command was given"),  # restart ADAUSDT
         ("done", "engine no longer exists"),  # add XRPUSDT
         ("done", "removed"),  # remove XRPUSDT
     ]
     # Overtaken commands make no engine flap: each wanted one started exactly once.
-    assert (engine_starts(runner, "BTCUSDT"), engine_starts(runner, "SOLUSDT")) == (1, 0)
+    starts = {symbol: engine_starts(runner, symbol) for symbol in ("BTCUSDT", "SOLUSDT", "ADAUSDT")}
+    assert starts == {"BTCUSDT": 1, "SOLUSDT": 0, "ADAUSDT": 1}
     acked = list(EngineCommand.objects.order_by("id").values_list("id", "acked_at"))
     runner.stop()
 
@@ -147,6 +150,19 @@ def test_commands_given_while_the_runner_runs_change_the_engine(runner):
         wait_statuses({"BTCUSDT": wanted}, timeout=5)
         wait_for(lambda c=command: EngineCommand.objects.get(pk=c.pk).acked_at, timeout=5)
     assert engine_starts(runner, "BTCUSDT") == 4
+    engine_stop(symbol="BTCUSDT")
+    wait_statuses({"BTCUSDT": "stopped"})
+    command = engine_restart(symbol="BTCUSDT")  # a stopped engine: one start, not two
+    wait_for(lambda: EngineCommand.objects.get(pk=command.pk).acked_at, timeout=5)
+    wait_statuses({"BTCUSDT": "running"})
+    command.refresh_from_db()
+    assert command.message == "restarted: started after the command was given"
+    assert engine_starts(runner, "BTCUSDT") == 5
+    command = engine_restart(symbol="BTCUSDT")  # a running engine: stopped, started again
+    wait_for(lambda: EngineCommand.objects.get(pk=command.pk).acked_at, timeout=5)
+    command.refresh_from_db()
+    assert command.message == "restarted"
+    wait_for(lambda: engine_starts(runner, "BTCUSDT") == 6, timeout=5)
 
 
 def test_restarting_a_failed_engine_clears_its_failure_budget(runner):
