@@ -7,5 +7,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", api.urls()),  # /engines/status…, /docs, /openapi.json
     # Keep last: other paths under /engines/ answer with a JSON 404.
-    re_path(r"^engines/(?P<rest>.*)$", api.not_found),
+    re_path(r"^engines(?:/(?P<rest>.*))?$", api.not_found),
 ]

@@ -317,8 +317,8 @@ def test_a_wrong_method_is_a_json_405(client, engines, token, method, url, allow
 
 @pytest.mark.parametrize(
     "url",
-    ["/engines/", "/engines/status/", "/engines/pause/BTCUSDT", "/engines/start/BTC/USDT",
-     "/engines/start", "/engines/status/BTCUSDT/extra"],
+    ["/engines", "/engines/", "/engines/status/", "/engines/pause/BTCUSDT",
+     "/engines/start/BTC/USDT", "/engines/start", "/engines/status/BTCUSDT/extra"],
 )  # fmt: skip
 def test_an_unknown_path_under_engines_is_a_json_404(client, token, url):
     response = client.get(url, **token)
