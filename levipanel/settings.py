@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_q",
+    "ninja",  # serves the API docs page from static files, not a CDN
     "engines_app",
 ]
 
