@@ -64,6 +64,7 @@ def test_a_missing_section_is_skipped_with_its_reason():
         (["--engines", "0"], "must be greater than 0"),
         (["--seconds", "soon"], "is not a number"),
         (["--only", "nothing"], "invalid choice"),
+        (["--json", "no-such-directory/out.json"], "does not exist"),
     ],
 )
 def test_bad_options_are_refused_clearly(args, message):

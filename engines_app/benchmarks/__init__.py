@@ -8,8 +8,9 @@ names) and returns rows shaped::
      "baseline_name": "what the baseline is", "target": "< 50" | 50 | None}
 
 A number as target means "at most"; a string is an operator and a number ("< 5", "<= 2").
-A section whose module is missing, or that raises ``Skip`` (or ``OSError``: a service is
-not reachable), is reported as skipped with its reason; the others still run.
+A section whose module is missing, or that raises ``Skip`` (or ``ConnectionError``: a
+service is not reachable), is reported as skipped with its reason; the others still run.
+Any other exception is reported as that section's error, and the command exits non-zero.
 
 Nothing here imports Django: worker subprocesses import this package before setting it up.
 """
@@ -83,7 +84,7 @@ def run_section(section: Section, **options: Any) -> Outcome:
         rows = function(**{k: v for k, v in options.items() if k in accepted and v is not None})
     except Skip as exc:
         return Outcome(section.name, [], skipped=str(exc))
-    except OSError as exc:
+    except ConnectionError as exc:  # a service is not there: say so, don't fail
         return Outcome(section.name, [], skipped=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # one broken section must not hide the others' figures
         return Outcome(section.name, [], error=f"{type(exc).__name__}: {exc}")

@@ -9,6 +9,7 @@ import asyncio
 import gc
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -263,6 +264,7 @@ JOBS = {"prepare": prepare, "bare": bare, "steady": steady}
 def main(argv: list[str]) -> None:
     import django
 
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "levipanel.settings")
     django.setup()
     job, options = argv[1], json.loads(argv[2])
     print(json.dumps(JOBS[job](**options)), flush=True)

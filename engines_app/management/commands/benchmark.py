@@ -1,6 +1,7 @@
 import argparse
 import json
 import time
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -47,6 +48,8 @@ class Command(BaseCommand):
         )  # fmt: skip
 
     def handle(self, *args, engines, seconds, samples, only, json, **options):
+        if json not in (None, "-") and not Path(json).parent.is_dir():
+            raise CommandError(f"--json {json}: directory {Path(json).parent} does not exist")
         outcomes = []
         for section in SECTIONS:
             if only and section.name not in only:
@@ -66,6 +69,8 @@ class Command(BaseCommand):
         text = json.dumps(doc, indent=None if path == "-" else 2)
         if path == "-":
             self.stdout.write(text)
-        else:
-            with open(path, "w", encoding="utf-8") as out:
-                out.write(text + "\n")
+            return
+        try:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"--json {path}: {exc.strerror or exc}") from exc
