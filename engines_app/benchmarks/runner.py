@@ -67,7 +67,7 @@ def _django_floor(path: Path, repeats: int = 3) -> float:
 
 def _time_to_running(path: Path, engines: int) -> float:
     table = _engine_table()
-    with open(path / "runengines.log", "w") as log:  # noqa: PTH123
+    with open(path / "runengines.log", "w") as log:
         started = time.perf_counter()
         process = subprocess.Popen(
             [sys.executable, "manage.py", "runengines"],
@@ -87,7 +87,7 @@ def _poll_running(
 ) -> float:
     uri = f"file:{path / 'levipanel.sqlite3'}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-        query = f'SELECT COUNT(*) FROM "{table}" WHERE status = ?'  # noqa: S608
+        query = f'SELECT COUNT(*) FROM "{table}" WHERE status = ?'
         while True:
             if process.poll() is not None:
                 tail = (path / "runengines.log").read_text()[-2000:]

@@ -194,7 +194,7 @@ def _poll_costs() -> dict:
     from engines_app.models import Engine
 
     table = connection.ops.quote_name(Engine._meta.db_table)
-    sql = f"SELECT id, symbol, desired_state, cycle_interval, config FROM {table}"  # noqa: S608
+    sql = f"SELECT id, symbol, desired_state, cycle_interval, config FROM {table}"
 
     def raw() -> None:
         with connection.cursor() as cursor:
