@@ -20,6 +20,8 @@ FIGURES = [
     "DB write transactions/s (runner's counter)",
     "one flush of 20 heartbeats (median)",
     "reconcile poll of 20 control rows (median)",
+    "crash seen -> in the database p99",
+    "restart due -> running in the database p99",
     "runner CPU, 20 engines",
     "crash -> detected p99",
     "crash -> running again, beyond backoff p99",

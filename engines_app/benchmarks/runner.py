@@ -23,6 +23,7 @@ from pathlib import Path
 from django.conf import settings
 
 from . import Row, row
+from .worker import CRASH_SETTINGS
 
 WORKER = "engines_app.benchmarks.worker"
 START_TIMEOUT = 120.0
@@ -122,7 +123,7 @@ def steady(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
     """N engines at their cycle in one runner, beside a bare loop and per-engine saves."""
     with data_dir(engines) as path:
         bare = _worker(path, "bare", engines=engines, seconds=seconds)
-        fleet = _worker(path, "steady", engines=engines, seconds=seconds)
+        fleet = _worker(path, "steady", CRASH_SETTINGS, engines=engines, seconds=seconds)
     n = engines
     return [
         row(
@@ -172,6 +173,22 @@ def steady(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
             fleet["raw_poll_ms"],
             "raw SELECT of the same columns",
             None,
+        ),
+        row(
+            f"crash seen -> in the database p99 ({fleet['db_crash_samples']} crashes)",
+            fleet["db_crash_written_p99_ms"],
+            "ms",
+            fleet["status_write_ms"],
+            "one store.write() of a status row",
+            "< 100",
+        ),
+        row(
+            "restart due -> running in the database p99",
+            fleet["db_restart_running_p99_ms"],
+            "ms",
+            fleet["status_write_ms"],
+            "one store.write() of a status row",
+            "< 200",
         ),
         row(
             f"runner CPU, {n} engines",
@@ -237,12 +254,12 @@ def environment(path: Path) -> dict[str, str]:
     return env
 
 
-def _worker(path: Path, job: str, **options: object) -> dict:
+def _worker(path: Path, job: str, env: dict | None = None, **options: object) -> dict:
     """Run one measurement in a fresh process; its last stdout line is JSON."""
     done = subprocess.run(
         [sys.executable, "-m", WORKER, job, json.dumps(options)],
         cwd=settings.BASE_DIR,
-        env=environment(path),
+        env=environment(path) | (env or {}),
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT + 600,

@@ -101,10 +101,13 @@ class TransactionCounter:
 def steady(*, engines: int, seconds: float) -> dict:
     from django.db.backends.signals import connection_created
 
+    from engines_app.models import Engine
+
     counter = TransactionCounter()
     connection_created.connect(counter.install)
     found = asyncio.run(_steady(engines, seconds, counter))
     connection_created.disconnect(counter.install)
+    Engine.objects.filter(symbol__in=CRASHERS).delete()  # the figures below are for N
     return found | _write_costs(counter) | _poll_costs()
 
 
@@ -127,15 +130,87 @@ async def _steady(engines: int, seconds: float, counter: TransactionCounter) -> 
     elapsed = time.perf_counter() - started
     db_tx = (counter.count - transactions) / elapsed
     runner_tx = (runner.write_transactions - writes) / elapsed
+    recovery = await _crashes_in_database(runner, min(seconds, 3.0))
     runner.request_exit()
     await task
-    return {
+    return recovery | {
         "rss_per_engine_kb": (rss_after - rss_before) / engines / 1024,
         "lag_p99_ms": percentile(lags, 99) * 1000,
         "cpu_percent": cpu.percent,
         "db_tx_per_s": db_tx,
         "runner_tx_per_s": runner_tx,
     }
+
+
+# Crashes as the database sees them -----------------------------------------------------
+
+CRASHERS = [f"X{i:04d}USDT" for i in range(10)]
+# The runner of this process reads these from the environment (see runner.steady).
+CRASH_SETTINGS = {
+    "LEVIPANEL_BACKOFF_BASE": "0.2",
+    "LEVIPANEL_BACKOFF_CAP": "0.2",
+    "LEVIPANEL_BACKOFF_JITTER": "0",
+    "LEVIPANEL_MAX_RESTARTS_PER_HOUR": "100000",
+}
+
+
+class WriteLog:
+    """An ``engines_written`` receiver: when each status and error reached the database."""
+
+    def __init__(self) -> None:
+        self.statuses: list[tuple[float, object]] = []
+        self.errors: list[tuple[float, object]] = []
+
+    def receive(self, sender: object, statuses=(), errors=(), **kwargs: object) -> None:
+        now = time.time()
+        self.statuses.extend((now, status) for status in statuses)
+        self.errors.extend((now, error) for error in errors if error.crashed)
+
+    def latencies(self, ids: set[int]) -> tuple[list[float], list[float]]:
+        """Crash seen -> written; restart due -> running written (runner clock, seconds)."""
+        written = [at - error.at.timestamp() for at, error in self.errors if error.engine_id in ids]
+        due: dict[int, float] = {}
+        running = []
+        for at, status in self.statuses:
+            if status.id not in ids:
+                continue
+            if status.status == "backoff" and status.next_retry_at is not None:
+                due[status.id] = status.next_retry_at
+            elif status.status == "running" and status.id in due:
+                running.append(at - due.pop(status.id))
+        return written, running
+
+
+async def _crashes_in_database(runner, seconds: float) -> dict:
+    """Add engines that crash on their second cycle, among the N running ones, and time
+    their crashes and restarts as they reach the database."""
+    from engines_app.runner import db
+    from engines_app.signals import engines_written
+
+    log = WriteLog()
+    engines_written.connect(log.receive)
+    try:
+        ids = await db(_add_crashers)()
+        await _until(lambda: all(symbol in runner.manager.slots for symbol in CRASHERS))
+        await asyncio.sleep(seconds)
+    finally:
+        engines_written.disconnect(log.receive)
+    written, running = log.latencies(set(ids))
+    return {
+        "db_crash_samples": len(written),
+        "db_crash_written_p99_ms": percentile(written, 99) * 1000,
+        "db_restart_running_p99_ms": percentile(running, 99) * 1000,
+    }
+
+
+def _add_crashers() -> list[int]:
+    from engines_app.models import Engine
+
+    crashers = [
+        Engine(symbol=symbol, cycle_interval=0.5, config={"crash_after_cycles": 1})
+        for symbol in CRASHERS
+    ]
+    return [engine.id for engine in Engine.objects.bulk_create(crashers)]
 
 
 def _warm_up() -> None:
@@ -178,12 +253,21 @@ def _write_costs(counter: TransactionCounter) -> dict:
             engine.last_heartbeat = now
 
     saves = _median(save_each, repeats=3)
+    status = store.StatusRow(rows[0].id, "running", "", time.time(), 0, 5, None, 0, None)
+    one_status = _median(
+        lambda: store.write(statuses=[status], errors=[], restarts=[], heartbeats=[])
+    )
     connection.ensure_connection()
     connection.connection.set_trace_callback(counter)
     before = counter.count
     save_each()  # one cycle's worth, counted the same way as the runner's
     connection.connection.set_trace_callback(None)
-    return {"flush_ms": flush, "saves_ms": saves, "saves_tx_per_cycle": counter.count - before}
+    return {
+        "flush_ms": flush,
+        "saves_ms": saves,
+        "saves_tx_per_cycle": counter.count - before,
+        "status_write_ms": one_status,
+    }
 
 
 def _poll_costs() -> dict:
