@@ -29,7 +29,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--engines", type=positive(int), default=1000, metavar="N")
+        parser.add_argument(
+            "--engines", type=positive(int), default=1000, metavar="N",
+            help="Engines in one runner (default 1000); passed to every section that takes it.",
+        )  # fmt: skip
         parser.add_argument(
             "--seconds", type=positive(float), default=10.0, metavar="S",
             help="How long to measure the steady state (default 10).",
