@@ -42,7 +42,7 @@ SECTIONS = [
     Section("crash", "engines_app.benchmarks.runner:crash"),
     Section("commands", "engines_app.benchmarks.commands:run"),
     Section("push", "engines_app.benchmarks.push:run"),
-    Section("status", "engines_app.benchmarks.status:run", "GET status needs the JSON API"),
+    Section("status", "engines_app.benchmarks.status:run"),
 ]
 OPTIONS = ("engines", "seconds", "samples")
 
