@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class EnginesAppConfig(AppConfig):
@@ -6,4 +7,10 @@ class EnginesAppConfig(AppConfig):
     verbose_name = "Engines"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system check)
+        from . import alerts, checks, ops_checks, schedules  # noqa: F401  (registers checks)
+        from .signals import engines_written
+
+        engines_written.connect(alerts.on_engines_written, dispatch_uid="levipanel-alerts")
+        post_migrate.connect(
+            schedules.ensure_schedules, sender=self, dispatch_uid="levipanel-alert-schedules"
+        )
