@@ -140,6 +140,8 @@ LOGGING = {
         # Engine lines go to their per-symbol JSONL files, set up by the runner.
         "levipanel.engine": {"level": "INFO", "propagate": False},
         "django_q": {"level": "WARNING"},
+        # httpx logs each request's URL at INFO, and a Telegram URL holds the bot token.
+        "httpx": {"level": "WARNING"},
     },
 }
 
