@@ -7,7 +7,7 @@ class EnginesAppConfig(AppConfig):
     verbose_name = "Engines"
 
     def ready(self) -> None:
-        from . import alerts, checks, ops_checks, schedules  # noqa: F401  (registers checks)
+        from . import admin_alerts, alerts, checks, ops_checks, schedules  # noqa: F401
         from .signals import engines_written
 
         engines_written.connect(alerts.on_engines_written, dispatch_uid="levipanel-alerts")

@@ -370,3 +370,12 @@ def test_runner_crash_reaches_slack_through_a_real_qcluster(project, recorder):
     ).fetchone()
     assert engines <= 1
     db.close()
+
+
+def test_operators_read_alerts_in_the_admin(admin_client):
+    Alert.objects.create(key="BTCUSDT", kind="crashed", text="boom", created_at=T0,
+                         outcome="failed", error="slack: refused: HTTP 404")  # fmt: skip
+    page = admin_client.get("/admin/engines_app/alert/")
+    assert page.status_code == 200 and b"slack: refused: HTTP 404" in page.content
+    assert admin_client.get("/admin/engines_app/alert/add/").status_code == 403
+    assert admin_client.get("/admin/engines_app/runnerheartbeat/").status_code == 200
