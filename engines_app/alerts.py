@@ -30,11 +30,16 @@ RATE_LIMITED_OUTCOMES = (Outcome.PENDING, Outcome.SENT, Outcome.FAILED)
 ENGINE_KINDS = (Kind.CRASHED, Kind.RESTARTED, Kind.FAILED, Kind.DAILY_LOSS)
 
 
+# Statuses an engine can rest in after its daily loss limit stopped it ("halted" and
+# "paused" in case the trading engine gets a status of its own for it).
+LOSS_STOP_STATUSES = ("stopped", "failed", "halted", "paused")
+
+
 def is_daily_loss_stop(status: str, reason: str) -> bool:
-    """The one place that recognises an engine stopped by its daily loss limit: a stopped
-    (or failed) status whose reason mentions the daily loss limit."""
+    """The one place that recognises an engine stopped by its daily loss limit: a resting
+    status whose reason mentions the daily loss limit ("daily loss", "daily_loss_limit")."""
     text = (reason or "").lower().replace("_", " ")
-    return status in ("stopped", "failed", "halted") and "daily loss" in text
+    return status in LOSS_STOP_STATUSES and "daily loss" in text
 
 
 def enabled() -> bool:
@@ -128,6 +133,9 @@ def raise_alert(key: str, kind: str, text: str, *, now: datetime, folded: bool =
     """Record an alert; deliver it unless its key is over the rate limit. Its outcome."""
     conf = settings.ALERTS
     with transaction.atomic():
+        # Serialise the count-then-insert per engine on PostgreSQL (SQLite's IMMEDIATE
+        # transactions already do): two workers must not both slip under the limit.
+        list(Engine.objects.select_for_update().filter(symbol=key).values_list("id"))
         if folded:
             outcome = Outcome.IN_INCIDENT
         else:

@@ -301,6 +301,8 @@ def test_stagger_is_capped():
         ("stopped", "DAILY_LOSS_LIMIT", True),
         ("failed", "daily loss limit hit", True),
         ("halted", "daily loss limit", True),
+        ("paused", "Daily loss limit -100 reached", True),
+        ("stopping", "daily loss limit reached", False),  # the stopped row follows
         ("stopped", "stopped by operator", False),
         ("running", "daily loss limit reset", False),
     ],
