@@ -12,6 +12,7 @@ from django.core.checks import run_checks
 from django_q.models import Schedule
 
 from engines_app import alerts, ops_checks, store
+from engines_app.conf import engine_settings
 from engines_app.models import Alert, Engine, EngineError, EngineRestart, Incident, RunnerHeartbeat
 from engines_app.runtime.recovery import RecoveryPolicy, RecoverySettings
 from engines_app.schedules import SCHEDULES, ensure_schedules
@@ -281,6 +282,11 @@ def test_a_single_crash_keeps_the_plain_backoff():
     for stagger in (RecoverySettings(jitter=0.0), RecoverySettings(jitter=0.0, stagger_window=10,
                                                                    stagger_step=1)):  # fmt: skip
         assert RecoveryPolicy(stagger, clock=lambda: 5.0).on_failure("A1").delay == 60.0
+
+
+def test_the_runner_staggers_by_default():
+    recovery = engine_settings().recovery()
+    assert (recovery.stagger_window, recovery.stagger_step) == (10.0, 1.0)
 
 
 def test_stagger_is_capped():

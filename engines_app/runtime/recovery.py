@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -42,7 +42,7 @@ class RecoveryPolicy:
     ``min(cap, base * 2 ** (n - 1))`` seconds, give or take ``jitter``; a run that lasted
     ``stable_after`` seconds starts the count afresh. Past ``max_restarts_per_hour``
     restarts inside the sliding window the engine fails until an operator resets it.
-    Failures of other engines shortly before push a restart back by a stagger step each.
+    Restarts of other engines decided shortly before push a restart back a step each.
     """
 
     def __init__(
@@ -58,6 +58,7 @@ class RecoveryPolicy:
         self._restarts: dict[str, deque[float]] = {}
         self._attempts: dict[str, int] = {}
         self._fleet_restarts: deque[tuple[float, str]] = deque()
+        self._fleet_counts: Counter[str] = Counter()
 
     def load(self, symbol: str, restart_times: Iterable[float], attempt: int = 0) -> None:
         """Seed a symbol's history, e.g. from the database after the runner restarted."""
@@ -116,11 +117,12 @@ class RecoveryPolicy:
         if s.stagger_window <= 0 or s.stagger_step <= 0:
             return 0.0
         now = self.clock()
-        recent = self._fleet_restarts
+        recent, counts = self._fleet_restarts, self._fleet_counts
         while recent and recent[0][0] <= now - s.stagger_window:
-            recent.popleft()
-        others = sum(1 for _, other in recent if other != symbol)
+            counts[recent.popleft()[1]] -= 1
+        others = len(recent) - counts[symbol]
         recent.append((now, symbol))
+        counts[symbol] += 1
         return min(others * s.stagger_step, s.backoff_cap)
 
     def _window(self, symbol: str) -> deque[float]:
