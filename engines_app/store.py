@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from django.db import connection, transaction
 from django.db.models import F, Q
 
-from .models import Engine, EngineCommand, EngineError, EngineRestart
+from .models import Engine, EngineCommand, EngineError, EngineRestart, RunnerHeartbeat
 from .runtime.engine import EngineConfig, EngineState
 from .runtime.errors import ConfigError
 from .runtime.events import ErrorRaised, RestartScheduled
@@ -66,6 +66,16 @@ class HeartbeatRow:
     daily_pnl: float
     total_pnl: float
     trade_count: int
+
+
+@dataclass(frozen=True)
+class RunnerRow:
+    """The runner's own heartbeat: who, since when, how many engines, cycle histogram."""
+
+    name: str
+    started_at: float
+    engines: int
+    cycle_histogram: dict
 
 
 def seed_engines(symbols: list[str]) -> list[str]:
@@ -155,9 +165,10 @@ def write(
     restarts: list[EngineRestart],
     heartbeats: list[HeartbeatRow],
     acks: list[Ack] = (),
+    runner: RunnerRow | None = None,
 ) -> None:
     """Everything the runner has to say, in one transaction; then tell the receivers."""
-    if not (statuses or errors or restarts or heartbeats or acks):
+    if not (statuses or errors or restarts or heartbeats or acks or runner):
         return
     now = datetime.now(UTC)
     with transaction.atomic():
@@ -181,6 +192,8 @@ def write(
         EngineRestart.objects.bulk_create(restarts)
         if heartbeats:
             _flush_heartbeats(heartbeats, now)
+        if runner is not None:
+            _runner_heartbeat(runner, now)
     engines_written.send(
         sender=Engine, statuses=statuses, errors=errors, restarts=restarts,
         heartbeats=bool(heartbeats), acks=acks,
@@ -202,6 +215,13 @@ def _flush_heartbeats(rows: list[HeartbeatRow], now: datetime) -> None:
     ]  # fmt: skip
     with connection.cursor() as cursor:
         cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
+
+
+def _runner_heartbeat(row: RunnerRow, now: datetime) -> None:
+    fields = {"started_at": to_datetime(row.started_at), "last_seen": now,
+              "engines": row.engines, "cycle_histogram": row.cycle_histogram}  # fmt: skip
+    if not RunnerHeartbeat.objects.filter(name=row.name).update(**fields):
+        RunnerHeartbeat.objects.create(name=row.name, **fields)
 
 
 def error_row(engine_id: int, event: ErrorRaised) -> EngineError:

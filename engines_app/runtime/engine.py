@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from .cyclestats import CycleHistogram
 from .errors import ConfigError, CrashError, FatalEngineError, InjectedCrash, InvalidSymbolError
 
 log = logging.getLogger("levipanel.engine")
@@ -114,6 +115,7 @@ class TradingEngine:
         "_rng",
         "_stopping",
         "_in_cycle",
+        "cycle_histogram",
     )
 
     def __init__(
@@ -123,8 +125,10 @@ class TradingEngine:
         listener: EngineListener | None = None,
         state: EngineState | None = None,
         clock: Callable[[], float] = time.time,
+        cycle_histogram: CycleHistogram | None = None,
     ) -> None:
         self.config = config
+        self.cycle_histogram = cycle_histogram
         self.state = state or EngineState()
         self.listener = listener
         self.clock = clock
@@ -153,10 +157,13 @@ class TradingEngine:
         try:
             while not self._stopping:
                 self._in_cycle = True
+                began = time.perf_counter()
                 try:
                     await self._guarded_cycle()
                 finally:
                     self._in_cycle = False
+                if self.cycle_histogram is not None:
+                    self.cycle_histogram.observe(time.perf_counter() - began)
                 self.cycles += 1
                 self.last_heartbeat = self.clock()
                 if not self._stopping:
