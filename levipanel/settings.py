@@ -146,7 +146,6 @@ LOGGING = {
     "loggers": {
         # Engine lines go to their per-symbol JSONL files, set up by the runner.
         "levipanel.engine": {"level": "INFO", "propagate": False},
-        "django-q": {"level": "WARNING"},  # django-q2 logs under this name
         # httpx logs each request's URL at INFO, and a Telegram URL holds the bot token.
         "httpx": {"level": "WARNING"},
     },
