@@ -6,4 +6,9 @@ class EnginesAppConfig(AppConfig):
     verbose_name = "Engines"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
         from . import checks  # noqa: F401  (registers the system check)
+        from .schedules import ensure_daily_reset_schedule
+
+        post_migrate.connect(ensure_daily_reset_schedule, sender=self)

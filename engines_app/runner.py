@@ -23,7 +23,7 @@ from .models import Engine
 from .runtime import EngineManager, HealthMonitor, RecoveryPolicy, Status
 from .runtime.engine import EngineConfig
 from .runtime.errors import ConfigError
-from .runtime.events import ErrorRaised, RestartScheduled, StatusChanged
+from .runtime.events import BookChanged, ErrorRaised, RestartScheduled, StatusChanged
 from .runtime.jsonlog import EngineLogs
 
 log = logging.getLogger("levipanel.runner")
@@ -122,7 +122,7 @@ class Runner:
         """Load every engine; start those desired running that are not failed."""
         self.control = await db(store.control_rows)(self.symbols)
         self.ids = {symbol: row.id for symbol, row in self.control.items()}
-        states = await db(store.load_states)(list(self.control))
+        states = await db(store.load_states)(list(self.control), self.clock())
         history = await db(store.restart_history)(
             self.policy.settings.window, self.clock()
         )  # fmt: skip
@@ -203,6 +203,8 @@ class Runner:
         for command in commands:
             self._last_command_id = command.id
             self._commands.put_nowait(command)
+        for symbol in self.manager.resume_halted(self.clock()):
+            self.say(f"Engine {symbol} resumed: a new UTC day")
 
     async def _command_worker(self) -> None:
         """Carry out operators' commands one at a time, in the order they were given."""
@@ -224,8 +226,11 @@ class Runner:
             await self.manager.remove(symbol)
             return "removed" if action == "remove" else "engine no longer exists"
         if action == "stop":
-            await self.manager.stop(symbol, reason="stopped by operator")
+            await self.manager.stop(symbol, reason="stopped by operator", close=True)
             return "stopped"
+        if action == "reset_day":
+            return self.manager.new_day(symbol, self.clock())
+        self.manager.lift_halt(symbol)  # start, restart, add: an operator overrides a halt
         if action == "restart":
             self.policy.reset(symbol)
             await self.manager.stop(symbol, reason="restarting")
@@ -247,7 +252,8 @@ class Runner:
             if slot is None:
                 self.manager.adopt(EngineConfig(row.symbol), None, Status.STOPPED, "")
             else:
-                self._in_background(self.manager.stop(row.symbol, reason="stopped by operator"))
+                stop = self.manager.stop(row.symbol, reason="stopped by operator", close=True)
+                self._in_background(stop)
             return
         if slot is None or slot.status in (Status.STOPPED, Status.FAILED, Status.STOPPING):
             if slot is not None and slot.status == Status.FAILED:
@@ -299,7 +305,7 @@ class Runner:
             return True
         if now < self._db_retry_at:
             return False
-        statuses, errors, restarts = self._rows(self._pending)
+        statuses, errors, restarts, books = self._rows(self._pending)
         heartbeats = self._heartbeat_rows() if heartbeat_due else []
         try:
             await db(store.write)(
@@ -308,11 +314,12 @@ class Runner:
                 restarts=restarts,
                 heartbeats=heartbeats,
                 acks=list(self._unsent_acks),
+                books=books,
             )
         except DatabaseError as exc:
             await self._database_error(exc)
             return False
-        if statuses or errors or restarts or heartbeats or self._unsent_acks:
+        if statuses or errors or restarts or heartbeats or self._unsent_acks or books:
             self.write_transactions += 1
         self._pending.clear()
         self._unsent_acks.clear()
@@ -321,9 +328,9 @@ class Runner:
             self._heartbeat_due = now + self.settings.flush_interval
         return True
 
-    def _rows(self, events: list) -> tuple[list, list, list]:
+    def _rows(self, events: list) -> tuple[list, list, list, list]:
         latest: dict[str, StatusChanged] = {}
-        errors, restarts = [], []
+        errors, restarts, books = [], [], []
         for event in events:
             engine_id = self.ids.get(event.symbol)
             if engine_id is None:
@@ -334,13 +341,15 @@ class Runner:
                 errors.append(store.error_row(engine_id, event))
             elif isinstance(event, RestartScheduled):
                 restarts.append(store.restart_row(engine_id, event))
+            elif isinstance(event, BookChanged):
+                books.append(store.BookRow(engine_id, event))
         statuses = [self._status_row(event) for event in latest.values()]
-        return statuses, errors, restarts
+        return statuses, errors, restarts, books
 
     def _status_row(self, event: StatusChanged) -> store.StatusRow:
         slot = self.manager.slots.get(event.symbol)
         state = slot.engine.state if slot else None
-        running = event.status in (Status.RUNNING, Status.STOPPING)
+        running = event.status in (Status.RUNNING, Status.DEGRADED, Status.STOPPING)
         started_at = slot.engine.started_at if slot and running else None
         return store.StatusRow(
             id=self.ids[event.symbol],
@@ -363,7 +372,7 @@ class Runner:
             s = slot.engine.state
             rows.append(store.HeartbeatRow(engine_id, slot.engine.last_heartbeat, s.error_count,
                                            s.last_error, s.position, s.daily_pnl, s.total_pnl,
-                                           s.trade_count))  # fmt: skip
+                                           s.trade_count, s.last_tick_at))  # fmt: skip
         return rows
 
     async def _prepare_database(self) -> None:

@@ -17,7 +17,11 @@ def _epoch(value) -> float | None:
 def engine_status(engine: Engine, now: float | None = None) -> dict[str, Any]:
     """One engine as the guide shows it, plus what recovery and operators need to see."""
     now = time.time() if now is None else now
-    running = engine.status in (Engine.Status.RUNNING, Engine.Status.STOPPING)
+    running = engine.status in (
+        Engine.Status.RUNNING,
+        Engine.Status.DEGRADED,
+        Engine.Status.STOPPING,
+    )
     started = engine.started_at.timestamp() if engine.started_at and running else None
     heartbeat = _epoch(engine.last_heartbeat)
     return {
@@ -38,6 +42,11 @@ def engine_status(engine: Engine, now: float | None = None) -> dict[str, Any]:
         "restart_budget_left": engine.restart_budget_left,
         "next_retry_at": _epoch(engine.next_retry_at),
         "cycle_interval": engine.cycle_interval,
+        "last_tick_age_seconds": (
+            round(max(0.0, now - engine.last_tick_at.timestamp()), 2)
+            if engine.last_tick_at
+            else None
+        ),
     }
 
 
