@@ -92,7 +92,9 @@ def test_replaying_the_fills_rebuilds_the_same_book():
     steps = [(BUY, 2, 100.0, T0), (SELL, 3, 104.0, T0 + 5), (BUY, 1, 101.0, T0 + DAY),
              (BUY, 1, 99.0, T0 + DAY + 1)]  # fmt: skip
     fills = [fill(live, side, qty, price, at=at, fee_rate=0.002) for side, qty, price, at in steps]
-    rebuilt = replay([(f.side, f.qty, f.price, f.fee, f.at) for f in fills], today=utc_day(T0 + DAY))
+    rebuilt = replay(
+        [(f.side, f.qty, f.price, f.fee, f.at) for f in fills], today=utc_day(T0 + DAY)
+    )
     for name in Book.__slots__:
         assert getattr(rebuilt, name) == pytest.approx(getattr(live, name)), name
     assert [f.seq for f in fills] == [1, 2, 3, 4]
