@@ -42,6 +42,7 @@ def manage(*args: str) -> None:
 def run() -> int:
     setup()
     manage("migrate", "--no-input", "-v", "0")
+    manage("collectstatic", "--no-input", "-v", "0")
     manage("demo_login")
     print("LeviPanel: http://127.0.0.1:8000/  (admin: http://127.0.0.1:8000/admin/)", flush=True)
     print("Ctrl-C stops the web server, the runner and the task cluster.", flush=True)

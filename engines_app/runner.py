@@ -78,6 +78,8 @@ class Runner:
         self.write_transactions = 0
         self._pending: list = []
         self._heartbeat_due = 0.0
+        self._flushed: dict[str, float] = {}  # symbol -> last heartbeat in the database
+        self._flushing: dict[str, float] = {}
         self._db_retry_at = 0.0
         self._db_failures = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -91,8 +93,12 @@ class Runner:
     def request_exit(self) -> None:
         """First call: stop gracefully. Second call: stop now."""
         if self.should_exit.is_set():
+            self.say("Second signal: stopping every engine now")
             self.force_exit = True
             self.manager.stop_timeout = 0.0
+            for slot in self.manager.slots.values():
+                if slot.task is not None:
+                    slot.task.cancel()
         self.should_exit.set()
 
     async def run(self) -> None:
@@ -147,7 +153,7 @@ class Runner:
         await self._write()
 
     async def shutdown(self) -> None:
-        await self.manager.stop_all(reason="runner stopped")
+        await self.manager.stop_all(reason="runner stopped", keep_failed=True)
         for task in list(self._background):
             task.cancel()
         self._heartbeat_due = 0.0
@@ -295,17 +301,21 @@ class Runner:
     # Writing ----------------------------------------------------------------------------
 
     async def _write(self) -> bool:
-        """Write pending events now, and heartbeats when due. False on a database error."""
+        """Write pending events now, and heartbeats when due. False on a database error.
+        Fills ride along with the next write, at the latest the next heartbeat flush: one
+        transaction per flush interval however many engines trade."""
         now = self.clock()
         self._pending.extend(self.manager.drain_events())
         acks, self._acks = self._acks, []
         self._unsent_acks.extend(acks)
         heartbeat_due = now >= self._heartbeat_due
-        if not self._pending and not self._unsent_acks and not heartbeat_due:
+        urgent = any(not isinstance(event, BookChanged) for event in self._pending)
+        if not urgent and not self._unsent_acks and not heartbeat_due:
             return True
         if now < self._db_retry_at:
             return False
         statuses, errors, restarts, books = self._rows(self._pending)
+        self._flushing.clear()
         heartbeats = self._heartbeat_rows() if heartbeat_due else []
         try:
             await db(store.write)(
@@ -323,6 +333,7 @@ class Runner:
             self.write_transactions += 1
         self._pending.clear()
         self._unsent_acks.clear()
+        self._flushed.update(self._flushing)
         self._db_failures = 0
         if heartbeat_due:
             self._heartbeat_due = now + self.settings.flush_interval
@@ -364,11 +375,15 @@ class Runner:
         )
 
     def _heartbeat_rows(self) -> list[store.HeartbeatRow]:
+        """Rows for the engines that heart-beat since the last flush (stopped ones too: their
+        last cycles must reach the database)."""
         rows = []
         for symbol, slot in self.manager.slots.items():
             engine_id = self.ids.get(symbol)
-            if engine_id is None or slot.task is None:
+            beat = slot.engine.last_heartbeat
+            if engine_id is None or beat is None or self._flushed.get(symbol) == beat:
                 continue
+            self._flushing[symbol] = beat
             s = slot.engine.state
             rows.append(store.HeartbeatRow(engine_id, slot.engine.last_heartbeat, s.error_count,
                                            s.last_error, s.position, s.daily_pnl, s.total_pnl,

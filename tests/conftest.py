@@ -79,7 +79,8 @@ class Project:
             "DJANGO_SETTINGS_MODULE": "levipanel.settings",
             **(extra_env or {}),
         }
-        self.env.pop("DATABASE_URL", None) if "DATABASE_URL" not in (extra_env or {}) else None
+        if "DATABASE_URL" not in (extra_env or {}):
+            self.env.pop("DATABASE_URL", None)  # the embedded default unless asked otherwise
         self.processes: list[subprocess.Popen] = []
 
     def manage(self, *args: str, check: bool = True, timeout: float = 60):

@@ -133,7 +133,7 @@ async def test_on_stop_close_flattens_the_position_when_an_operator_stops_the_en
     )  # fmt: skip
     manager.start(config)
     state = manager.slots["BTCUSDT"].engine.state
-    await until(lambda: state.position == 1)
+    await until(lambda: state.position == 1 and state.book.mark == 102)
     await manager.stop("BTCUSDT", reason="stopped by operator", close=True)
     assert state.position is None and state.trade_count == 2
     assert state.total_pnl == pytest.approx(1.0)  # bought at 101, closed at the mark 102

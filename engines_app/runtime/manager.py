@@ -118,16 +118,26 @@ class EngineManager:
     def start_all(self, configs: Iterable[EngineConfig]) -> int:
         return sum(self.start(config) for config in configs)
 
-    async def stop(self, symbol: str, *, reason: str = "stopped", close: bool = False) -> None:
+    async def stop(
+        self,
+        symbol: str,
+        *,
+        reason: str = "stopped",
+        keep_failed: bool = False,
+        close: bool = False,
+    ) -> None:
         """Stop gracefully: the current cycle finishes, then the task ends. A hung engine
-        is cancelled after ``stop_timeout``. With ``close`` (an operator's stop), an engine
-        configured ``on_stop: close`` then closes its position at market."""
+        is cancelled after ``stop_timeout``. ``keep_failed`` leaves a failed (or halted)
+        engine so (a runner shutdown is no operator's decision). With ``close`` (an
+        operator's stop), an engine configured ``on_stop: close`` closes its position."""
         slot = self.slots.get(symbol)
         if slot is None:
             return
         self._cancel_retry(slot)
         task = slot.task
         if task is None:
+            if keep_failed and slot.status in (Status.FAILED, Status.HALTED):
+                return
             if slot.status != Status.STOPPED:
                 self._set_status(slot, Status.STOPPED, reason)
             if close:
@@ -145,8 +155,10 @@ class EngineManager:
         if close:
             self._close_on_stop(slot, reason)
 
-    async def stop_all(self, *, reason: str = "stopped") -> None:
-        await asyncio.gather(*(self.stop(symbol, reason=reason) for symbol in list(self.slots)))
+    async def stop_all(self, *, reason: str = "stopped", keep_failed: bool = False) -> None:
+        await asyncio.gather(
+            *(self.stop(s, reason=reason, keep_failed=keep_failed) for s in list(self.slots))
+        )
 
     async def restart(self, symbol: str, config: EngineConfig | None = None) -> None:
         """Stop and start again, with a fresh failure budget (an operator asked for it)."""
@@ -348,7 +360,8 @@ class EngineManager:
 
     def _emit(self, event: Event) -> None:
         self.events.append(event)
-        self.changed.set()
+        if not isinstance(event, BookChanged):  # fills wait for the runner's next flush
+            self.changed.set()
 
 
 def _error_event(symbol: str, at: float, exc: BaseException, *, crashed: bool) -> ErrorRaised:

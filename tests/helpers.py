@@ -1,0 +1,103 @@
+"""Small helpers shared by the engine-core tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.db.backends.signals import connection_created
+
+from engines_app.conf import EngineSettings, engine_settings
+from engines_app.runner import Runner
+
+
+def fast_settings(log_dir: Path, **overrides) -> EngineSettings:
+    """Engine settings with short intervals so tests run in fractions of a second."""
+    values = dict(
+        cycle_interval=0.05, flush_interval=0.1, poll_interval=0.05, backoff_base=0.05,
+        backoff_cap=1.0, backoff_jitter=0.0, health_check_interval=0.05, stop_timeout=1.0,
+        symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], log_dir=log_dir,
+    )  # fmt: skip
+    values.update(overrides)
+    return dataclasses.replace(engine_settings(), **values)
+
+
+@contextlib.asynccontextmanager
+async def running(runner: Runner, timeout: float = 10.0) -> AsyncIterator[Runner]:
+    """Run a runner in the background for the body of the ``async with``."""
+    task = asyncio.create_task(runner.run())
+    ready = asyncio.create_task(runner.ready.wait())
+    await asyncio.wait({task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raise what killed it
+    assert runner.ready.is_set(), "runner did not become ready"
+    try:
+        yield runner
+    finally:
+        runner.request_exit()
+        await asyncio.wait_for(task, timeout)
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.02):
+    """Await until a (possibly async) predicate is truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(step)
+
+
+def _close_connection() -> None:
+    connection.close()
+
+
+async def close_db_thread_connection() -> None:
+    """Close the runner thread's connection so the next query opens a fresh one."""
+    await sync_to_async(_close_connection, thread_sensitive=True)()
+
+
+class WriteTransactionCounter:
+    """Count write transactions as SQLite executes them: a BEGIN…COMMIT containing a write
+    counts once, a write in autocommit mode counts once. Installed on new connections."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._in_tx = False
+        self._wrote = False
+
+    def trace(self, sql: str) -> None:
+        head = sql.lstrip()[:8].upper()
+        if head.startswith("BEGIN"):
+            self._in_tx, self._wrote = True, False
+        elif head.startswith(("COMMIT", "END")):
+            self.count += self._wrote
+            self._in_tx = False
+        elif head.startswith("ROLLBACK"):
+            self._in_tx = False
+        elif head.startswith(("INSERT", "UPDATE", "DELETE", "REPLACE")):
+            if self._in_tx:
+                self._wrote = True
+            else:
+                self.count += 1
+
+    def _on_connect(self, sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite":
+            connection.connection.set_trace_callback(self.trace)
+
+    def __enter__(self) -> WriteTransactionCounter:
+        connection_created.connect(self._on_connect)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        connection_created.disconnect(self._on_connect)
