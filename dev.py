@@ -3,10 +3,15 @@
 
 python3 dev.py run     # venv + install + migrate + demo login, then web, runner, tasks
 python3 dev.py test    # venv + install, then every test (extra pytest args pass through)
+python3 dev.py serve   # like run, with the current Python and no install step
+
+LEVIPANEL_PORT (default 8000) and LEVIPANEL_HOST (default 127.0.0.1) choose where the web
+server listens; every other setting is read from the environment by the panel itself.
 """
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -35,42 +40,63 @@ def setup() -> None:
         STAMP.write_text(digest)
 
 
-def manage(*args: str) -> None:
-    subprocess.run([str(PYTHON), "manage.py", *args], check=True, cwd=ROOT)
+def manage(python: Path, *args: str) -> None:
+    subprocess.run([str(python), "manage.py", *args], check=True, cwd=ROOT)
 
 
 def run() -> int:
     setup()
-    manage("migrate", "--no-input", "-v", "0")
-    manage("collectstatic", "--no-input", "-v", "0")
-    manage("demo_login")
-    print("LeviPanel: http://127.0.0.1:8000/  (admin: http://127.0.0.1:8000/admin/)", flush=True)
+    return serve(BIN)
+
+
+def serve(bin_dir: Path) -> int:
+    """Migrate, print the URL and the demo login, then run the Procfile in the foreground.
+
+    honcho runs in its own session, so Ctrl-C reaches it once, through us: it stops all
+    three processes (SIGTERM, then SIGKILL after a few seconds) and we wait for it."""
+    python = bin_dir / PYTHON.name
+    manage(python, "migrate", "--no-input", "-v", "0")
+    manage(python, "collectstatic", "--no-input", "-v", "0")
+    manage(python, "demo_login")
+    host = os.environ.get("LEVIPANEL_HOST", "127.0.0.1")
+    url = f"http://{host}:{os.environ.get('LEVIPANEL_PORT', '8000')}"
+    print(f"LeviPanel: {url}/  (admin: {url}/admin/)", flush=True)
     print("Ctrl-C stops the web server, the runner and the task cluster.", flush=True)
-    honcho = [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
-    try:
-        return subprocess.run(honcho, cwd=ROOT, env=_env()).returncode
-    except KeyboardInterrupt:
-        return 0
+    honcho = [str(python), "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
+    process = subprocess.Popen(honcho, cwd=ROOT, env=_env(bin_dir), start_new_session=True)
+    stopping = []
+
+    def stop(signum: int, frame: object) -> None:
+        if not stopping:
+            stopping.append(signum)
+            process.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = process.wait()
+    return 0 if stopping else code
 
 
 def test(args: list[str]) -> int:
     setup()
-    return subprocess.run([str(PYTHON), "-m", "pytest", *args], cwd=ROOT, env=_env()).returncode
+    return subprocess.run([str(PYTHON), "-m", "pytest", *args], cwd=ROOT, env=_env(BIN)).returncode
 
 
-def _env() -> dict[str, str]:
+def _env(bin_dir: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test", "setup"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "serve", "test", "setup"):
         print(__doc__)
         return 2
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "run":
         return run()
+    if command == "serve":
+        return serve(Path(sys.executable).parent)
     if command == "test":
         return test(rest)
     setup()

@@ -8,7 +8,8 @@ class EnginesAppConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from . import checks  # noqa: F401  (registers the system check)
+        # Register the system check and connect the engines_written receivers.
+        from . import broadcast, checks, pnl  # noqa: F401
         from .schedules import ensure_daily_reset_schedule
 
         post_migrate.connect(ensure_daily_reset_schedule, sender=self)

@@ -85,6 +85,8 @@ class Engine(models.Model):
         return self.symbol
 
     def clean(self) -> None:
+        if symbol_problem(self.symbol):
+            return  # the symbol field's validator reports it
         try:
             self.engine_config(default_interval=1.0).validate()
         except ConfigError as exc:
@@ -172,6 +174,44 @@ class EngineCommand(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.symbol} ({self.outcome})"
+
+
+class EnginePnlSample(models.Model):
+    """An engine's PnL at one moment, sampled by the runner for the detail page's chart."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="pnl_samples")
+    at = models.DateTimeField(db_index=True)
+    daily_pnl = models.FloatField()
+    total_pnl = models.FloatField()
+
+    class Meta:
+        ordering = ["at"]
+
+    def __str__(self) -> str:
+        return f"{self.engine} PnL {self.total_pnl} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class ApiToken(models.Model):
+    """A key an API client uses to act as its user. Only a hash is stored: the key itself
+    is shown once, when the token is created."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. 'grafana' or 'deploy'.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    key_prefix = models.CharField(
+        max_length=16, editable=False, help_text="The key's first characters, to recognise it."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"
 
 
 class Trade(models.Model):

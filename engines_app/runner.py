@@ -87,6 +87,7 @@ class Runner:
         self._last_command_id = 0
         self._acks: list[store.Ack] = []
         self._unsent_acks: list[store.Ack] = []
+        self._launched: dict[str, float] = {}  # symbol -> when the runner last started it
 
     # Lifecycle --------------------------------------------------------------------------
 
@@ -223,6 +224,7 @@ class Runner:
                 log.exception("command %s failed", command)
                 ack = store.Ack(command.id, "failed", f"{type(exc).__name__}: {exc}")
             self._acks.append(ack)
+            self.say(f"Command {command.id} {command.action} {command.symbol}: {ack.message}")
             self.manager.changed.set()
 
     async def _carry_out(self, command: store.CommandRow) -> str:
@@ -231,11 +233,20 @@ class Runner:
         if action == "remove" or row is None:
             await self.manager.remove(symbol)
             return "removed" if action == "remove" else "engine no longer exists"
+        # The desired state in the row is at least as new as the command: a command it
+        # contradicts was overtaken by a later one (given while the runner was down, or
+        # within one poll), and carrying it out would only make the engine flap.
         if action == "stop":
+            if row.desired_state == RUNNING:
+                return "superseded: a later command wants it running"
             await self.manager.stop(symbol, reason="stopped by operator", close=True)
             return "stopped"
         if action == "reset_day":
             return self.manager.new_day(symbol, self.clock())
+        if action == "restart" and row.desired_state != RUNNING:
+            return "superseded: a later command wants it stopped"
+        if action == "restart" and self._fresh_since(symbol, command.created_at):
+            return "restarted: started after the command was given"
         self.manager.lift_halt(symbol)  # start, restart, add: an operator overrides a halt
         if action == "restart":
             self.policy.reset(symbol)
@@ -245,12 +256,19 @@ class Runner:
         if slot is not None and slot.task is not None and not slot.stopping:
             return "running"
         if row.desired_state != RUNNING:
-            return "not started: desired state is stopped"
+            return "superseded: a later command wants it stopped"
         if slot is not None and slot.status == Status.FAILED:
             self.policy.reset(symbol)
         if slot is not None and slot.task is not None:
             await self.manager.stop(symbol, reason="restarting")
         return "started" if self._start(row, None) else "start refused: bad config"
+
+    def _fresh_since(self, symbol: str, at: float) -> bool:
+        """Whether the engine runs from a start made after ``at``: a restart asked for at
+        ``at`` then has nothing left to do (the start that carried it out reset its budget)."""
+        slot = self.manager.slots.get(symbol)
+        alive = slot is not None and slot.task is not None and not slot.stopping
+        return alive and self._launched.get(symbol, 0.0) >= at
 
     def _apply(self, old: store.ControlRow | None, row: store.ControlRow) -> None:
         slot = self.manager.slots.get(row.symbol)
@@ -291,7 +309,10 @@ class Runner:
             self.manager.fail(row.symbol, exc)
             self.say(f"Engine {row.symbol} not started: {exc}")
             return False
-        return self.manager.start(config, state=state)
+        started = self.manager.start(config, state=state)
+        if started:
+            self._launched[row.symbol] = self.clock()
+        return started
 
     def _in_background(self, coro) -> None:
         task = asyncio.create_task(coro)

@@ -177,6 +177,7 @@ class CommandRow:
     id: int
     symbol: str
     action: str
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def pending_commands(after_id: int, symbols: list[str] | None = None) -> list[Co
     rows = EngineCommand.objects.filter(acked_at=None, id__gt=after_id)
     if symbols is not None:
         rows = rows.filter(symbol__in=symbols)
-    return [CommandRow(*row) for row in rows.order_by("id").values_list("id", "symbol", "action")]
+    rows = rows.order_by("id").values_list("id", "symbol", "action", "created_at")
+    return [CommandRow(pk, symbol, action, at.timestamp()) for pk, symbol, action, at in rows]
 
 
 def write(

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_q",
+    "ninja",  # serves the API docs page from static files, not a CDN
     "engines_app",
 ]
 
@@ -98,7 +99,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 5000},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": 5000,
+                # One prefix per installation sharing a Redis server.
+                "prefix": env.str("LEVIPANEL_CHANNEL_PREFIX", "asgi"),
+            },
         }
     }
 else:
@@ -127,6 +133,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns at every start when it is missing
 WHITENOISE_USE_FINDERS = True
 
 LOGGING = {
@@ -172,3 +179,8 @@ try:
     LEVIPANEL_ENV_ERRORS: dict = {}
 except EnvValidationError as exc:
     LEVIPANEL_ENV_ERRORS = exc.error_messages
+
+# Dashboard push: how often each web process's broadcaster looks for changed rows (the
+# embedded default's latency floor) and how often the runner samples PnL for the charts.
+LEVIPANEL_PUSH_INTERVAL = env.float("LEVIPANEL_PUSH_INTERVAL", 0.2)
+LEVIPANEL_PNL_SAMPLE_INTERVAL = env.float("LEVIPANEL_PNL_SAMPLE_INTERVAL", 60.0)

@@ -1,6 +1,17 @@
 from django.contrib import admin
-from django.urls import path
+from django.contrib.auth import views as auth_views
+from django.urls import path, re_path
+
+from engines_app import api
+from engines_app import views as dashboard_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", dashboard_views.dashboard_page, name="dashboard"),
+    path("engine/<str:symbol>/", dashboard_views.engine_page, name="engine"),
+    path("login/", auth_views.LoginView.as_view(next_page="dashboard"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
+    path("", api.urls()),  # /engines/status…, /docs, /openapi.json
+    # Keep last: other paths under /engines/ answer with a JSON 404.
+    re_path(r"^engines(?:/(?P<rest>.*))?$", api.not_found),
 ]

@@ -1,0 +1,43 @@
+"""Who is calling: an API token (``Authorization: Bearer …``) or a logged-in session."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja.errors import AuthenticationError
+from ninja.security import HttpBearer
+from ninja.security import SessionAuth as NinjaSessionAuth
+
+from .tokens import api_token_user
+
+
+class TokenAuth(HttpBearer):
+    """A token from the admin. A bad one is refused outright, never passed on to the
+    session, so a client learns its token is wrong."""
+
+    def authenticate(self, request: HttpRequest, token: str):
+        user = api_token_user(token.strip())
+        if user is None:
+            raise AuthenticationError(message="invalid or revoked API token")
+        request.user = user
+        return user
+
+    def __call__(self, request: HttpRequest):
+        header = request.headers.get(self.header, "")
+        if header and not header.lower().startswith("bearer "):
+            raise AuthenticationError(
+                message="malformed Authorization header: use 'Bearer <token>'"
+            )
+        return super().__call__(request)
+
+
+class SessionAuth(NinjaSessionAuth):
+    """The admin's session; unsafe methods need the CSRF token too."""
+
+    def __call__(self, request: HttpRequest):
+        if "Authorization" in request.headers:
+            return None  # the token decides
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, key):
+        user = getattr(request, "user", None)
+        return user if user is not None and user.is_authenticated else None

@@ -1,0 +1,108 @@
+"""The Epic-1 guide's endpoints. Thin: check the input, call a selector or a service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest
+from ninja import Router, Status
+from ninja.errors import HttpError
+
+from ..models import Engine, EngineCommand
+from ..runtime.engine import symbol_problem
+from ..selectors import engine_status, fleet_status
+from ..selectors_trading import MAX_PAGE_SIZE, profit_summary, trades_list
+from ..services import EngineNotFound, engine_restart, engine_start, engine_stop
+from .schemas import CommandOut, EngineOut, ErrorOut, FleetOut, ProfitSummaryOut, TradesOut
+
+CONTROL_PERMISSION = "engines_app.control_engine"
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
+
+router = Router(tags=["engines"])
+
+
+def checked_symbol(symbol: str) -> str:
+    """The symbol as given, or a 400 saying what is wrong. Lower case is refused, not
+    guessed at: one engine has one URL."""
+    if problem := symbol_problem(symbol):
+        hint = f" (did you mean {symbol.upper()}?)" if not symbol_problem(symbol.upper()) else ""
+        raise HttpError(400, f"{problem}{hint}")
+    return symbol
+
+
+def _engine(symbol: str) -> Engine:
+    engine = Engine.objects.filter(symbol=checked_symbol(symbol)).first()
+    if engine is None:
+        raise HttpError(404, f"no engine with symbol {symbol}")
+    return engine
+
+
+@router.get("/status", response={200: FleetOut, **ERRORS}, summary="Status of every engine")
+def status_all(request: HttpRequest):
+    """``{total, running, crashed, stopped, …every other status…, engines: [...]}``."""
+    return fleet_status()
+
+
+@router.get("/status/{symbol}", response={200: EngineOut, **ERRORS}, summary="Status of one engine")
+def status_one(request: HttpRequest, symbol: str):
+    return engine_status(_engine(symbol))
+
+
+def _steer(request: HttpRequest, symbol: str, service: Callable[..., EngineCommand]):
+    checked_symbol(symbol)
+    if not request.auth.has_perm(CONTROL_PERMISSION):
+        raise HttpError(403, "you do not have permission to control engines")
+    try:
+        command = service(symbol=symbol, user=request.auth, source="api")
+    except EngineNotFound as exc:
+        raise HttpError(404, str(exc)) from None
+    engine = command.engine
+    return Status(
+        202,
+        {
+            "symbol": symbol,
+            "action": command.action,
+            "command_id": command.id,
+            "outcome": command.outcome,
+            "desired_state": engine.desired_state,
+            "status": engine.status,
+            "message": f"{command.action} {symbol} requested; the runner carries it out",
+        },
+    )
+
+
+CONTROL = {"response": {202: CommandOut, **ERRORS}}
+
+
+@router.post("/start/{symbol}", summary="Start an engine", **CONTROL)
+def start(request: HttpRequest, symbol: str):
+    """Want the engine running (a failed engine gets a fresh restart budget). 202: the
+    runner carries it out within a second; follow it with ``GET /engines/status/{symbol}``."""
+    return _steer(request, symbol, engine_start)
+
+
+@router.post("/stop/{symbol}", summary="Stop an engine", **CONTROL)
+def stop(request: HttpRequest, symbol: str):
+    """Want the engine stopped; it finishes its current cycle first."""
+    return _steer(request, symbol, engine_stop)
+
+
+@router.post("/restart/{symbol}", summary="Restart an engine", **CONTROL)
+def restart(request: HttpRequest, symbol: str):
+    """Restart the engine now with a fresh restart budget; it is wanted running after."""
+    return _steer(request, symbol, engine_restart)
+
+
+@router.get("/trades/{symbol}", response={200: TradesOut, **ERRORS}, summary="Fills of one engine")
+def trades(request: HttpRequest, symbol: str, page: int = 1, page_size: int = 50):
+    """The engine's paper fills, newest first, ``page_size`` (1-500) a page."""
+    engine = _engine(symbol)
+    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise HttpError(400, f"page must be >= 1 and page_size from 1 to {MAX_PAGE_SIZE}")
+    return trades_list(symbol=engine.symbol, page=page, page_size=page_size)
+
+
+@router.get("/profit", response={200: ProfitSummaryOut, **ERRORS}, summary="Profit")
+def profit(request: HttpRequest):
+    """Per engine and in total: realized, unrealized, fees, total PnL, trades, win rate."""
+    return profit_summary()

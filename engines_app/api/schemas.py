@@ -1,0 +1,101 @@
+"""Response shapes, in the Epic-1 guide's words; the OpenAPI schema is generated from them."""
+
+from __future__ import annotations
+
+from ninja import Schema
+
+
+class EngineOut(Schema):
+    symbol: str
+    status: str
+    uptime_seconds: float
+    last_heartbeat: float | None
+    error_count: int
+    last_error: str | None
+    position: float | None
+    daily_pnl: float
+    total_pnl: float
+    trade_count: int
+    desired_state: str
+    status_reason: str | None
+    heartbeat_age_seconds: float | None
+    restart_attempt: int
+    restart_budget_left: int | None
+    next_retry_at: float | None
+    cycle_interval: float | None
+    last_tick_age_seconds: float | None = None
+
+
+class FleetOut(Schema):
+    total: int
+    running: int
+    crashed: int
+    stopped: int
+    starting: int
+    backoff: int
+    stopping: int
+    failed: int
+    degraded: int
+    halted: int
+    engines: list[EngineOut]
+
+
+class CommandOut(Schema):
+    symbol: str
+    action: str
+    command_id: int
+    outcome: str
+    desired_state: str
+    status: str
+    message: str
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class TradeOut(Schema):
+    id: str
+    seq: int
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    time: float
+    realized_pnl: float | None
+    position_after: float
+
+
+class TradesOut(Schema):
+    symbol: str
+    page: int
+    page_size: int
+    total: int
+    trades: list[TradeOut]
+
+
+class ProfitOut(Schema):
+    symbol: str
+    realized: float
+    unrealized: float
+    fees: float
+    total_pnl: float
+    trade_count: int
+    closed_count: int
+    win_rate: float | None
+
+
+class ProfitTotalOut(Schema):
+    realized: float
+    unrealized: float
+    fees: float
+    total_pnl: float
+    trade_count: int
+    closed_count: int
+    win_rate: float | None
+
+
+class ProfitSummaryOut(Schema):
+    engines: list[ProfitOut]
+    total: ProfitTotalOut

@@ -1,0 +1,1 @@
+"""Benchmarks: each module has ``run(**options) -> list[dict]`` rows with a baseline."""

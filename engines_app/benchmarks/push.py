@@ -1,0 +1,278 @@
+"""Push latency: a change written by the runner process → a websocket client of the web process.
+
+Starts the web server (daphne) and the runner (``runengines``) as subprocesses on a temp
+data dir, logs in over HTTP, opens the dashboard websocket and times every pushed row from
+its ``updated_at`` stamp (taken by the runner just before its write) to its arrival. The
+runner's heartbeat flush writes one row every ``FLUSH_INTERVAL`` — slower than the
+broadcaster's look, so each write is timed on its own. Measured twice: on the embedded
+default (SQLite, in-memory layer: the broadcaster's poll is the bus) and with ``REDIS_URL``
+(the runner's hint wakes the broadcaster through channels_redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+from websockets.sync.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = "p95 < 1000 ms embedded, < 150 ms Redis"
+FLUSH_INTERVAL = 0.3
+PUSH_INTERVAL = 0.2
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def run(*, samples: int = 30) -> list[dict]:
+    """Rows ``{name, value, unit, baseline, baseline_name, target}`` for the benchmark."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="levipanel-push-") as tmp:
+        embedded = measure(Path(tmp) / "embedded", samples=samples)
+    floor = PUSH_INTERVAL * 1000
+    floor_name = "broadcaster poll interval (the embedded floor)"
+    rows.append(_row("push latency p50, embedded", embedded.p50, floor, floor_name))
+    rows.append(_row("push latency p95, embedded", embedded.p95, floor, floor_name))
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if not reachable(redis_url):
+        note = f"skipped: Redis is not reachable at {_host_port(redis_url)}"
+        rows.append({**_row("push latency p95, Redis", None, None, ""), "note": note})
+        return rows
+    round_trip = asyncio.run(layer_round_trip(redis_url, samples=max(samples, 30)))
+    with tempfile.TemporaryDirectory(prefix="levipanel-push-") as tmp:
+        redis = measure(Path(tmp) / "redis", samples=samples, redis_url=redis_url)
+    base_name = "bare channels_redis group_send → receive"
+    rows.append(_row("push latency p50, Redis", redis.p50, percentile(round_trip, 50), base_name))
+    rows.append(_row("push latency p95, Redis", redis.p95, percentile(round_trip, 95), base_name))
+    return rows
+
+
+def _row(name: str, value: float | None, baseline: float | None, baseline_name: str) -> dict:
+    return {
+        "name": name,
+        "value": None if value is None else round(value, 1),
+        "unit": "ms",
+        "baseline": None if baseline is None else round(baseline, 1),
+        "baseline_name": baseline_name,
+        "target": TARGET,
+    }
+
+
+@dataclass
+class Latencies:
+    values: list[float] = field(default_factory=list)  # milliseconds
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.values, 50)
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.values, 95)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def measure(data_dir: Path, *, samples: int, redis_url: str | None = None) -> Latencies:
+    """Start web + runner on ``data_dir``, open a dashboard and time ``samples`` pushes."""
+    with Installation(data_dir, redis_url=redis_url) as panel:
+        with panel.dashboard() as socket_:
+            return collect(socket_, samples=samples)
+
+
+def collect(socket_: ClientConnection, *, samples: int, timeout: float = 60.0) -> Latencies:
+    """Time each pushed engine row from its ``version`` (the runner's stamp) to now."""
+    latencies = Latencies()
+    seen: set[float] = set()
+    first = True
+    deadline = time.monotonic() + timeout
+    while len(latencies.values) < samples:
+        frame = json.loads(socket_.recv(timeout=max(0.1, deadline - time.monotonic())))
+        arrived = time.time()
+        if frame["type"] != "changes":
+            continue
+        if first:  # the first look also sends rows older than the snapshot
+            first = False
+            seen.update(row["version"] for row in frame["engines"])
+            continue
+        for row in frame["engines"]:
+            if row["version"] not in seen and row["status"] == "running":
+                seen.add(row["version"])
+                latencies.values.append((arrived - row["version"]) * 1000)
+    return latencies
+
+
+async def layer_round_trip(redis_url: str, *, samples: int) -> list[float]:
+    """A bare channels_redis group message, sent and received in one process (ms)."""
+    from channels_redis.core import RedisChannelLayer
+
+    layer = RedisChannelLayer(hosts=[redis_url], prefix=f"lp-bench-{uuid.uuid4().hex[:8]}")
+    channel = await layer.new_channel()
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    await layer.group_add(group, channel)
+    out = []
+    try:
+        for _ in range(samples):
+            start = time.perf_counter()
+            await layer.group_send(group, {"type": "ping"})
+            await layer.receive(channel)
+            out.append((time.perf_counter() - start) * 1000)
+            await asyncio.sleep(0.01)
+    finally:
+        await layer.group_discard(group, channel)
+        await layer.flush()
+    return out
+
+
+def reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _host_port(url: str) -> str:
+    parsed = urlparse(url)
+    return f"{parsed.hostname}:{parsed.port or 6379}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Installation:
+    """A LeviPanel on a temp data dir: web server and runner as subprocesses."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        redis_url: str | None = None,
+        symbols: int = 1,
+        push_interval: float = PUSH_INTERVAL,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "LEVIPANEL_DATA_DIR": str(data_dir),
+            "DJANGO_SETTINGS_MODULE": "levipanel.settings",
+            "PYTHONUNBUFFERED": "1",
+            "LEVIPANEL_SYMBOLS": ",".join(["BTCUSDT", "ETHUSDT", "SOLUSDT"][:symbols]),
+            "LEVIPANEL_FLUSH_INTERVAL": str(FLUSH_INTERVAL),
+            "LEVIPANEL_PUSH_INTERVAL": str(push_interval),
+            "LEVIPANEL_CHANNEL_PREFIX": f"lp-bench-{uuid.uuid4().hex[:8]}",
+        }
+        for name in ("DATABASE_URL", "REDIS_URL"):
+            self.env.pop(name, None)
+        if redis_url:
+            self.env["REDIS_URL"] = redis_url
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Installation:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.manage("migrate", "--no-input", "-v", "0")
+        out = self.manage("demo_login").stdout
+        self.password = re.search(r"password (\S+)", out).group(1)
+        try:
+            self.start("web", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                       "levipanel.asgi:application")  # fmt: skip
+            self.start("runner", "manage.py", "runengines")
+            self.wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def manage(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.data_dir / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args} exited: see {self.data_dir}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the web server did not listen on port {self.port}")
+
+    def login(self, username: str = "admin", password: str | None = None) -> str:
+        """Log in through the login form, as a browser does; return the session id."""
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            client.get("/login/").raise_for_status()
+            response = client.post(
+                "/login/",
+                data={
+                    "username": username,
+                    "password": password or self.password,
+                    "csrfmiddlewaretoken": client.cookies["csrftoken"],
+                    "next": "/",
+                },
+            )
+            if response.status_code != 302 or "sessionid" not in client.cookies:
+                raise RuntimeError(f"login failed: HTTP {response.status_code}")
+            return client.cookies["sessionid"]
+
+    @contextmanager
+    def dashboard(self, session: str | None = None) -> Iterator[ClientConnection]:
+        """The dashboard's websocket, its snapshot already received."""
+        headers = {"Cookie": f"sessionid={session or self.login()}", "Origin": self.url}
+        ws_url = f"ws://127.0.0.1:{self.port}/ws/engines/"
+        with connect(ws_url, additional_headers=headers, open_timeout=10) as socket_:
+            snapshot = json.loads(socket_.recv(timeout=10))
+            if snapshot["type"] != "snapshot":
+                raise RuntimeError(f"expected a snapshot first, got {snapshot['type']}")
+            socket_.snapshot = snapshot
+            yield socket_

@@ -1,0 +1,281 @@
+// The live dashboard: render the snapshot, apply numbered changes, ask for a fresh
+// snapshot on a gap or a reconnect, and tick uptime / heartbeat age between pushes.
+(function () {
+  "use strict";
+
+  const config = window.LEVIPANEL;
+  const COUNTED = ["running", "crashed", "stopped", "backoff", "failed"];
+  const ACTIONS = ["start", "stop", "restart"];
+  const SHOW_DONE_MS = 4000;
+
+  const state = {
+    engines: new Map(), // symbol -> row
+    commands: new Map(), // command id -> command
+    seq: 0,
+    offset: 0, // browser clock minus server clock, in seconds
+    canControl: config.canControl,
+    socket: null,
+    attempts: 0,
+    nextClientId: 1,
+  };
+
+  const body = document.getElementById("engines");
+  const live = document.getElementById("live");
+  const flash = document.getElementById("flash");
+
+  // Data ---------------------------------------------------------------------------------
+
+  function serverNow() {
+    return Date.now() / 1000 - state.offset;
+  }
+
+  function setClock(now) {
+    if (typeof now === "number") state.offset = Date.now() / 1000 - now;
+  }
+
+  function putEngine(row) {
+    const old = state.engines.get(row.symbol);
+    if (!old || row.version >= old.version) state.engines.set(row.symbol, row);
+  }
+
+  function putCommand(command) {
+    const old = state.commands.get(command.id);
+    if (old && old.acked_at && !command.acked_at) return; // never un-acknowledge
+    if (command.acked_at && !(old && old.acked_at)) command.seenDone = Date.now();
+    else if (old) command.seenDone = old.seenDone;
+    state.commands.set(command.id, command);
+  }
+
+  function applySnapshot(message) {
+    setClock(message.now);
+    state.seq = message.seq;
+    if (typeof message.can_control === "boolean") state.canControl = message.can_control;
+    state.engines = new Map();
+    message.engines.forEach((row) => state.engines.set(row.symbol, row));
+    const known = state.commands;
+    state.commands = new Map();
+    message.commands.forEach((command) => putCommand(command));
+    // Keep the outcomes already shown; a pending one not in the snapshot is done.
+    known.forEach((command, id) => {
+      if (command.acked_at && !state.commands.has(id)) state.commands.set(id, command);
+    });
+    render();
+  }
+
+  function applyChanges(message) {
+    if (message.seq <= state.seq) return; // already in the snapshot
+    const gap = message.seq !== state.seq + 1;
+    state.seq = message.seq;
+    setClock(message.now);
+    message.engines.forEach(putEngine);
+    message.commands.forEach(putCommand);
+    message.removed.forEach((symbol) => state.engines.delete(symbol));
+    render();
+    if (gap) send({ type: "snapshot" });
+  }
+
+  // Rendering ----------------------------------------------------------------------------
+
+  function render() {
+    renderCounters();
+    const symbols = Array.from(state.engines.keys()).sort();
+    const wanted = new Set(symbols);
+    Array.from(body.rows).forEach((tr) => {
+      if (!wanted.has(tr.dataset.symbol)) tr.remove();
+    });
+    symbols.forEach((symbol, index) => {
+      let tr = body.querySelector(`tr[data-symbol="${symbol}"]`);
+      if (!tr) tr = newRow(symbol);
+      if (body.rows[index] !== tr) body.insertBefore(tr, body.rows[index] || null);
+      fillRow(tr, state.engines.get(symbol));
+    });
+    tick();
+  }
+
+  function renderCounters() {
+    const rows = Array.from(state.engines.values());
+    setText(document.querySelector('[data-count="total"]'), rows.length);
+    COUNTED.forEach((status) => {
+      const n = rows.filter((row) => row.status === status).length;
+      setText(document.querySelector(`[data-count="${status}"]`), n);
+    });
+  }
+
+  function newRow(symbol) {
+    const tr = document.createElement("tr");
+    tr.dataset.symbol = symbol;
+    const link = `<a href="/engine/${encodeURIComponent(symbol)}/">${symbol}</a>`;
+    tr.innerHTML =
+      `<td class="symbol">${link}</td>` +
+      '<td><span class="badge" data-field="status"></span><span class="pending" data-field="pending"></span></td>' +
+      '<td class="num" data-field="uptime"></td><td class="num" data-field="heartbeat"></td>' +
+      '<td class="num" data-field="position"></td><td class="num" data-field="daily_pnl"></td>' +
+      '<td class="num" data-field="total_pnl"></td><td class="num" data-field="trade_count"></td>' +
+      '<td class="num" data-field="error_count"></td><td class="error" data-field="last_error"></td>';
+    if (state.canControl) {
+      const td = document.createElement("td");
+      td.className = "control";
+      ACTIONS.forEach((action) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = action[0].toUpperCase() + action.slice(1);
+        button.dataset.action = action;
+        button.addEventListener("click", () => command(action, symbol));
+        td.appendChild(button);
+      });
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  function fillRow(tr, row) {
+    const badge = field(tr, "status");
+    setText(badge, row.status);
+    badge.className = `badge ${row.status}`;
+    badge.title = row.status_reason || "";
+    setText(field(tr, "position"), row.position === null ? "—" : number(row.position, 4));
+    money(field(tr, "daily_pnl"), row.daily_pnl);
+    money(field(tr, "total_pnl"), row.total_pnl);
+    setText(field(tr, "trade_count"), row.trade_count);
+    setText(field(tr, "error_count"), row.error_count);
+    const error = field(tr, "last_error");
+    setText(error, row.last_error || "");
+    error.title = row.last_error || "";
+    const pending = pendingFor(row.symbol);
+    const label = field(tr, "pending");
+    setText(label, pending.map(describe).join(" · "));
+    tr.classList.toggle("has-pending", pending.some((c) => !c.acked_at));
+    tr.querySelectorAll("button[data-action]").forEach((button) => {
+      const action = button.dataset.action;
+      const busy = pending.some((c) => !c.acked_at);
+      button.disabled =
+        busy ||
+        (action === "start" && row.desired_state === "running" && row.status === "running") ||
+        (action === "stop" && row.desired_state === "stopped");
+    });
+  }
+
+  function pendingFor(symbol) {
+    const now = Date.now();
+    const out = [];
+    state.commands.forEach((command, id) => {
+      if (command.acked_at && now - command.seenDone > SHOW_DONE_MS) {
+        state.commands.delete(id);
+      } else if (command.symbol === symbol) {
+        out.push(command);
+      }
+    });
+    return out;
+  }
+
+  function describe(command) {
+    if (!command.acked_at) return `${command.action} pending…`;
+    return `${command.action}: ${command.message || command.outcome}`;
+  }
+
+  function tick() {
+    const now = serverNow();
+    body.querySelectorAll("tr").forEach((tr) => {
+      const row = state.engines.get(tr.dataset.symbol);
+      if (!row) return;
+      setText(field(tr, "uptime"), row.started_at ? duration(now - row.started_at) : "—");
+      const age = row.last_heartbeat ? Math.max(0, now - row.last_heartbeat) : null;
+      const cell = field(tr, "heartbeat");
+      setText(cell, age === null ? "—" : `${age < 60 ? age.toFixed(1) + " s" : duration(age)} ago`);
+      cell.classList.toggle("stale", row.status === "running" && age !== null && age > 10);
+      if (tr.classList.contains("has-pending") || tr.querySelector(".pending").textContent) {
+        fillRow(tr, row); // lets a shown outcome fade out
+      }
+    });
+  }
+
+  function field(tr, name) {
+    return tr.querySelector(`[data-field="${name}"]`);
+  }
+
+  function setText(element, value) {
+    const text = String(value);
+    if (element && element.textContent !== text) element.textContent = text;
+  }
+
+  function number(value, digits) {
+    return Number(value).toLocaleString("en-US", { maximumFractionDigits: digits });
+  }
+
+  function money(element, value) {
+    setText(element, Number(value).toFixed(2));
+    element.classList.toggle("pos", value > 0);
+    element.classList.toggle("neg", value < 0);
+  }
+
+  function duration(seconds) {
+    const s = Math.floor(seconds);
+    const d = Math.floor(s / 86400);
+    const h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    const pad = (n) => String(n).padStart(2, "0");
+    if (d) return `${d}d ${pad(h)}h ${pad(m)}m`;
+    if (h) return `${h}h ${pad(m)}m ${pad(s % 60)}s`;
+    return `${m}m ${pad(s % 60)}s`;
+  }
+
+  function showFlash(message) {
+    flash.textContent = message;
+    flash.hidden = false;
+    flash.className = "flash error";
+    clearTimeout(showFlash.timer);
+    showFlash.timer = setTimeout(() => (flash.hidden = true), 6000);
+  }
+
+  // The websocket ------------------------------------------------------------------------
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}${config.socketPath}`);
+    state.socket = socket;
+    socket.onopen = () => {
+      state.attempts = 0;
+      setLive(true);
+    };
+    socket.onmessage = (event) => receive(JSON.parse(event.data));
+    socket.onclose = () => {
+      setLive(false);
+      // daphne closes websockets after a day, networks drop: come back by itself.
+      const delay = Math.min(10000, 500 * 2 ** state.attempts++);
+      setTimeout(connect, delay);
+    };
+  }
+
+  function receive(message) {
+    if (message.type === "snapshot") applySnapshot(message);
+    else if (message.type === "changes") applyChanges(message);
+    else if (message.type === "command") {
+      putCommand(message.command);
+      render();
+    } else if (message.type === "error") showFlash(message.message);
+  }
+
+  function send(frame) {
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+      state.socket.send(JSON.stringify(frame));
+      return true;
+    }
+    return false;
+  }
+
+  function command(action, symbol) {
+    const id = `c${state.nextClientId++}`;
+    if (!send({ type: "command", action, symbol, id })) {
+      showFlash("Not connected: try again in a moment.");
+    }
+  }
+
+  function setLive(on) {
+    live.textContent = on ? "live" : "reconnecting…";
+    live.classList.toggle("off", !on);
+  }
+
+  applySnapshot(JSON.parse(document.getElementById("snapshot").textContent));
+  setInterval(tick, 500);
+  connect();
+})();

@@ -1,0 +1,300 @@
+"""The admin, through Django's test client: actions only with the control permission,
+every change recorded as a command, runner-owned fields never written back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.contrib.messages import get_messages
+from django.test import Client
+
+from engines_app.models import ApiToken, Engine, EngineCommand, EngineError, EngineRestart
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "/admin/engines_app/engine/"
+MODEL_PERMISSIONS = ("view_engine", "change_engine", "add_engine", "delete_engine")
+
+
+def staff(django_user_model, name: str, *codenames: str):
+    user = django_user_model.objects.create_user(name, is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+@pytest.fixture
+def operator(django_user_model):
+    return staff(django_user_model, "operator", *MODEL_PERMISSIONS, "control_engine",
+                 "view_enginerestart", "view_engineerror", "view_enginecommand")  # fmt: skip
+
+
+@pytest.fixture
+def watcher(django_user_model):
+    return staff(django_user_model, "watcher", *MODEL_PERMISSIONS)
+
+
+@pytest.fixture
+def engines(db):
+    now = datetime.now(UTC)
+    return {
+        "BTCUSDT": Engine.objects.create(symbol="BTCUSDT", status="running", started_at=now,
+                                         last_heartbeat=now, total_pnl=12.5, trade_count=3),
+        "ETHUSDT": Engine.objects.create(symbol="ETHUSDT", status="crashed"),
+        "SOLUSDT": Engine.objects.create(symbol="SOLUSDT", status="failed"),
+        "XRPUSDT": Engine.objects.create(symbol="XRPUSDT", status="stopped",
+                                         desired_state="stopped"),
+    }  # fmt: skip
+
+
+def as_user(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def action(client: Client, name: str, *symbols: str):
+    ids = [Engine.objects.get(symbol=symbol).pk for symbol in symbols]
+    return client.post(CHANGELIST, {"action": name, "_selected_action": ids}, follow=True)
+
+
+def commands() -> list[tuple[str, str, str, str]]:
+    return list(
+        EngineCommand.objects.order_by("id").values_list(
+            "symbol", "action", "source", "user__username"
+        )
+    )
+
+
+# The list ----------------------------------------------------------------------------
+
+
+def test_the_list_shows_status_heartbeat_uptime_and_results(engines, operator):
+    response = as_user(operator).get(CHANGELIST)
+    assert response.status_code == 200
+    page = response.content.decode()
+    for column in ("Heartbeat age", "Uptime", "Position", "Daily pnl", "Total pnl",
+                   "Trade count", "Error count"):  # fmt: skip
+        assert column in page
+    assert "12.5" in page and "0 s" in page
+    assert 'id="restart-crashed"' in page and "Restart crashed/failed (2)" in page
+
+
+def test_filter_by_status_and_search_by_symbol(engines, operator):
+    client = as_user(operator)
+    crashed = client.get(CHANGELIST, {"status__exact": "crashed"})
+    assert list(crashed.context["cl"].result_list) == [engines["ETHUSDT"]]
+    found = client.get(CHANGELIST, {"q": "sol"})
+    assert list(found.context["cl"].result_list) == [engines["SOLUSDT"]]
+
+
+# Actions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "verb", "desired"),
+    [("start_engines", "Start", "running"), ("stop_engines", "Stop", "stopped"),
+     ("restart_engines", "Restart", "running")],
+)  # fmt: skip
+def test_actions_go_through_the_services_and_say_what_they_did(engines, operator, name, verb,
+                                                               desired):  # fmt: skip
+    response = action(as_user(operator), name, "BTCUSDT", "XRPUSDT")
+    assert response.status_code == 200
+    assert messages_of(response) == [
+        f"{verb} requested for 2 engine(s): BTCUSDT, XRPUSDT. "
+        "The runner carries it out within a second."
+    ]
+    action_name = verb.lower()
+    assert commands() == [("BTCUSDT", action_name, "admin", "operator"),
+                          ("XRPUSDT", action_name, "admin", "operator")]  # fmt: skip
+    assert {e.desired_state for e in Engine.objects.filter(symbol__in=["BTCUSDT", "XRPUSDT"])} == {
+        desired
+    }
+
+
+def test_without_the_control_permission_there_are_no_actions(engines, watcher):
+    client = as_user(watcher)
+    page = client.get(CHANGELIST)
+    form = page.context["action_form"]  # only "delete selected" could be left, and it is not
+    assert form is None
+    assert b'id="restart-crashed"' not in page.content
+    assert action(client, "stop_engines", "BTCUSDT").status_code == 200  # ignored
+    assert client.post(f"{CHANGELIST}restart-crashed/").status_code == 403
+    assert not EngineCommand.objects.exists()
+    assert Engine.objects.get(symbol="BTCUSDT").desired_state == "running"
+
+
+def test_restart_crashed_and_failed_is_one_click(engines, operator):
+    client = as_user(operator)
+    response = client.post(f"{CHANGELIST}restart-crashed/", follow=True)
+    assert response.redirect_chain == [(CHANGELIST, 302)]
+    assert messages_of(response) == [
+        "Restart requested for 2 engine(s): ETHUSDT, SOLUSDT. "
+        "The runner carries it out within a second."
+    ]
+    assert [c[:2] for c in commands()] == [("ETHUSDT", "restart"), ("SOLUSDT", "restart")]
+    assert Engine.objects.get(symbol="SOLUSDT").failures_reset_at is not None
+    assert client.get(f"{CHANGELIST}restart-crashed/").status_code == 405
+    Engine.objects.filter(status__in=["crashed", "failed"]).update(status="running")
+    again = client.post(f"{CHANGELIST}restart-crashed/", follow=True)
+    assert messages_of(again) == ["No crashed or failed engines."]
+
+
+# Add, change, delete -------------------------------------------------------------------
+
+
+def test_adding_an_engine_records_an_add_command(db, operator):
+    response = as_user(operator).post(
+        f"{CHANGELIST}add/",
+        {"symbol": "ADAUSDT", "desired_state": "running", "cycle_interval": "0.5",
+         "config": '{"seed": 7}'},
+        follow=True,
+    )  # fmt: skip
+    assert response.status_code == 200
+    engine = Engine.objects.get(symbol="ADAUSDT")
+    assert (engine.cycle_interval, engine.config) == (0.5, {"seed": 7})
+    assert commands() == [("ADAUSDT", "add", "admin", "operator")]
+    assert "Engine ADAUSDT added (the runner starts it)." in messages_of(response)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({"symbol": "btc"}, "symbol", "upper-case"),
+        ({"symbol": "BTCUSDT"}, "symbol", "already exists"),
+        ({"cycle_interval": "0"}, "cycle_interval", "greater than 0"),
+        ({"cycle_interval": "-1"}, "cycle_interval", "greater than 0"),
+        ({"config": '{"crash_probability": 2}'}, "config", "between 0 and 1"),
+        ({"config": '{"colour": "red"}'}, "config", "unknown engine option"),
+        ({"config": "[1, 2]"}, "config", "JSON object"),
+        ({"config": "{not json"}, "config", "Enter a valid JSON"),
+    ],
+)
+def test_an_invalid_new_engine_is_refused_in_the_form(engines, operator, data, field, message):
+    form = {"symbol": "ADAUSDT", "desired_state": "running", "cycle_interval": "",
+            "config": "{}", **data}  # fmt: skip
+    response = as_user(operator).post(f"{CHANGELIST}add/", form)
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors[field])
+    assert not EngineCommand.objects.exists()
+    assert Engine.objects.count() == 4
+
+
+def test_adding_needs_the_control_permission(db, watcher):
+    response = as_user(watcher).post(f"{CHANGELIST}add/", {"symbol": "ADAUSDT"})
+    assert response.status_code == 403
+    assert not Engine.objects.exists()
+
+
+def change(client: Client, engine: Engine, **data):
+    form = {"desired_state": engine.desired_state, "cycle_interval": engine.cycle_interval or "",
+            "config": "{}", **data}  # fmt: skip
+    return client.post(f"{CHANGELIST}{engine.pk}/change/", form, follow=True)
+
+
+def test_editing_settings_never_overwrites_what_the_runner_wrote(engines, operator):
+    client = as_user(operator)
+    btc = engines["BTCUSDT"]
+    page = client.get(f"{CHANGELIST}{btc.pk}/change/")  # the form as the operator saw it
+    assert page.status_code == 200
+    # Meanwhile the runner writes a heartbeat, PnL and a new status.
+    Engine.objects.filter(pk=btc.pk).update(status="backoff", total_pnl=99.0, trade_count=42)
+    response = change(client, btc, cycle_interval="0.25", config='{"seed": 3}')
+    assert response.status_code == 200
+    btc.refresh_from_db()
+    assert (btc.cycle_interval, btc.config) == (0.25, {"seed": 3})
+    assert (btc.status, btc.total_pnl, btc.trade_count) == ("backoff", 99.0, 42)
+    assert any("cycle_interval, config changed" in m for m in messages_of(response))
+    assert not EngineCommand.objects.exists()  # settings are picked up by the runner itself
+
+
+def test_an_invalid_setting_is_refused_and_nothing_changes(engines, operator):
+    btc = engines["BTCUSDT"]
+    response = change(as_user(operator), btc, config='{"crash_probability": -1}')
+    assert "between 0 and 1" in " ".join(response.context["adminform"].form.errors["config"])
+    btc.refresh_from_db()
+    assert btc.config == {}
+
+
+def test_changing_desired_state_in_the_form_is_a_command(engines, operator):
+    response = change(as_user(operator), engines["BTCUSDT"], desired_state="stopped")
+    assert response.status_code == 200
+    assert commands() == [("BTCUSDT", "stop", "admin", "operator")]
+    assert "Engine BTCUSDT: stop requested." in messages_of(response)
+
+
+def test_without_control_desired_state_is_read_only(engines, watcher):
+    btc = engines["BTCUSDT"]
+    response = change(as_user(watcher), btc, desired_state="stopped", config='{"seed": 1}')
+    assert response.status_code == 200
+    btc.refresh_from_db()
+    assert (btc.desired_state, btc.config) == ("running", {"seed": 1})
+    assert not EngineCommand.objects.exists()
+
+
+def test_the_change_page_shows_recent_restarts_errors_and_commands(engines, operator):
+    btc = engines["BTCUSDT"]
+    now = datetime.now(UTC)
+    for attempt in range(1, 13):
+        EngineRestart.objects.create(engine=btc, at=now, reason=f"crash {attempt}",
+                                     attempt=attempt, backoff_seconds=60.0)  # fmt: skip
+    EngineError.objects.create(engine=btc, at=now, type="InjectedCrash", message="kaboom")
+    client = as_user(operator)
+    action(client, "restart_engines", "BTCUSDT")
+    page = client.get(f"{CHANGELIST}{btc.pk}/change/").content.decode()
+    assert "crash 12" in page and "crash 3" in page and "crash 2<" not in page  # newest 10
+    assert "kaboom" in page and "Recent commands" in page and "restart" in page
+    for runner_field in ("status", "total_pnl", "last_heartbeat"):
+        assert f'name="{runner_field}"' not in page  # read-only: shown, never posted
+
+
+def test_deleting_goes_through_the_service(engines, operator, watcher):
+    xrp = engines["XRPUSDT"]
+    assert (
+        as_user(watcher).post(f"{CHANGELIST}{xrp.pk}/delete/", {"post": "yes"}).status_code == 403
+    )
+    response = as_user(operator).post(f"{CHANGELIST}{xrp.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Engine.objects.filter(symbol="XRPUSDT").exists()
+    bulk = action(as_user(operator), "delete_selected", "ETHUSDT", "SOLUSDT")
+    assert bulk.status_code == 200
+    client = as_user(operator)
+    ids = [engines["ETHUSDT"].pk, engines["SOLUSDT"].pk]
+    client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": ids, "post": "yes"})
+    assert commands() == [("XRPUSDT", "remove", "admin", "operator"),
+                          ("ETHUSDT", "remove", "admin", "operator"),
+                          ("SOLUSDT", "remove", "admin", "operator")]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["enginerestart", "engineerror", "enginecommand"])
+def test_logs_are_read_only(engines, django_user_model, model):
+    admin_user = django_user_model.objects.create_superuser("root")
+    client = as_user(admin_user)
+    assert client.get(f"/admin/engines_app/{model}/").status_code == 200
+    assert client.get(f"/admin/engines_app/{model}/add/").status_code == 403
+
+
+# API tokens ----------------------------------------------------------------------------
+
+
+def test_a_token_is_shown_once_and_works_for_its_user(engines, operator, django_user_model):
+    operator.user_permissions.add(*Permission.objects.filter(codename__contains="apitoken"))
+    other = django_user_model.objects.create_superuser("root")
+    response = as_user(operator).post(
+        "/admin/engines_app/apitoken/add/", {"name": "deploy", "user": other.pk}, follow=True
+    )
+    [message] = [m for m in messages_of(response) if "Bearer" in m]
+    key = message.split("Bearer ")[1].rstrip("'.")
+    token = ApiToken.objects.get()
+    assert token.user == operator  # not the superuser: only a superuser mints for others
+    assert key.startswith(token.key_prefix) and key not in token.key_hash
+    api = Client().post("/engines/stop/BTCUSDT", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert api.status_code == 202
+    assert commands() == [("BTCUSDT", "stop", "api", "operator")]
+    listing = as_user(operator).get("/admin/engines_app/apitoken/")
+    assert key not in listing.content.decode()

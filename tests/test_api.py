@@ -1,0 +1,391 @@
+"""The JSON API: the guide's paths and shapes, who may call what, and a JSON error for
+every bad request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from datetime import UTC, datetime
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from engines_app.api.tokens import api_token_create
+from engines_app.models import Engine, EngineCommand
+from tests.conftest import free_port, wait_for
+
+pytestmark = pytest.mark.django_db
+
+# The Epic-1 guide's example responses, as written there.
+GUIDE_ENGINE = {
+    "symbol": "BTCUSDT",
+    "status": "running",
+    "uptime_seconds": 45.23,
+    "last_heartbeat": 1697180234.567,
+    "error_count": 0,
+    "last_error": None,
+    "position": None,
+    "daily_pnl": 0.0,
+    "total_pnl": 0.0,
+    "trade_count": 0,
+}
+GUIDE_FLEET = {"total": 3, "running": 3, "crashed": 0, "stopped": 0, "engines": [GUIDE_ENGINE]}
+NUMBER = (int, float)
+NULLABLE = {"last_heartbeat", "last_error", "position"}  # an engine that never ran has none
+
+
+def same_shape(example: dict, actual: dict) -> None:
+    """Every key of the guide's example is there, with a value of the same kind."""
+    for key, value in example.items():
+        assert key in actual, f"missing {key!r}"
+        if value is None or (key in NULLABLE and actual[key] is None):
+            continue
+        kind = NUMBER if isinstance(value, NUMBER) else type(value)
+        assert isinstance(actual[key], kind), f"{key}: {actual[key]!r} is not like {value!r}"
+
+
+@pytest.fixture
+def engines(db):
+    now = datetime.now(UTC)
+    return [
+        Engine.objects.create(
+            symbol="BTCUSDT", status="running", started_at=now, last_heartbeat=now, position=0.5
+        ),
+        Engine.objects.create(symbol="ETHUSDT", status="crashed", last_error="boom"),
+        Engine.objects.create(symbol="SOLUSDT", status="stopped", desired_state="stopped"),
+        Engine.objects.create(symbol="XRPUSDT", status="failed"),
+    ]
+
+
+def make_user(django_user_model, name: str, *, control: bool = False):
+    user = django_user_model.objects.create_user(name)  # no password: tests log in directly
+    if control:
+        user.user_permissions.add(Permission.objects.get(codename="control_engine"))
+    return user
+
+
+@pytest.fixture
+def operator(django_user_model):
+    return make_user(django_user_model, "operator", control=True)
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    return make_user(django_user_model, "viewer")
+
+
+def bearer(user) -> dict[str, str]:
+    _, key = api_token_create(user=user, name="test")
+    return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+
+@pytest.fixture
+def token(operator) -> dict[str, str]:
+    return bearer(operator)
+
+
+# Shapes --------------------------------------------------------------------------------
+
+
+def test_fleet_status_has_the_guides_shape_and_counts_every_status(client, engines, token):
+    response = client.get("/engines/status", **token)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json; charset=utf-8"
+    body = response.json()
+    same_shape({k: v for k, v in GUIDE_FLEET.items() if k != "engines"}, body)
+    assert body["total"] == 4
+    assert (body["running"], body["crashed"], body["stopped"], body["failed"]) == (1, 1, 1, 1)
+    assert body["starting"] == body["backoff"] == body["stopping"] == 0
+    assert [e["symbol"] for e in body["engines"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+    for engine in body["engines"]:
+        same_shape(GUIDE_ENGINE, engine)
+    btc = body["engines"][0]
+    assert btc["status"] == "running" and btc["position"] == 0.5
+    assert btc["uptime_seconds"] >= 0 and btc["last_heartbeat"] > 1.6e9
+    assert body["engines"][1]["last_error"] == "boom"
+
+
+def test_one_engine_status_has_the_guides_shape(client, engines, token):
+    response = client.get("/engines/status/BTCUSDT", **token)
+    assert response.status_code == 200
+    same_shape(GUIDE_ENGINE, response.json())
+    assert response.json()["symbol"] == "BTCUSDT"
+    assert response.json()["desired_state"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("action", "desired"), [("start", "running"), ("stop", "stopped"), ("restart", "running")]
+)
+def test_control_records_a_command_and_answers_202(client, engines, token, operator, action,
+                                                   desired):  # fmt: skip
+    response = client.post(f"/engines/{action}/SOLUSDT", **token)
+    assert response.status_code == 202
+    body = response.json()
+    command = EngineCommand.objects.get()
+    assert body == {
+        "symbol": "SOLUSDT",
+        "action": action,
+        "command_id": command.id,
+        "outcome": "pending",
+        "desired_state": desired,
+        "status": "stopped",
+        "message": f"{action} SOLUSDT requested; the runner carries it out",
+    }
+    assert (command.symbol, command.action, command.user, command.source) == (
+        "SOLUSDT", action, operator, "api",
+    )  # fmt: skip
+    assert Engine.objects.get(symbol="SOLUSDT").desired_state == desired
+
+
+def test_restart_of_a_failed_engine_clears_its_failure_budget(client, engines, token):
+    assert client.post("/engines/restart/XRPUSDT", **token).status_code == 202
+    assert Engine.objects.get(symbol="XRPUSDT").failures_reset_at is not None
+
+
+def test_schema_and_docs_are_generated_from_the_code(client):
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {
+        "/engines/status",
+        "/engines/status/{symbol}",
+        "/engines/start/{symbol}",
+        "/engines/stop/{symbol}",
+        "/engines/restart/{symbol}",
+        "/engines/trades/{symbol}",
+        "/engines/profit",
+    }
+    fleet = schema["components"]["schemas"]["FleetOut"]["properties"]
+    assert {"total", "running", "crashed", "stopped", "engines"} <= set(fleet)
+    assert "202" in schema["paths"]["/engines/stop/{symbol}"]["post"]["responses"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert b"/openapi.json" in docs.content and b"swagger-ui" in docs.content
+
+
+# Who may call what ---------------------------------------------------------------------
+
+GET, POST = ("get", "/engines/status/BTCUSDT"), ("post", "/engines/stop/BTCUSDT")
+
+
+def login(client: Client, user) -> Client:
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("who", "request_", "expected"),
+    [
+        ("anonymous", GET, 401),
+        ("anonymous", POST, 401),
+        ("viewer session", GET, 200),
+        ("viewer session", POST, 403),
+        ("operator session", GET, 200),
+        ("operator session", POST, 202),
+        ("viewer token", GET, 200),
+        ("viewer token", POST, 403),
+        ("operator token", GET, 200),
+        ("operator token", POST, 202),
+        ("bad token", GET, 401),
+        ("bad token", POST, 401),
+        ("inactive user's token", GET, 401),
+    ],
+)
+def test_auth_matrix(client, engines, operator, viewer, who, request_, expected):
+    headers = {}
+    if who == "viewer session":
+        login(client, viewer)
+    elif who == "operator session":
+        login(client, operator)
+    elif who == "viewer token":
+        headers = bearer(viewer)
+    elif who == "operator token":
+        headers = bearer(operator)
+    elif who == "bad token":
+        headers = {"HTTP_AUTHORIZATION": "Bearer lvp_" + "x" * 43}
+    elif who == "inactive user's token":
+        headers = bearer(operator)
+        operator.is_active = False
+        operator.save()
+    method, url = request_
+    response = getattr(client, method)(url, **headers)
+    assert response.status_code == expected, response.content
+    assert response["Content-Type"].startswith("application/json")
+    if expected >= 400:
+        assert response.json()["detail"]
+        assert not EngineCommand.objects.exists()  # refused: nothing changed
+        assert Engine.objects.get(symbol="BTCUSDT").desired_state == "running"
+
+
+def test_session_control_needs_the_csrf_token(engines, operator):
+    client = login(Client(enforce_csrf_checks=True), operator)
+    refused = client.post("/engines/stop/BTCUSDT")
+    assert refused.status_code == 403
+    assert "CSRF" in refused.json()["detail"]
+    assert not EngineCommand.objects.exists()
+    client.get("/admin/login/")  # sets the csrftoken cookie, as any page with a form does
+    csrf = client.cookies["csrftoken"].value
+    assert client.post("/engines/stop/BTCUSDT", HTTP_X_CSRFTOKEN=csrf).status_code == 202
+    assert client.get("/engines/status").status_code == 200  # reads need no CSRF token
+
+
+def test_token_control_needs_no_csrf_token(engines, token):
+    client = Client(enforce_csrf_checks=True)
+    assert client.post("/engines/stop/BTCUSDT", **token).status_code == 202
+
+
+def test_a_bad_token_is_refused_even_with_a_valid_session(client, engines, operator):
+    login(client, operator)
+    response = client.post("/engines/stop/BTCUSDT", HTTP_AUTHORIZATION="Bearer nope")
+    assert response.status_code == 401
+    assert not EngineCommand.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer", "Bearer ", "Token lvp_abc", "Basic dXNlcjpwdw==", "bearer lvp_short",
+     "Bearer lvp_" + "é" * 43, "Bearer " + "x" * 5000, "lvp_" + "x" * 43],
+)  # fmt: skip
+def test_a_malformed_token_is_a_json_401(client, engines, header):
+    response = client.get("/engines/status", HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
+    assert response.json()["detail"]
+
+
+def test_a_deleted_token_no_longer_works(client, engines, operator):
+    token, key = api_token_create(user=operator, name="ci")
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    assert client.get("/engines/status", **headers).status_code == 200
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+    assert token.key_hash != key and key not in token.key_hash  # only a hash is stored
+    token.delete()
+    assert client.get("/engines/status", **headers).status_code == 401
+
+
+# Bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_an_unknown_symbol_is_404(client, engines, token, method):
+    url = "/engines/status/DOGEUSDT" if method == "get" else "/engines/start/DOGEUSDT"
+    response = getattr(client, method)(url, **token)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no engine with symbol DOGEUSDT"}
+    assert not EngineCommand.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("symbol", "message"),
+    [
+        ("btcusdt", "did you mean BTCUSDT?"),
+        ("B", "2-20 upper-case"),
+        ("BTC-USDT", "2-20 upper-case"),
+        ("BTC%20USDT", "2-20 upper-case"),
+        ("%C3%87USDT", "2-20 upper-case"),
+        ("%FF", "2-20 upper-case"),
+        ("BTC%00", "2-20 upper-case"),
+        ("A" * 21, "longer than 20"),
+        ("A" * 5000, "longer than 20"),
+    ],
+)
+@pytest.mark.parametrize("path", ["status", "start", "stop", "restart"])
+def test_a_malformed_symbol_is_400(client, engines, token, symbol, message, path):
+    method = client.get if path == "status" else client.post
+    response = method(f"/engines/{path}/{symbol}", **token)
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert not EngineCommand.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "allowed"),
+    [
+        ("post", "/engines/status", "GET"),
+        ("delete", "/engines/status/BTCUSDT", "GET"),
+        ("get", "/engines/start/BTCUSDT", "POST"),
+        ("put", "/engines/stop/BTCUSDT", "POST"),
+        ("patch", "/engines/restart/BTCUSDT", "POST"),
+    ],
+)
+def test_a_wrong_method_is_a_json_405(client, engines, token, method, url, allowed):
+    response = getattr(client, method)(url, **token)
+    assert response.status_code == 405
+    assert response["Allow"] == allowed
+    assert allowed in response.json()["detail"]
+    assert not EngineCommand.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/engines", "/engines/", "/engines/status/", "/engines/pause/BTCUSDT",
+     "/engines/start/BTC/USDT", "/engines/start", "/engines/status/BTCUSDT/extra"],
+)  # fmt: skip
+def test_an_unknown_path_under_engines_is_a_json_404(client, token, url):
+    response = client.get(url, **token)
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("not found")
+
+
+# The guide's curl examples, against a running panel -------------------------------------
+
+MAKE_TOKEN = (
+    "from django.contrib.auth import get_user_model;"
+    "from engines_app.api.tokens import api_token_create;"
+    "user = get_user_model().objects.create_superuser('ops', '', None);"
+    "print(api_token_create(user=user, name='curl')[1])"
+)
+ACKED = (
+    "from engines_app.models import EngineCommand;print(EngineCommand.objects.get(pk=%d).outcome)"
+)
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_the_guides_curl_examples_work_against_the_running_panel(project):
+    key = project.manage("shell", "-c", MAKE_TOKEN).stdout.split()[-1]
+    port = free_port()
+    project.start("manage.py", "runengines", log_name="runner")
+    project.start("-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                  "levipanel.asgi:application", log_name="web")  # fmt: skip
+    wait_for(lambda: _listening(port), timeout=20, message="the web server did not start")
+    auth = f' -H "Authorization: Bearer {key}"'
+
+    def curl(example: str) -> dict:
+        """Run a line of the guide, on this panel's port, with the token header added."""
+        command = example.replace("localhost:8000", f"localhost:{port}").replace(
+            " |", auth + " |", 1
+        )
+        command = command if auth in command else command + auth
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=20)
+        assert done.returncode == 0 and done.stdout, (command, done.stdout, done.stderr)
+        return json.loads(done.stdout)
+
+    fleet = wait_for(lambda: (f := curl("curl -s http://localhost:8000/engines/status | jq"))
+                     ["running"] == 3 and f, message="the three engines did not start")  # fmt: skip
+    assert fleet["total"] == 3 and fleet["crashed"] == fleet["stopped"] == 0
+    assert [e["symbol"] for e in fleet["engines"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    for engine in fleet["engines"]:
+        same_shape(GUIDE_ENGINE, engine)
+    same_shape(GUIDE_ENGINE, curl("curl -s http://localhost:8000/engines/status/BTCUSDT | jq"))
+
+    def status(symbol: str) -> str:
+        return curl(f"curl -s http://localhost:8000/engines/status/{symbol} | jq")["status"]
+
+    assert curl("curl -X POST http://localhost:8000/engines/stop/SOLUSDT")["action"] == "stop"
+    wait_for(lambda: status("SOLUSDT") == "stopped", message="SOLUSDT did not stop")
+    assert curl("curl -X POST http://localhost:8000/engines/start/SOLUSDT")["action"] == "start"
+    wait_for(lambda: status("SOLUSDT") == "running", message="SOLUSDT did not start")
+    restart = curl("curl -X POST http://localhost:8000/engines/restart/BTCUSDT")
+    assert restart["action"] == "restart"
+    wait_for(lambda: project.manage("shell", "-c", ACKED % restart["command_id"]).stdout
+             .split()[-1] == "done", message="the restart was not carried out")  # fmt: skip
+    assert status("BTCUSDT") == "running"
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
