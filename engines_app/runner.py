@@ -29,6 +29,8 @@ from .runtime.jsonlog import EngineLogs
 log = logging.getLogger("levipanel.runner")
 
 RUNNING = Engine.DesiredState.RUNNING
+# A fill waits at most this long (plus one poll) for a write to ride along with.
+FILL_DELAY = 0.5
 
 
 def db(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -323,15 +325,18 @@ class Runner:
 
     async def _write(self) -> bool:
         """Write pending events now, and heartbeats when due. False on a database error.
-        Fills ride along with the next write, at the latest the next heartbeat flush: one
-        transaction per flush interval however many engines trade."""
+        Fills ride along with the next write, or go after FILL_DELAY: at most about two
+        transactions a second however many engines trade."""
         now = self.clock()
         self._pending.extend(self.manager.drain_events())
         acks, self._acks = self._acks, []
         self._unsent_acks.extend(acks)
         heartbeat_due = now >= self._heartbeat_due
         urgent = any(not isinstance(event, BookChanged) for event in self._pending)
-        if not urgent and not self._unsent_acks and not heartbeat_due:
+        # Only fills pending: the oldest is first.
+        fills_due = bool(self._pending) and now - self._pending[0].at >= FILL_DELAY
+        heartbeat_due = heartbeat_due or fills_due  # one transaction carries both
+        if not (urgent or fills_due or self._unsent_acks or heartbeat_due):
             return True
         if now < self._db_retry_at:
             return False
