@@ -47,7 +47,10 @@ class Engine(models.Model):
     config = models.JSONField(
         default=dict,
         blank=True,
-        help_text='Per-engine options, e.g. {"crash_probability": 0.01, "seed": 7}.',
+        help_text=(
+            'Per-engine options, e.g. {"strategy": "breakout", "daily_loss_limit": 50, '
+            '"on_stop": "close"} or {"crash_probability": 0.01, "seed": 7}. See the README.'
+        ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
