@@ -11,7 +11,7 @@ from engines_app.runtime.broker import BUY, SELL
 
 from .test_api import bearer, make_user
 from .test_trading_store import book_rows
-from .trading_helpers import T0
+from .trading_support import T0
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ import pytest
 
 from engines_app.runtime.broker import BUY, SELL, Book, execute, replay, utc_day
 
-from .trading_helpers import DAY, T0
+from .trading_support import DAY, T0
 
 
 def fill(book: Book, side: str, qty: float, price: float, *, at: float = T0, fee_rate=0.0,

@@ -6,7 +6,7 @@ from engines_app.runtime.engine import EngineConfig
 from engines_app.runtime.feeds import make_feed
 from engines_app.runtime.feeds.replay import load_csv
 
-from .trading_helpers import ticking_engine
+from .trading_support import ticking_engine
 
 
 async def replay_sample(**options) -> list[tuple]:

@@ -12,7 +12,7 @@ from engines_app.runtime.errors import RiskHalt
 from engines_app.runtime.events import StatusChanged
 from engines_app.runtime.manager import Status
 
-from .trading_helpers import DAY, T0, Clock, ticking_engine, trades, until
+from .trading_support import DAY, T0, Clock, ticking_engine, trades, until
 
 
 def feed(engine, prices):

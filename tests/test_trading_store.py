@@ -17,7 +17,7 @@ from engines_app.runtime.broker import BUY, SELL, Book, execute, replay, utc_day
 from engines_app.runtime.events import BookChanged
 from engines_app.schedules import DAILY_RESET_NAME
 
-from .trading_helpers import DAY, T0
+from .trading_support import DAY, T0
 
 pytestmark = pytest.mark.django_db
 

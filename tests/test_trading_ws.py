@@ -15,7 +15,7 @@ from engines_app.runtime.feeds.ws import MalformedMessage, parse_price
 from engines_app.runtime.manager import Status
 from engines_app.runtime.recovery import RecoveryPolicy, RecoverySettings
 
-from .trading_helpers import until
+from .trading_support import until
 
 
 def kline(close: float, symbol: str = "BTCUSDT") -> str:

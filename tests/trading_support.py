@@ -1,4 +1,4 @@
-"""Small helpers for the trading tests: engines driven tick by tick, and async waiting."""
+"""Shared pieces of the trading tests: engines driven tick by tick, and async waiting."""
 
 from __future__ import annotations
 
