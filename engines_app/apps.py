@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class EnginesAppConfig(AppConfig):
@@ -6,10 +7,11 @@ class EnginesAppConfig(AppConfig):
     verbose_name = "Engines"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
+        # Register the system checks and connect the engines_written receivers.
+        from . import admin_alerts, alerts, broadcast, checks, ops_checks, pnl, schedules  # noqa: F401
+        from .signals import engines_written
 
-        # Register the system check and connect the engines_written receivers.
-        from . import broadcast, checks, pnl  # noqa: F401
-        from .schedules import ensure_daily_reset_schedule
-
-        post_migrate.connect(ensure_daily_reset_schedule, sender=self)
+        engines_written.connect(alerts.on_engines_written, dispatch_uid="levipanel-alerts")
+        post_migrate.connect(
+            schedules.ensure_schedules, sender=self, dispatch_uid="levipanel-alert-schedules"
+        )

@@ -27,6 +27,8 @@ class EngineSettings:
     poll_interval: float
     stop_timeout: float
     log_dir: Path
+    restart_stagger_window: float = 10.0
+    restart_stagger_step: float = 1.0
 
     def cycle_interval_for(self, symbol: str) -> float:
         return self.cycle_interval_overrides.get(symbol, self.cycle_interval)
@@ -38,6 +40,8 @@ class EngineSettings:
             backoff_cap=self.backoff_cap,
             jitter=self.backoff_jitter,
             stable_after=self.stable_after,
+            stagger_window=self.restart_stagger_window,
+            stagger_step=self.restart_stagger_step,
         )
 
 

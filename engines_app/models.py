@@ -217,6 +217,95 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.key_prefix}…)"
 
 
+class RunnerHeartbeat(models.Model):
+    """A runner's own heartbeat, written in its flush transaction: a stale row means the
+    runner stopped. It also carries the runner's cycle-duration histogram for /metrics."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="LEVIPANEL_RUNNER_NAME.")
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+    engines = models.PositiveIntegerField(default=0, help_text="Engine tasks it hosts.")
+    cycle_histogram = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Cumulative since start: {"buckets": [...], "counts": [...], "sum": s}.',
+    )
+    down_since = models.DateTimeField(
+        null=True, blank=True, help_text="Set while a 'runner down' alert is open."
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Alert(models.Model):
+    """One alert: what happened, and how its delivery went. Also the rate limiter's memory."""
+
+    class Kind(models.TextChoices):
+        CRASHED = "crashed", "Engine crashed"
+        RESTARTED = "restarted", "Engine running again after a restart"
+        FAILED = "failed", "Engine failed"
+        DAILY_LOSS = "daily_loss", "Engine stopped on its daily loss limit"
+        RUNNER_DOWN = "runner_down", "Runner stopped heart-beating"
+        RUNNER_UP = "runner_up", "Runner heart-beating again"
+        INCIDENT = "incident", "Fleet-wide incident"
+        INCIDENT_RESOLVED = "incident_resolved", "Fleet-wide incident resolved"
+        SUMMARY = "summary", "Summary of rate-limited alerts"
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Delivery failed"
+        SUPPRESSED = "suppressed", "Rate-limited (waiting for its summary)"
+        SUMMARIZED = "summarized", "Folded into a summary"
+        IN_INCIDENT = "in_incident", "Folded into an incident"
+        DISABLED = "disabled", "No channel configured"
+
+    key = models.CharField(max_length=120, db_index=True, help_text="Symbol, runner:NAME, fleet")
+    kind = models.CharField(max_length=20, choices=Kind)
+    text = models.TextField()
+    created_at = models.DateTimeField(db_index=True)
+    outcome = models.CharField(max_length=12, choices=Outcome, default=Outcome.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    deliveries = models.JSONField(default=dict, blank=True, help_text="Channel → result.")
+    error = models.TextField(blank=True, default="")
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key} ({self.outcome})"
+
+
+class Incident(models.Model):
+    """Many engines crashing together: one alert names them all, one says it is over."""
+
+    opened_at = models.DateTimeField(db_index=True)
+    symbols = models.JSONField(default=list)
+    resolved_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+
+    def __str__(self) -> str:
+        state = "resolved" if self.resolved_at else "open"
+        return f"incident {self.opened_at:%Y-%m-%d %H:%M:%S} ({len(self.symbols)} engines, {state})"
+
+
+class PrunedRestarts(models.Model):
+    """Restarts removed by retention, so the Prometheus restart counter never goes down."""
+
+    engine = models.OneToOneField(Engine, on_delete=models.CASCADE, primary_key=True)
+    count = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.engine}: {self.count} pruned restarts"
+
+
 class Trade(models.Model):
     """One paper fill, stored in the transaction that changes the engine's position. The
     book after the fill rides along, so a restart reads one row per engine."""

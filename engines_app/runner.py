@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 from django.db import DatabaseError, close_old_connections, connection
 
 from . import store
@@ -72,6 +73,8 @@ class Runner:
             heartbeat_timeout=self.settings.heartbeat_timeout,
             clock=clock,
         )
+        self.runner_name = django_settings.RUNNER_NAME
+        self.started_at = clock()
         self.ids: dict[str, int] = {}
         self.control: dict[str, store.ControlRow] = {}
         self.should_exit = asyncio.Event()
@@ -351,6 +354,7 @@ class Runner:
                 heartbeats=heartbeats,
                 acks=list(self._unsent_acks),
                 books=books,
+                runner=self._runner_row() if heartbeat_due else None,
             )
         except DatabaseError as exc:
             await self._database_error(exc)
@@ -399,6 +403,11 @@ class Runner:
             error_count=state.error_count if state else 0,
             last_error=state.last_error if state else None,
         )
+
+    def _runner_row(self) -> store.RunnerRow:
+        running = sum(1 for slot in self.manager.slots.values() if slot.task is not None)
+        histogram = self.manager.cycle_histogram.snapshot()
+        return store.RunnerRow(self.runner_name, self.started_at, running, histogram)
 
     def _heartbeat_rows(self) -> list[store.HeartbeatRow]:
         """Rows for the engines that heart-beat since the last flush (stopped ones too: their

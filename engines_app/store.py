@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from django.db import connection, transaction
 from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 
-from .models import Engine, EngineCommand, EngineError, EngineRestart, Trade
+from .models import Engine, EngineCommand, EngineError, EngineRestart, RunnerHeartbeat, Trade
 from .runtime.broker import DAY, Book, utc_day
 from .runtime.engine import EngineConfig, EngineState
 from .runtime.errors import ConfigError
@@ -77,6 +77,16 @@ class BookRow:
 
     id: int
     event: BookChanged
+
+
+@dataclass(frozen=True)
+class RunnerRow:
+    """The runner's own heartbeat: who, since when, how many engines, cycle histogram."""
+
+    name: str
+    started_at: float
+    engines: int
+    cycle_histogram: dict
 
 
 def seed_engines(symbols: list[str]) -> list[str]:
@@ -204,10 +214,11 @@ def write(
     heartbeats: list[HeartbeatRow],
     acks: list[Ack] = (),
     books: list[BookRow] = (),
+    runner: RunnerRow | None = None,
 ) -> None:
     """Everything the runner has to say, in one transaction; then tell the receivers.
     A fill's Trade row and the position it leads to commit together, or not at all."""
-    if not (statuses or errors or restarts or heartbeats or acks or books):
+    if not (statuses or errors or restarts or heartbeats or acks or books or runner):
         return
     now = datetime.now(UTC)
     with transaction.atomic():
@@ -233,6 +244,8 @@ def write(
             _write_books(books, now)
         if heartbeats:
             _flush_heartbeats(heartbeats, now)
+        if runner is not None:
+            _runner_heartbeat(runner, now)
     engines_written.send(
         sender=Engine, statuses=statuses, errors=errors, restarts=restarts,
         heartbeats=bool(heartbeats), acks=acks, books=books,
@@ -285,6 +298,13 @@ def _flush_heartbeats(rows: list[HeartbeatRow], now: datetime) -> None:
     ]  # fmt: skip
     with connection.cursor() as cursor:
         cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
+
+
+def _runner_heartbeat(row: RunnerRow, now: datetime) -> None:
+    fields = {"started_at": to_datetime(row.started_at), "last_seen": now,
+              "engines": row.engines, "cycle_histogram": row.cycle_histogram}  # fmt: skip
+    if not RunnerHeartbeat.objects.filter(name=row.name).update(**fields):
+        RunnerHeartbeat.objects.create(name=row.name, **fields)
 
 
 def error_row(engine_id: int, event: ErrorRaised) -> EngineError:

@@ -5,6 +5,7 @@ With no variables set, LeviPanel runs on the embedded default: a SQLite file und
 """
 
 import secrets
+import socket
 from pathlib import Path
 
 from environs import Env, EnvValidationError
@@ -145,7 +146,9 @@ LOGGING = {
     "loggers": {
         # Engine lines go to their per-symbol JSONL files, set up by the runner.
         "levipanel.engine": {"level": "INFO", "propagate": False},
-        "django_q": {"level": "WARNING"},
+        "django-q": {"level": "WARNING"},  # django-q2 logs under this name
+        # httpx logs each request's URL at INFO, and a Telegram URL holds the bot token.
+        "httpx": {"level": "WARNING"},
     },
 }
 
@@ -173,6 +176,10 @@ LEVIPANEL = {
     "POLL_INTERVAL": _engine_env.float("POLL_INTERVAL", 0.25, validate=_positive),
     "STOP_TIMEOUT": _engine_env.float("STOP_TIMEOUT", 5.0, validate=_positive),
     "LOG_DIR": _engine_env.path("LOG_DIR", DATA_DIR / "logs"),
+    "RESTART_STAGGER_WINDOW": _engine_env.float(
+        "RESTART_STAGGER_WINDOW", 10.0, validate=_non_negative
+    ),
+    "RESTART_STAGGER_STEP": _engine_env.float("RESTART_STAGGER_STEP", 1.0, validate=_non_negative),
 }
 try:
     _engine_env.seal()
@@ -184,3 +191,36 @@ except EnvValidationError as exc:
 # embedded default's latency floor) and how often the runner samples PnL for the charts.
 LEVIPANEL_PUSH_INTERVAL = env.float("LEVIPANEL_PUSH_INTERVAL", 0.2)
 LEVIPANEL_PNL_SAMPLE_INTERVAL = env.float("LEVIPANEL_PNL_SAMPLE_INTERVAL", 60.0)
+
+# Alerts, /metrics and retention. Lazily validated like the engine settings: a bad value is
+# reported by the system check "levipanel.E002".
+_ops_env = Env(eager=False)
+ALERTS = {
+    # Each channel is on when its variables are set.
+    "SLACK_WEBHOOK_URL": _ops_env.str("SLACK_WEBHOOK_URL", ""),
+    "TELEGRAM_BOT_TOKEN": _ops_env.str("TELEGRAM_BOT_TOKEN", ""),
+    "TELEGRAM_CHAT_ID": _ops_env.str("TELEGRAM_CHAT_ID", ""),
+    "TELEGRAM_API_BASE": _ops_env.str("TELEGRAM_API_BASE", "https://api.telegram.org"),
+    # At most RATE_LIMIT alerts per engine per RATE_WINDOW seconds; the rest become a summary.
+    "RATE_LIMIT": _ops_env.int("ALERT_RATE_LIMIT", 3, validate=Range(min=1)),
+    "RATE_WINDOW": _ops_env.float("ALERT_RATE_WINDOW", 600.0, validate=_positive),
+    "RETRIES": _ops_env.int("ALERT_RETRIES", 3, validate=Range(min=1)),
+    "RETRY_DELAY": _ops_env.float("ALERT_RETRY_DELAY", 2.0, validate=_non_negative),
+    "TIMEOUT": _ops_env.float("ALERT_TIMEOUT", 5.0, validate=_positive),
+    # INCIDENT_MIN_ENGINES engines crashing within INCIDENT_WINDOW seconds: one incident.
+    "INCIDENT_MIN_ENGINES": _ops_env.int("ALERT_INCIDENT_MIN_ENGINES", 3, validate=Range(min=2)),
+    "INCIDENT_WINDOW": _ops_env.float("ALERT_INCIDENT_WINDOW", 60.0, validate=_positive),
+    "RUNNER_STALE_AFTER": _ops_env.float("ALERT_RUNNER_STALE_AFTER", 30.0, validate=_positive),
+}
+# The runner's name in its heartbeat row; give each runner on one host its own.
+RUNNER_NAME = _ops_env.str("LEVIPANEL_RUNNER_NAME", "") or socket.gethostname()
+# /metrics: a bearer token, and/or client addresses (IPs or networks). With neither set only
+# this host may scrape; with a token set and no list, the token is required from everywhere.
+METRICS_TOKEN = _ops_env.str("METRICS_TOKEN", "")
+METRICS_ALLOWED_IPS = _ops_env.list("METRICS_ALLOWED_IPS", None)
+RETENTION_DAYS = _ops_env.int("RETENTION_DAYS", 30, validate=Range(min=1))
+try:
+    _ops_env.seal()
+    OPS_ENV_ERRORS: dict = {}
+except EnvValidationError as exc:
+    OPS_ENV_ERRORS = exc.error_messages

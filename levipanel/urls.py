@@ -4,9 +4,11 @@ from django.urls import path, re_path
 
 from engines_app import api
 from engines_app import views as dashboard_views
+from engines_app.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),
     path("", dashboard_views.dashboard_page, name="dashboard"),
     path("engine/<str:symbol>/", dashboard_views.engine_page, name="engine"),
     path("login/", auth_views.LoginView.as_view(next_page="dashboard"), name="login"),

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from . import risk
 from .broker import BUY, SELL, Book, Fill, execute, utc_day
+from .cyclestats import CycleHistogram
 from .errors import (
     ConfigError,
     CrashError,
@@ -192,6 +193,7 @@ class TradingEngine:
         "limits",
         "degraded",
         "rejected",
+        "cycle_histogram",
     )
 
     def __init__(
@@ -201,8 +203,10 @@ class TradingEngine:
         listener: EngineListener | None = None,
         state: EngineState | None = None,
         clock: Callable[[], float] = time.time,
+        cycle_histogram: CycleHistogram | None = None,
     ) -> None:
         self.config = config
+        self.cycle_histogram = cycle_histogram
         self.state = state or EngineState()
         self.listener = listener
         self.clock = clock
@@ -238,10 +242,13 @@ class TradingEngine:
         try:
             while not self._stopping:
                 self._in_cycle = True
+                began = time.perf_counter()
                 try:
                     await self._guarded_cycle()
                 finally:
                     self._in_cycle = False
+                if self.cycle_histogram is not None:
+                    self.cycle_histogram.observe(time.perf_counter() - began)
                 self.cycles += 1
                 self.last_heartbeat = self.clock()
                 if not self._stopping:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from .broker import Fill, utc_day
+from .cyclestats import CycleHistogram
 from .engine import EngineConfig, EngineState, TradingEngine
 from .errors import HeartbeatTimeout, RiskHalt, is_fatal
 from .events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
@@ -78,6 +79,7 @@ class EngineManager:
         self.slots: dict[str, Slot] = {}
         self.events: list[Event] = []
         self.changed = asyncio.Event()
+        self.cycle_histogram = CycleHistogram()
 
     # Commands ---------------------------------------------------------------------------
 
@@ -258,7 +260,13 @@ class EngineManager:
 
     def _launch(self, slot: Slot) -> None:
         state = slot.engine.state
-        slot.engine = TradingEngine(slot.config, listener=self, state=state, clock=self.clock)
+        slot.engine = TradingEngine(
+            slot.config,
+            listener=self,
+            state=state,
+            clock=self.clock,
+            cycle_histogram=self.cycle_histogram,
+        )
         slot.stopping = False
         slot.next_retry_at = None
         self._set_status(slot, Status.STARTING, "")

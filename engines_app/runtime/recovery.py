@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -17,6 +17,11 @@ class RecoverySettings:
     backoff_cap: float = 900.0
     jitter: float = 0.1
     stable_after: float = 600.0
+    # Fleet-aware stagger: each restart of another engine decided in the last
+    # ``stagger_window`` seconds adds ``stagger_step`` seconds (at most ``backoff_cap``), so
+    # engines felled together (a feed outage) come back one after another.
+    stagger_window: float = 0.0
+    stagger_step: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,7 @@ class RecoveryPolicy:
     ``min(cap, base * 2 ** (n - 1))`` seconds, give or take ``jitter``; a run that lasted
     ``stable_after`` seconds starts the count afresh. Past ``max_restarts_per_hour``
     restarts inside the sliding window the engine fails until an operator resets it.
+    Restarts of other engines decided shortly before push a restart back a step each.
     """
 
     def __init__(
@@ -51,6 +57,8 @@ class RecoveryPolicy:
         self.rng = rng or random.Random()
         self._restarts: dict[str, deque[float]] = {}
         self._attempts: dict[str, int] = {}
+        self._fleet_restarts: deque[tuple[float, str]] = deque()
+        self._fleet_counts: Counter[str] = Counter()
 
     def load(self, symbol: str, restart_times: Iterable[float], attempt: int = 0) -> None:
         """Seed a symbol's history, e.g. from the database after the runner restarted."""
@@ -87,7 +95,7 @@ class RecoveryPolicy:
         self._attempts[symbol] = attempt
         window.append(self.clock())
         delay = self.backoff(attempt) * (1 + self.rng.uniform(-s.jitter, s.jitter))
-        delay = min(delay, s.backoff_cap)
+        delay = min(delay, s.backoff_cap) + self._stagger(symbol)
         return Decision(
             True, delay, attempt, self.budget_left(symbol), f"restart {attempt} in {delay:.1f}s"
         )
@@ -102,6 +110,20 @@ class RecoveryPolicy:
         """Forget a symbol's failures: an operator restarted it on purpose."""
         self._restarts.pop(symbol, None)
         self._attempts.pop(symbol, None)
+
+    def _stagger(self, symbol: str) -> float:
+        """Extra delay: one step per other engine's restart decided just before this one."""
+        s = self.settings
+        if s.stagger_window <= 0 or s.stagger_step <= 0:
+            return 0.0
+        now = self.clock()
+        recent, counts = self._fleet_restarts, self._fleet_counts
+        while recent and recent[0][0] <= now - s.stagger_window:
+            counts[recent.popleft()[1]] -= 1
+        others = len(recent) - counts[symbol]
+        recent.append((now, symbol))
+        counts[symbol] += 1
+        return min(others * s.stagger_step, s.backoff_cap)
 
     def _window(self, symbol: str) -> deque[float]:
         window = self._restarts.setdefault(symbol, deque())

@@ -1,0 +1,32 @@
+"""System check for the alert, metrics and retention settings (levipanel.E002)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+
+def problems() -> list[str]:
+    found = [
+        f"{name}: {' '.join(messages)}"
+        for name, messages in getattr(settings, "OPS_ENV_ERRORS", {}).items()
+    ]
+    for entry in getattr(settings, "METRICS_ALLOWED_IPS", None) or []:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            found.append(f"METRICS_ALLOWED_IPS: {entry!r} is not an IP address or network")
+    alerts = getattr(settings, "ALERTS", {})
+    if bool(alerts.get("TELEGRAM_BOT_TOKEN")) != bool(alerts.get("TELEGRAM_CHAT_ID")):
+        found.append("TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID: set both, or neither")
+    return found
+
+
+@register()
+def ops_settings_check(app_configs, **kwargs):
+    return [
+        Error(problem, hint="Fix the environment variable and start again.", id="levipanel.E002")
+        for problem in problems()
+    ]
