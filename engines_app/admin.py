@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
+from . import admin_trading  # noqa: F401  (registers the read-only Trade admin)
 from .api.tokens import api_token_create
 from .models import ApiToken, Engine, EngineCommand, EngineError, EngineRestart
 from .services import engine_add, engine_remove, engine_restart, engine_start, engine_stop
@@ -27,7 +28,12 @@ RUNNER_FIELDS = (
     "restart_attempt", "restart_budget_left", "next_retry_at", "failures_reset_at",
     "updated_at", "created_at",
 )  # fmt: skip
-NEEDS_RESTART = (Engine.Status.CRASHED, Engine.Status.BACKOFF, Engine.Status.FAILED)
+NEEDS_RESTART = (
+    Engine.Status.CRASHED,
+    Engine.Status.BACKOFF,
+    Engine.Status.FAILED,
+    Engine.Status.HALTED,
+)
 RECENT = 10
 
 
@@ -197,7 +203,9 @@ class EngineAdmin(admin.ModelAdmin):
 
     @admin.display(description="uptime")
     def uptime(self, engine: Engine) -> str:
-        if engine.status != Engine.Status.RUNNING or engine.started_at is None:
+        if engine.status not in (Engine.Status.RUNNING, Engine.Status.DEGRADED):
+            return "-"
+        if engine.started_at is None:
             return "-"
         return _seconds(time.time() - engine.started_at.timestamp())
 

@@ -28,7 +28,11 @@ def engine_row(engine: Engine, now: float) -> dict[str, Any]:
     """The guide's status of one engine, plus what the page needs to tick and to order
     updates: ``started_at`` and ``version`` (the row's ``updated_at``)."""
     row = engine_status(engine, now)
-    running = engine.status in (Engine.Status.RUNNING, Engine.Status.STOPPING)
+    running = engine.status in (
+        Engine.Status.RUNNING,
+        Engine.Status.DEGRADED,
+        Engine.Status.STOPPING,
+    )
     row["started_at"] = _epoch(engine.started_at) if running else None
     row["version"] = engine.updated_at.timestamp()
     return row

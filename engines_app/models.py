@@ -24,6 +24,8 @@ class Engine(models.Model):
     class Status(models.TextChoices):
         STARTING = "starting", "Starting"
         RUNNING = "running", "Running"
+        DEGRADED = "degraded", "Degraded (market data silent)"
+        HALTED = "halted", "Halted (risk limit)"
         BACKOFF = "backoff", "Waiting to restart"
         CRASHED = "crashed", "Crashed"
         STOPPING = "stopping", "Stopping"
@@ -45,7 +47,10 @@ class Engine(models.Model):
     config = models.JSONField(
         default=dict,
         blank=True,
-        help_text='Per-engine options, e.g. {"crash_probability": 0.01, "seed": 7}.',
+        help_text=(
+            'Per-engine options, e.g. {"strategy": "breakout", "daily_loss_limit": 50, '
+            '"on_stop": "close"} or {"crash_probability": 0.01, "seed": 7}. See the README.'
+        ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -71,6 +76,9 @@ class Engine(models.Model):
         null=True, blank=True, help_text="An operator restart; earlier restarts no longer count."
     )
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    last_tick_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the engine last received a market price."
+    )
 
     class Meta:
         ordering = ["symbol"]
@@ -143,6 +151,7 @@ class EngineCommand(models.Model):
         RESTART = "restart", "Restart"
         ADD = "add", "Add"
         REMOVE = "remove", "Remove"
+        RESET_DAY = "reset_day", "Start a new trading day"
 
     class Outcome(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -295,3 +304,43 @@ class PrunedRestarts(models.Model):
 
     def __str__(self) -> str:
         return f"{self.engine}: {self.count} pruned restarts"
+
+
+class Trade(models.Model):
+    """One paper fill, stored in the transaction that changes the engine's position. The
+    book after the fill rides along, so a restart reads one row per engine."""
+
+    class Side(models.TextChoices):
+        BUY = "buy", "Buy"
+        SELL = "sell", "Sell"
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="trades")
+    symbol = models.CharField(max_length=20)
+    fill_id = models.CharField(
+        max_length=32,
+        unique=True,
+        help_text="Made by the engine: a retried write never doubles it.",
+    )
+    seq = models.PositiveIntegerField(help_text="The engine's n-th fill.")
+    side = models.CharField(max_length=4, choices=Side)
+    qty = models.FloatField()
+    price = models.FloatField(help_text="Fill price, slippage included.")
+    fee = models.FloatField()
+    time = models.DateTimeField(db_index=True)
+    realized_pnl = models.FloatField(
+        null=True, blank=True, help_text="PnL this fill realized (before fees); empty if it opened."
+    )
+    position_after = models.FloatField()
+    avg_price_after = models.FloatField()
+    realized_total = models.FloatField(help_text="Realized PnL of all fills so far.")
+    fees_total = models.FloatField(help_text="Fees of all fills so far.")
+
+    class Meta:
+        ordering = ["-time", "-seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["engine", "seq"], name="trade_engine_seq_unique")
+        ]
+        indexes = [models.Index(fields=["engine", "-seq"], name="trade_engine_seq_desc")]
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.side} {self.qty:g} @ {self.price:g}"

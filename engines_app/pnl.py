@@ -22,7 +22,7 @@ _last_sample = {"at": 0.0}
 def sample_pnl(now: datetime | None = None) -> int:
     """Store the PnL of every running engine; drop samples older than ``KEEP``."""
     now = now or datetime.now(UTC)
-    running = Engine.objects.filter(status=Engine.Status.RUNNING)
+    running = Engine.objects.filter(status__in=(Engine.Status.RUNNING, Engine.Status.DEGRADED))
     rows = [
         EnginePnlSample(engine_id=pk, at=now, daily_pnl=daily, total_pnl=total)
         for pk, daily, total in running.values_list("id", "daily_pnl", "total_pnl")

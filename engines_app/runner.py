@@ -24,12 +24,14 @@ from .models import Engine
 from .runtime import EngineManager, HealthMonitor, RecoveryPolicy, Status
 from .runtime.engine import EngineConfig
 from .runtime.errors import ConfigError
-from .runtime.events import ErrorRaised, RestartScheduled, StatusChanged
+from .runtime.events import BookChanged, ErrorRaised, RestartScheduled, StatusChanged
 from .runtime.jsonlog import EngineLogs
 
 log = logging.getLogger("levipanel.runner")
 
 RUNNING = Engine.DesiredState.RUNNING
+# A fill waits at most this long (plus one poll) for a write to ride along with.
+FILL_DELAY = 0.5
 
 
 def db(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -132,7 +134,7 @@ class Runner:
         """Load every engine; start those desired running that are not failed."""
         self.control = await db(store.control_rows)(self.symbols)
         self.ids = {symbol: row.id for symbol, row in self.control.items()}
-        states = await db(store.load_states)(list(self.control))
+        states = await db(store.load_states)(list(self.control), self.clock())
         history = await db(store.restart_history)(
             self.policy.settings.window, self.clock()
         )  # fmt: skip
@@ -213,6 +215,8 @@ class Runner:
         for command in commands:
             self._last_command_id = command.id
             self._commands.put_nowait(command)
+        for symbol in self.manager.resume_halted(self.clock()):
+            self.say(f"Engine {symbol} resumed: a new UTC day")
 
     async def _command_worker(self) -> None:
         """Carry out operators' commands one at a time, in the order they were given."""
@@ -240,12 +244,15 @@ class Runner:
         if action == "stop":
             if row.desired_state == RUNNING:
                 return "superseded: a later command wants it running"
-            await self.manager.stop(symbol, reason="stopped by operator")
+            await self.manager.stop(symbol, reason="stopped by operator", close=True)
             return "stopped"
+        if action == "reset_day":
+            return self.manager.new_day(symbol, self.clock())
         if action == "restart" and row.desired_state != RUNNING:
             return "superseded: a later command wants it stopped"
         if action == "restart" and self._fresh_since(symbol, command.created_at):
             return "restarted: started after the command was given"
+        self.manager.lift_halt(symbol)  # start, restart, add: an operator overrides a halt
         if action == "restart":
             self.policy.reset(symbol)
             await self.manager.stop(symbol, reason="restarting")
@@ -274,7 +281,8 @@ class Runner:
             if slot is None:
                 self.manager.adopt(EngineConfig(row.symbol), None, Status.STOPPED, "")
             else:
-                self._in_background(self.manager.stop(row.symbol, reason="stopped by operator"))
+                stop = self.manager.stop(row.symbol, reason="stopped by operator", close=True)
+                self._in_background(stop)
             return
         if slot is None or slot.status in (Status.STOPPED, Status.FAILED, Status.STOPPING):
             if slot is not None and slot.status == Status.FAILED:
@@ -319,17 +327,23 @@ class Runner:
     # Writing ----------------------------------------------------------------------------
 
     async def _write(self) -> bool:
-        """Write pending events now, and heartbeats when due. False on a database error."""
+        """Write pending events now, and heartbeats when due. False on a database error.
+        Fills ride along with the next write, or go after FILL_DELAY: at most about two
+        transactions a second however many engines trade."""
         now = self.clock()
         self._pending.extend(self.manager.drain_events())
         acks, self._acks = self._acks, []
         self._unsent_acks.extend(acks)
         heartbeat_due = now >= self._heartbeat_due
-        if not self._pending and not self._unsent_acks and not heartbeat_due:
+        urgent = any(not isinstance(event, BookChanged) for event in self._pending)
+        # Only fills pending: the oldest is first.
+        fills_due = bool(self._pending) and now - self._pending[0].at >= FILL_DELAY
+        heartbeat_due = heartbeat_due or fills_due  # one transaction carries both
+        if not (urgent or fills_due or self._unsent_acks or heartbeat_due):
             return True
         if now < self._db_retry_at:
             return False
-        statuses, errors, restarts = self._rows(self._pending)
+        statuses, errors, restarts, books = self._rows(self._pending)
         self._flushing.clear()
         heartbeats = self._heartbeat_rows() if heartbeat_due else []
         try:
@@ -339,12 +353,13 @@ class Runner:
                 restarts=restarts,
                 heartbeats=heartbeats,
                 acks=list(self._unsent_acks),
+                books=books,
                 runner=self._runner_row() if heartbeat_due else None,
             )
         except DatabaseError as exc:
             await self._database_error(exc)
             return False
-        if statuses or errors or restarts or heartbeats or self._unsent_acks:
+        if statuses or errors or restarts or heartbeats or self._unsent_acks or books:
             self.write_transactions += 1
         self._pending.clear()
         self._unsent_acks.clear()
@@ -354,9 +369,9 @@ class Runner:
             self._heartbeat_due = now + self.settings.flush_interval
         return True
 
-    def _rows(self, events: list) -> tuple[list, list, list]:
+    def _rows(self, events: list) -> tuple[list, list, list, list]:
         latest: dict[str, StatusChanged] = {}
-        errors, restarts = [], []
+        errors, restarts, books = [], [], []
         for event in events:
             engine_id = self.ids.get(event.symbol)
             if engine_id is None:
@@ -367,13 +382,15 @@ class Runner:
                 errors.append(store.error_row(engine_id, event))
             elif isinstance(event, RestartScheduled):
                 restarts.append(store.restart_row(engine_id, event))
+            elif isinstance(event, BookChanged):
+                books.append(store.BookRow(engine_id, event))
         statuses = [self._status_row(event) for event in latest.values()]
-        return statuses, errors, restarts
+        return statuses, errors, restarts, books
 
     def _status_row(self, event: StatusChanged) -> store.StatusRow:
         slot = self.manager.slots.get(event.symbol)
         state = slot.engine.state if slot else None
-        running = event.status in (Status.RUNNING, Status.STOPPING)
+        running = event.status in (Status.RUNNING, Status.DEGRADED, Status.STOPPING)
         started_at = slot.engine.started_at if slot and running else None
         return store.StatusRow(
             id=self.ids[event.symbol],
@@ -405,7 +422,7 @@ class Runner:
             s = slot.engine.state
             rows.append(store.HeartbeatRow(engine_id, slot.engine.last_heartbeat, s.error_count,
                                            s.last_error, s.position, s.daily_pnl, s.total_pnl,
-                                           s.trade_count))  # fmt: skip
+                                           s.trade_count, s.last_tick_at))  # fmt: skip
         return rows
 
     async def _prepare_database(self) -> None:

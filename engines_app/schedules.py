@@ -3,7 +3,7 @@ exist without manual setup. Idempotent: an operator's later edits to them are ke
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
@@ -33,3 +33,29 @@ def ensure_schedules(*, using: str = DEFAULT_DB_ALIAS, **kwargs) -> None:
                 "next_run": now + timedelta(minutes=1),
             },
         )
+    ensure_daily_reset_schedule(using=using)
+
+
+DAILY_RESET_NAME = "Daily PnL reset (00:00 UTC)"
+
+
+def next_midnight(now: datetime | None = None) -> datetime:
+    now = now or timezone.now()
+    return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time(), UTC)
+
+
+def ensure_daily_reset_schedule(*, using: str = DEFAULT_DB_ALIAS) -> None:
+    """The daily PnL reset at 00:00 UTC (DAILY keeps next_run on midnight; no croniter)."""
+    from django_q.models import Schedule
+
+    from .tasks import DAILY_RESET
+
+    Schedule.objects.using(using).get_or_create(
+        func=DAILY_RESET,
+        defaults={
+            "name": DAILY_RESET_NAME,
+            "schedule_type": Schedule.DAILY,
+            "next_run": next_midnight(),
+            "repeats": -1,
+        },
+    )

@@ -14,9 +14,9 @@ STATUSES = [choice.value for choice in Engine.Status]
 STATUS_FIELDS = (
     "symbol", "status", "started_at", "last_heartbeat", "error_count", "last_error",
     "position", "daily_pnl", "total_pnl", "trade_count", "desired_state", "status_reason",
-    "restart_attempt", "restart_budget_left", "next_retry_at", "cycle_interval",
+    "restart_attempt", "restart_budget_left", "next_retry_at", "cycle_interval", "last_tick_at",
 )  # fmt: skip
-ACTIVE = {Engine.Status.RUNNING, Engine.Status.STOPPING}
+ACTIVE = {Engine.Status.RUNNING, Engine.Status.DEGRADED, Engine.Status.STOPPING}
 
 
 def _epoch(value) -> float | None:
@@ -35,6 +35,7 @@ def status_row(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         row["started_at"].timestamp() if row["started_at"] and row["status"] in ACTIVE else None
     )
     heartbeat = _epoch(row["last_heartbeat"])
+    tick = row["last_tick_at"]
     return {
         "symbol": row["symbol"],
         "status": row["status"],
@@ -53,6 +54,7 @@ def status_row(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         "restart_budget_left": row["restart_budget_left"],
         "next_retry_at": _epoch(row["next_retry_at"]),
         "cycle_interval": row["cycle_interval"],
+        "last_tick_age_seconds": round(max(0.0, now - tick.timestamp()), 2) if tick else None,
     }
 
 

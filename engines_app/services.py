@@ -103,3 +103,17 @@ def engine_remove(*, symbol: str, user=None, source: str = "shell") -> EngineCom
     engine = _engine_for_update(symbol)
     engine.delete()
     return _command(None, symbol, Action.REMOVE, user, source)
+
+
+@transaction.atomic
+def engine_daily_reset(*, user=None, source: str = "schedule") -> int:
+    """Start a new UTC trading day on every engine: daily PnL counts from zero and engines
+    halted by the daily loss limit run again. The runner owns the live numbers, so this
+    records a command per engine for it to carry out; return how many."""
+    engines = list(Engine.objects.values_list("id", "symbol"))
+    EngineCommand.objects.bulk_create(
+        EngineCommand(engine_id=pk, symbol=symbol, action=Action.RESET_DAY, user=_user(user),
+                      source=source)
+        for pk, symbol in engines
+    )  # fmt: skip
+    return len(engines)

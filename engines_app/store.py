@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 
-from .models import Engine, EngineCommand, EngineError, EngineRestart, RunnerHeartbeat
+from .models import Engine, EngineCommand, EngineError, EngineRestart, RunnerHeartbeat, Trade
+from .runtime.broker import DAY, Book, utc_day
 from .runtime.engine import EngineConfig, EngineState
 from .runtime.errors import ConfigError
-from .runtime.events import ErrorRaised, RestartScheduled
+from .runtime.events import BookChanged, ErrorRaised, RestartScheduled
 from .signals import engines_written
 
 
@@ -66,6 +67,16 @@ class HeartbeatRow:
     daily_pnl: float
     total_pnl: float
     trade_count: int
+    last_tick_at: float | None = None
+
+
+@dataclass(frozen=True)
+class BookRow:
+    """A fill (or a daily reset) of one engine: the Trade row, if any, and the engine's
+    position and PnL right after it."""
+
+    id: int
+    event: BookChanged
 
 
 @dataclass(frozen=True)
@@ -105,16 +116,53 @@ def control_rows(symbols: list[str] | None = None) -> dict[str, ControlRow]:
     }
 
 
-def load_states(symbols: list[str]) -> dict[str, tuple[str, EngineState]]:
-    """Each engine's last status and the counters that survive a runner restart."""
-    fields = ("symbol", "status", "error_count", "last_error", "position", "daily_pnl",
-              "total_pnl", "trade_count")  # fmt: skip
+def load_states(symbols: list[str], now: float | None = None) -> dict[str, tuple[str, EngineState]]:
+    """Each engine's last status and the counters that survive a runner restart. Position
+    and PnL come from the Trade rows, never from the engine row (a cache of them)."""
+    fields = ("id", "symbol", "status", "error_count", "last_error")
+    rows = Engine.objects.filter(symbol__in=symbols).values_list(*fields)
+    engines = {pk: (symbol, status, errors, last_error) for pk, symbol, status, errors,
+               last_error in rows}  # fmt: skip
+    books = rebuild_books(list(engines), datetime.now(UTC).timestamp() if now is None else now)
     out = {}
-    for symbol, status, *values in Engine.objects.filter(symbol__in=symbols).values_list(*fields):
-        errors, last_error, position, daily, total, trades = values
-        out[symbol] = (status, EngineState(errors, last_error or None, position, daily, total,
-                                           trades))  # fmt: skip
+    for pk, (symbol, status, errors, last_error) in engines.items():
+        state = EngineState(errors, last_error or None, book=books.get(pk) or Book())
+        state.sync()
+        out[symbol] = (status, state)
     return out
+
+
+def rebuild_books(engine_ids: list[int], now: float) -> dict[int, Book]:
+    """Each engine's book from its Trade rows: the newest row carries position, average
+    entry and running totals; today's (UTC) rows give daily PnL. Three queries in all."""
+    trades = Trade.objects.filter(engine_id__in=engine_ids)
+    newest = Trade.objects.filter(engine_id=OuterRef("engine_id")).order_by("-seq").values("seq")
+    books: dict[int, Book] = {}
+    today = utc_day(now)
+    last = trades.filter(seq=Subquery(newest[:1])).values_list(
+        "engine_id", "seq", "price", "position_after", "avg_price_after", "realized_total",
+        "fees_total",
+    )  # fmt: skip
+    for engine_id, seq, price, qty, avg, realized, fees in last:
+        book = books[engine_id] = Book()
+        book.qty, book.avg_price, book.realized, book.fees = qty, avg, realized, fees
+        book.trade_count, book.mark, book.day = seq, price, today
+    midnight = to_datetime(today * DAY)
+    for engine_id, realized, fees in (
+        trades.filter(time__gte=midnight)
+        .values("engine_id")
+        .annotate(r=Sum("realized_pnl"), f=Sum("fee"))
+        .values_list("engine_id", "r", "f")
+    ):
+        books[engine_id].day_realized, books[engine_id].day_fees = realized or 0.0, fees or 0.0
+    for engine_id, closes, wins in (
+        trades.filter(realized_pnl__isnull=False)
+        .values("engine_id")
+        .annotate(c=Count("id"), w=Count("id", filter=Q(realized_pnl__gt=F("fee"))))
+        .values_list("engine_id", "c", "w")
+    ):
+        books[engine_id].closes, books[engine_id].wins = closes, wins
+    return books
 
 
 def restart_history(window: float, now: float) -> dict[str, tuple[list[float], int]]:
@@ -165,10 +213,12 @@ def write(
     restarts: list[EngineRestart],
     heartbeats: list[HeartbeatRow],
     acks: list[Ack] = (),
+    books: list[BookRow] = (),
     runner: RunnerRow | None = None,
 ) -> None:
-    """Everything the runner has to say, in one transaction; then tell the receivers."""
-    if not (statuses or errors or restarts or heartbeats or acks or runner):
+    """Everything the runner has to say, in one transaction; then tell the receivers.
+    A fill's Trade row and the position it leads to commit together, or not at all."""
+    if not (statuses or errors or restarts or heartbeats or acks or books or runner):
         return
     now = datetime.now(UTC)
     with transaction.atomic():
@@ -190,13 +240,45 @@ def write(
             )
         EngineError.objects.bulk_create(errors)
         EngineRestart.objects.bulk_create(restarts)
+        if books:
+            _write_books(books, now)
         if heartbeats:
             _flush_heartbeats(heartbeats, now)
         if runner is not None:
             _runner_heartbeat(runner, now)
     engines_written.send(
         sender=Engine, statuses=statuses, errors=errors, restarts=restarts,
-        heartbeats=bool(heartbeats), acks=acks,
+        heartbeats=bool(heartbeats), acks=acks, books=books,
+    )  # fmt: skip
+
+
+def _write_books(rows: list[BookRow], now: datetime) -> None:
+    # A retried write (the commit's answer was lost) must not double a fill: the engine's
+    # fill_id and (engine, seq) are unique, and conflicts are skipped.
+    Trade.objects.bulk_create(
+        [trade_row(row.id, row.event.fill) for row in rows if row.event.fill is not None],
+        ignore_conflicts=True,
+    )
+    latest = {row.id: row.event for row in rows}
+    table = connection.ops.quote_name(Engine._meta.db_table)
+    columns = ("position", "daily_pnl", "total_pnl", "trade_count", "updated_at")
+    assignments = ", ".join(f"{connection.ops.quote_name(c)} = %s" for c in columns)
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    params = [
+        (e.position, e.daily_pnl, e.total_pnl, e.trade_count, stamp, engine_id)
+        for engine_id, e in latest.items()
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
+
+
+def trade_row(engine_id: int, fill) -> Trade:
+    return Trade(
+        engine_id=engine_id, symbol=fill.symbol, fill_id=fill.fill_id, seq=fill.seq,
+        side=fill.side, qty=fill.qty, price=fill.price, fee=fill.fee, time=to_datetime(fill.at),
+        realized_pnl=fill.realized_pnl, position_after=fill.position_after,
+        avg_price_after=fill.avg_price_after, realized_total=fill.realized_total,
+        fees_total=fill.fees_total,
     )  # fmt: skip
 
 
@@ -204,13 +286,14 @@ def _flush_heartbeats(rows: list[HeartbeatRow], now: datetime) -> None:
     # One executemany UPDATE: ~1 ms for 500 rows, where bulk_update's CASE takes ~100 ms.
     table = connection.ops.quote_name(Engine._meta.db_table)
     columns = ("last_heartbeat", "error_count", "last_error", "position", "daily_pnl",
-               "total_pnl", "trade_count", "updated_at")  # fmt: skip
+               "total_pnl", "trade_count", "updated_at", "last_tick_at")  # fmt: skip
     assignments = ", ".join(f"{connection.ops.quote_name(c)} = %s" for c in columns)
     adapt = connection.ops.adapt_datetimefield_value
     stamp = adapt(now)
     params = [
         (adapt(to_datetime(r.last_heartbeat)), r.error_count, r.last_error or "", r.position,
-         r.daily_pnl, r.total_pnl, r.trade_count, stamp, r.id)
+         r.daily_pnl, r.total_pnl, r.trade_count, stamp, adapt(to_datetime(r.last_tick_at)),
+         r.id)
         for r in rows
     ]  # fmt: skip
     with connection.cursor() as cursor:

@@ -153,6 +153,8 @@ def test_schema_and_docs_are_generated_from_the_code(client):
         "/engines/start/{symbol}",
         "/engines/stop/{symbol}",
         "/engines/restart/{symbol}",
+        "/engines/trades/{symbol}",
+        "/engines/profit",
     }
     fleet = schema["components"]["schemas"]["FleetOut"]["properties"]
     assert {"total", "running", "crashed", "stopped", "engines"} <= set(fleet)

@@ -11,8 +11,9 @@ from ninja.errors import HttpError
 from ..models import Engine, EngineCommand
 from ..runtime.engine import symbol_problem
 from ..selectors import engine_status, fleet_status
+from ..selectors_trading import MAX_PAGE_SIZE, profit_summary, trades_list
 from ..services import EngineNotFound, engine_restart, engine_start, engine_stop
-from .schemas import CommandOut, EngineOut, ErrorOut, FleetOut
+from .schemas import CommandOut, EngineOut, ErrorOut, FleetOut, ProfitSummaryOut, TradesOut
 
 CONTROL_PERMISSION = "engines_app.control_engine"
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
@@ -92,3 +93,18 @@ def stop(request: HttpRequest, symbol: str):
 def restart(request: HttpRequest, symbol: str):
     """Restart the engine now with a fresh restart budget; it is wanted running after."""
     return _steer(request, symbol, engine_restart)
+
+
+@router.get("/trades/{symbol}", response={200: TradesOut, **ERRORS}, summary="Fills of one engine")
+def trades(request: HttpRequest, symbol: str, page: int = 1, page_size: int = 50):
+    """The engine's paper fills, newest first, ``page_size`` (1-500) a page."""
+    engine = _engine(symbol)
+    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise HttpError(400, f"page must be >= 1 and page_size from 1 to {MAX_PAGE_SIZE}")
+    return trades_list(symbol=engine.symbol, page=page, page_size=page_size)
+
+
+@router.get("/profit", response={200: ProfitSummaryOut, **ERRORS}, summary="Profit")
+def profit(request: HttpRequest):
+    """Per engine and in total: realized, unrealized, fees, total PnL, trades, win rate."""
+    return profit_summary()

@@ -23,6 +23,7 @@ class EngineOut(Schema):
     restart_budget_left: int | None
     next_retry_at: float | None
     cycle_interval: float | None
+    last_tick_age_seconds: float | None = None
 
 
 class FleetOut(Schema):
@@ -34,6 +35,8 @@ class FleetOut(Schema):
     backoff: int
     stopping: int
     failed: int
+    degraded: int
+    halted: int
     engines: list[EngineOut]
 
 
@@ -49,3 +52,50 @@ class CommandOut(Schema):
 
 class ErrorOut(Schema):
     detail: str
+
+
+class TradeOut(Schema):
+    id: str
+    seq: int
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    time: float
+    realized_pnl: float | None
+    position_after: float
+
+
+class TradesOut(Schema):
+    symbol: str
+    page: int
+    page_size: int
+    total: int
+    trades: list[TradeOut]
+
+
+class ProfitOut(Schema):
+    symbol: str
+    realized: float
+    unrealized: float
+    fees: float
+    total_pnl: float
+    trade_count: int
+    closed_count: int
+    win_rate: float | None
+
+
+class ProfitTotalOut(Schema):
+    realized: float
+    unrealized: float
+    fees: float
+    total_pnl: float
+    trade_count: int
+    closed_count: int
+    win_rate: float | None
+
+
+class ProfitSummaryOut(Schema):
+    engines: list[ProfitOut]
+    total: ProfitTotalOut

@@ -1,4 +1,8 @@
-"""One trading engine: a cycle loop for one symbol, with a heartbeat and error counting."""
+"""One trading engine: a cycle loop for one symbol, with a heartbeat and error counting.
+
+Each cycle reads the feed, runs the strategy, checks risk and fills orders on the paper
+broker. Failure injection (crash, hang, fatal) exists for demos and tests.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,28 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Protocol
 
+from . import risk
+from .broker import BUY, SELL, Book, Fill, execute, utc_day
 from .cyclestats import CycleHistogram
-from .errors import ConfigError, CrashError, FatalEngineError, InjectedCrash, InvalidSymbolError
+from .errors import (
+    ConfigError,
+    CrashError,
+    FatalEngineError,
+    FeedSilent,
+    InjectedCrash,
+    InvalidSymbolError,
+    RiskHalt,
+)
+from .feeds import Feed, feed_problems, make_feed
+from .strategies import Strategy, make_strategy, strategy_problems
 
 log = logging.getLogger("levipanel.engine")
 
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+ON_STOP = ("hold", "close")
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 # A cycle that keeps failing is no longer "an error now and then": crash and let recovery act.
 MAX_CONSECUTIVE_ERRORS = 3
@@ -43,7 +62,22 @@ class EngineConfig:
     hang_after_cycles: int | None = None
     fatal_after_cycles: int | None = None
     seed: int | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
+    # Trading. Limits are in the quote currency; fee_rate and slippage are fractions.
+    feed: str = "sim"
+    feed_options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    strategy: str = "sma_cross"
+    params: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    order_qty: float = 1.0
+    max_position_notional: float | None = None
+    max_order_notional: float | None = None
+    daily_loss_limit: float | None = None
+    fee_rate: float = 0.001
+    slippage: float = 0.0005
+    stop_entries: bool = False
+    on_stop: str = "hold"
+    # Silence of the feed, in cycle intervals: degraded after the first, a hang after the second.
+    feed_stale_after: float = 5.0
+    feed_dead_after: float = 60.0
 
     @classmethod
     def from_options(
@@ -69,9 +103,36 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 out.append(f"{name} must be a whole number >= 0")
-        if not isinstance(self.params, Mapping):
-            out.append("params must be a mapping")
+        out.extend(feed_problems(self.feed, self.feed_options, self.symbol))
+        out.extend(strategy_problems(self.strategy, self.params))
+        out.extend(self._trading_problems())
         return out
+
+    def _trading_problems(self) -> list[str]:
+        out = []
+        if not _is_number(self.order_qty) or self.order_qty <= 0:
+            out.append("order_qty must be a number greater than 0")
+        for name in ("max_position_notional", "max_order_notional", "daily_loss_limit"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                out.append(f"{name} must be a number greater than 0, or null for no limit")
+        for name in ("fee_rate", "slippage"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 0.1:
+                out.append(f"{name} must be a fraction from 0 to 0.1 (0.001 is 0.1 %)")
+        if not isinstance(self.stop_entries, bool):
+            out.append("stop_entries must be true or false")
+        if self.on_stop not in ON_STOP:
+            out.append('on_stop must be "hold" or "close"')
+        stale, dead = self.feed_stale_after, self.feed_dead_after
+        if not _is_number(stale) or not _is_number(dead) or not 0 < stale < dead:
+            out.append("feed_stale_after and feed_dead_after must be numbers, 0 < stale < dead")
+        return out
+
+    def risk_limits(self) -> risk.RiskLimits:
+        return risk.RiskLimits(
+            self.max_position_notional, self.max_order_notional, self.daily_loss_limit
+        )
 
     def validate(self) -> None:
         if problems := self.problems():
@@ -86,11 +147,14 @@ def _is_number(value: object) -> bool:
 class EngineListener(Protocol):
     def engine_started(self, engine: TradingEngine) -> None: ...
     def engine_error(self, engine: TradingEngine, exc: BaseException) -> None: ...
+    def engine_filled(self, engine: TradingEngine, fill: Fill | None) -> None: ...
+    def engine_feed(self, engine: TradingEngine, stale_for: float | None) -> None: ...
 
 
 @dataclass(slots=True)
 class EngineState:
-    """What survives an engine's restart: counters and trading results."""
+    """What survives an engine's restart: counters and trading results. ``book`` is the
+    truth; the four status numbers are refreshed from it by ``sync``."""
 
     error_count: int = 0
     last_error: str | None = None
@@ -98,6 +162,15 @@ class EngineState:
     daily_pnl: float = 0.0
     total_pnl: float = 0.0
     trade_count: int = 0
+    book: Book = field(default_factory=Book)
+    last_tick_at: float | None = None
+
+    def sync(self) -> None:
+        book = self.book
+        self.position = book.qty or None
+        self.daily_pnl = book.daily_pnl()
+        self.total_pnl = book.total_pnl()
+        self.trade_count = book.trade_count
 
 
 class TradingEngine:
@@ -115,6 +188,11 @@ class TradingEngine:
         "_rng",
         "_stopping",
         "_in_cycle",
+        "feed",
+        "strategy",
+        "limits",
+        "degraded",
+        "rejected",
         "cycle_histogram",
     )
 
@@ -139,6 +217,11 @@ class TradingEngine:
         self._rng: random.Random | None = None
         self._stopping = False
         self._in_cycle = False
+        self.feed: Feed | None = None
+        self.strategy: Strategy | None = None
+        self.limits = risk.RiskLimits()
+        self.degraded = False
+        self.rejected = ""  # the last order rejection, logged once rather than every cycle
 
     @property
     def symbol(self) -> str:
@@ -152,6 +235,8 @@ class TradingEngine:
         self.config.validate()
         self.started_at = self.last_heartbeat = self.clock()
         log.info("Connecting to market data for %s", symbol, extra=extra)
+        self.prepare()
+        self.feed.start(self.record_error)
         if self.listener:
             self.listener.engine_started(self)
         try:
@@ -169,13 +254,24 @@ class TradingEngine:
                 if not self._stopping:
                     await asyncio.sleep(self.config.cycle_interval)
         finally:
+            self.feed.close()
             log.info("Engine for %s stopped after %d cycles", symbol, self.cycles, extra=extra)
+
+    def prepare(self) -> None:
+        """Build the feed, strategy and limits of a validated config."""
+        config, book = self.config, self.state.book
+        self.feed = make_feed(
+            config.feed, config.feed_options, symbol=config.symbol,
+            seed=None if config.seed is None else config.seed + book.trade_count, mark=book.mark,
+        )  # fmt: skip
+        self.strategy = make_strategy(config.strategy, config.params)
+        self.limits = config.risk_limits()
 
     async def _guarded_cycle(self) -> None:
         try:
             await self.cycle()
             self.consecutive_errors = 0
-        except (CrashError, FatalEngineError):
+        except (CrashError, FatalEngineError, RiskHalt):
             raise
         except Exception as exc:
             self.record_error(exc)
@@ -207,6 +303,101 @@ class TradingEngine:
             raise InjectedCrash(f"injected crash (p={config.crash_probability})")
         if config.hang_after_cycles is not None and n > config.hang_after_cycles:
             await asyncio.Event().wait()  # hung: no heartbeat until cancelled
+        now = self.clock()
+        price = self.feed.poll() if self.feed is not None else None
+        if price is None:
+            self._silent(now)
+        else:
+            self.on_tick(price, now)
+
+    def on_tick(self, price: float, now: float) -> None:
+        """Mark the book, let the strategy speak, trade toward its signal within the limits.
+        Raises RiskHalt when today's loss reaches the daily limit."""
+        state, book = self.state, self.state.book
+        state.last_tick_at = now
+        if self.degraded:
+            self.degraded = False
+            self._tell_feed(None)
+        self.roll_day(now)
+        book.mark = price
+        self._check_daily_loss()
+        signal = self.strategy.signal(price)
+        if signal is not None:
+            self._trade_toward(signal * self.config.order_qty, price, now)
+        state.sync()
+
+    def roll_day(self, now: float) -> bool:
+        """Start a new UTC day's PnL when the date changed (idempotent)."""
+        if self.state.book.roll_day(utc_day(now)):
+            self.state.sync()
+            return True
+        return False
+
+    def close_position(self, reason: str) -> Fill | None:
+        """Close the open position at market on the paper broker (no risk check: it only
+        reduces risk). Used on stop and failure when ``on_stop`` is "close"."""
+        book = self.state.book
+        if not book.qty or book.mark is None:
+            return None
+        log.info("Closing the %s position of %g at market: %s", self.symbol, book.qty, reason,
+                 extra={"symbol": self.symbol})  # fmt: skip
+        return self._fill(BUY if book.qty < 0 else SELL, abs(book.qty), book.mark, self.clock())
+
+    def _trade_toward(self, target: float, price: float, now: float) -> None:
+        position = self.state.book.qty
+        if self.config.stop_entries:  # drain: only reduce, never open, add or flip
+            target = (
+                min(max(target, 0.0), position)
+                if position >= 0
+                else max(min(target, 0.0), position)
+            )
+        delta = target - position
+        if abs(delta) < 1e-9:
+            return
+        if problem := risk.order_problem(self.limits, position, delta, price):
+            if problem != self.rejected:
+                log.warning("Order rejected for %s: %s", self.symbol, problem,
+                            extra={"symbol": self.symbol})  # fmt: skip
+            self.rejected = problem
+            return
+        self.rejected = ""
+        self._fill(BUY if delta > 0 else SELL, abs(delta), price, now)
+        self._check_daily_loss()
+
+    def _fill(self, side: str, qty: float, price: float, now: float) -> Fill:
+        config = self.config
+        fill = execute(
+            self.state.book, symbol=config.symbol, side=side, qty=qty, price=price, at=now,
+            fee_rate=config.fee_rate, slippage=config.slippage,
+        )  # fmt: skip
+        self.state.sync()
+        log.info("Filled %s %s %g @ %.6g fee %.6g", config.symbol, side, qty, fill.price,
+                 fill.fee, extra={"symbol": config.symbol})  # fmt: skip
+        if self.listener:
+            self.listener.engine_filled(self, fill)
+        return fill
+
+    def _check_daily_loss(self) -> None:
+        if reason := risk.daily_loss_reason(self.limits, self.state.book):
+            self.state.sync()
+            raise RiskHalt(reason)
+
+    def _silent(self, now: float) -> None:
+        """No new price: degraded after ``feed_stale_after`` cycles, hung after
+        ``feed_dead_after``."""
+        since = self.state.last_tick_at or self.started_at or now
+        if self.started_at and since < self.started_at:
+            since = self.started_at  # a tick from before a restart does not count
+        silent, interval = now - since, self.config.cycle_interval
+        if silent > self.config.feed_dead_after * interval:
+            raise FeedSilent(f"no market data for {silent:.1f}s")
+        if not self.degraded and silent > self.config.feed_stale_after * interval:
+            self.degraded = True
+            self._tell_feed(silent)
+
+    def _tell_feed(self, stale_for: float | None) -> None:
+        if self.listener:
+            self.listener.engine_feed(self, stale_for)
 
     def _random(self) -> float:
         if self._rng is None:

@@ -35,3 +35,11 @@ class HeartbeatTimeout(CrashError):
 
 def is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, FatalEngineError)
+
+
+class FeedSilent(CrashError):
+    """No market data for longer than the feed's dead-after limit: treated as a hang."""
+
+
+class RiskHalt(EngineError):
+    """A risk limit stops the engine until the next UTC day or an operator's restart."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .broker import Fill
+
 
 @dataclass(slots=True)
 class StatusChanged:
@@ -37,4 +39,18 @@ class RestartScheduled:
     backoff: float
 
 
-Event = StatusChanged | ErrorRaised | RestartScheduled
+@dataclass(slots=True)
+class BookChanged:
+    """A fill (or a daily reset) changed an engine's book; written at once, the Trade row
+    and the engine's position/PnL in one transaction."""
+
+    symbol: str
+    at: float
+    fill: Fill | None
+    position: float | None
+    daily_pnl: float
+    total_pnl: float
+    trade_count: int
+
+
+Event = StatusChanged | ErrorRaised | RestartScheduled | BookChanged

@@ -10,10 +10,11 @@ import traceback
 from collections.abc import Callable, Iterable
 from functools import partial
 
+from .broker import Fill, utc_day
 from .cyclestats import CycleHistogram
 from .engine import EngineConfig, EngineState, TradingEngine
-from .errors import HeartbeatTimeout, is_fatal
-from .events import ErrorRaised, Event, RestartScheduled, StatusChanged
+from .errors import HeartbeatTimeout, RiskHalt, is_fatal
+from .events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
 from .recovery import RecoveryPolicy
 
 log = logging.getLogger("levipanel.engine")
@@ -22,6 +23,8 @@ log = logging.getLogger("levipanel.engine")
 class Status(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
+    DEGRADED = "degraded"  # running, but its market data feed is silent
+    HALTED = "halted"  # a risk limit stopped it until the next UTC day or an operator restart
     BACKOFF = "backoff"
     CRASHED = "crashed"
     STOPPING = "stopping"
@@ -41,6 +44,7 @@ class Slot:
         "stopping",
         "retry",
         "next_retry_at",
+        "halted_day",
     )
 
     def __init__(self, config: EngineConfig, state: EngineState) -> None:
@@ -52,10 +56,11 @@ class Slot:
         self.stopping = False
         self.retry: asyncio.TimerHandle | None = None
         self.next_retry_at: float | None = None
+        self.halted_day = 0
 
     @property
     def is_running(self) -> bool:
-        return self.status == Status.RUNNING and self.task is not None
+        return self.status in (Status.RUNNING, Status.DEGRADED) and self.task is not None
 
 
 class EngineManager:
@@ -116,21 +121,29 @@ class EngineManager:
         return sum(self.start(config) for config in configs)
 
     async def stop(
-        self, symbol: str, *, reason: str = "stopped", keep_failed: bool = False
+        self,
+        symbol: str,
+        *,
+        reason: str = "stopped",
+        keep_failed: bool = False,
+        close: bool = False,
     ) -> None:
         """Stop gracefully: the current cycle finishes, then the task ends. A hung engine
-        is cancelled after ``stop_timeout``. ``keep_failed`` leaves a failed engine failed
-        (a runner shutdown is no operator's decision)."""
+        is cancelled after ``stop_timeout``. ``keep_failed`` leaves a failed (or halted)
+        engine so (a runner shutdown is no operator's decision). With ``close`` (an
+        operator's stop), an engine configured ``on_stop: close`` closes its position."""
         slot = self.slots.get(symbol)
         if slot is None:
             return
         self._cancel_retry(slot)
         task = slot.task
         if task is None:
-            if keep_failed and slot.status == Status.FAILED:
+            if keep_failed and slot.status in (Status.FAILED, Status.HALTED):
                 return
             if slot.status != Status.STOPPED:
                 self._set_status(slot, Status.STOPPED, reason)
+            if close:
+                self._close_on_stop(slot, reason)
             return
         slot.stopping = True
         slot.reason = reason
@@ -141,6 +154,8 @@ class EngineManager:
         if not done:
             task.cancel()
             await asyncio.wait({task})
+        if close:
+            self._close_on_stop(slot, reason)
 
     async def stop_all(self, *, reason: str = "stopped", keep_failed: bool = False) -> None:
         await asyncio.gather(
@@ -168,6 +183,37 @@ class EngineManager:
             task.cancel()
         self._failed(slot, HeartbeatTimeout(f"no heartbeat for {timeout:.0f}s"))
 
+    def lift_halt(self, symbol: str) -> bool:
+        """An operator restarts a halted engine: today's loss so far no longer counts
+        against the daily limit."""
+        slot = self.slots.get(symbol)
+        if slot is None or slot.status != Status.HALTED:
+            return False
+        book = slot.engine.state.book
+        book.loss_base = book.daily_pnl()
+        return True
+
+    def new_day(self, symbol: str, now: float) -> str:
+        """Start the UTC day of ``now`` for one engine (the scheduled daily reset); a
+        halted engine runs again."""
+        slot = self.slots.get(symbol)
+        if slot is None:
+            return "engine not loaded"
+        if slot.engine.roll_day(now):
+            self.engine_filled(slot.engine, None)
+        if slot.status == Status.HALTED and slot.task is None and slot.halted_day < utc_day(now):
+            self._launch(slot)
+            return "new day: halted engine resumed"
+        return "new day"
+
+    def resume_halted(self, now: float) -> list[str]:
+        """Run again the engines halted on an earlier UTC day."""
+        today = utc_day(now)
+        due = [s for s in self.slots.values() if s.status == Status.HALTED and s.halted_day < today]
+        return [
+            symbol for slot in due if (symbol := slot.config.symbol) and self.new_day(symbol, now)
+        ]
+
     # Reading ----------------------------------------------------------------------------
 
     def drain_events(self) -> list[Event]:
@@ -190,6 +236,25 @@ class EngineManager:
 
     def engine_error(self, engine: TradingEngine, exc: BaseException) -> None:
         self._emit(_error_event(engine.symbol, self.clock(), exc, crashed=False))
+
+    def engine_filled(self, engine: TradingEngine, fill: Fill | None) -> None:
+        state = engine.state
+        self._emit(BookChanged(engine.symbol, self.clock(), fill, state.position,
+                               state.daily_pnl, state.total_pnl, state.trade_count))  # fmt: skip
+
+    def engine_feed(self, engine: TradingEngine, stale_for: float | None) -> None:
+        slot = self.slots.get(engine.symbol)
+        if slot is None or slot.engine is not engine or slot.task is None or slot.stopping:
+            return
+        if stale_for is not None and slot.status == Status.RUNNING:
+            log.warning("Engine %s degraded: no market data for %.1fs", engine.symbol, stale_for,
+                        extra={"symbol": engine.symbol})  # fmt: skip
+            self._set_status(slot, Status.DEGRADED, f"no market data for {stale_for:.1f}s")
+        elif stale_for is None and slot.status == Status.DEGRADED:
+            log.info(
+                "Engine %s market data is back", engine.symbol, extra={"symbol": engine.symbol}
+            )
+            self._set_status(slot, Status.RUNNING, "", started_at=engine.started_at)
 
     # Internals --------------------------------------------------------------------------
 
@@ -217,8 +282,21 @@ class EngineManager:
         if exc is None or slot.stopping:
             self._set_status(slot, Status.STOPPED, slot.reason if slot.stopping else "")
             slot.stopping = False
+        elif isinstance(exc, RiskHalt):
+            self._halt(slot, exc)
         else:
             self._failed(slot, exc)
+
+    def _halt(self, slot: Slot, exc: RiskHalt) -> None:
+        symbol = slot.config.symbol
+        slot.halted_day = utc_day(self.clock())
+        log.warning("Engine %s halted: %s", symbol, exc, extra={"symbol": symbol})
+        self._set_status(slot, Status.HALTED, str(exc))
+        self._close_on_stop(slot, str(exc))
+
+    def _close_on_stop(self, slot: Slot, reason: str) -> None:
+        if slot.config.on_stop == "close":
+            slot.engine.close_position(reason)
 
     def _failed(self, slot: Slot, exc: BaseException) -> None:
         now, symbol, engine = self.clock(), slot.config.symbol, slot.engine
@@ -245,6 +323,7 @@ class EngineManager:
                 attempt=decision.attempt,
                 budget_left=decision.budget_left,
             )
+            self._close_on_stop(slot, "engine failed")
             return
         slot.next_retry_at = now + decision.delay
         self._emit(
@@ -289,7 +368,8 @@ class EngineManager:
 
     def _emit(self, event: Event) -> None:
         self.events.append(event)
-        self.changed.set()
+        if not isinstance(event, BookChanged):  # fills wait for the runner's next flush
+            self.changed.set()
 
 
 def _error_event(symbol: str, at: float, exc: BaseException, *, crashed: bool) -> ErrorRaised:

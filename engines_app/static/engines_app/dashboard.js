@@ -4,7 +4,7 @@
   "use strict";
 
   const config = window.LEVIPANEL;
-  const COUNTED = ["running", "crashed", "stopped", "backoff", "failed"];
+  const COUNTED = ["running", "crashed", "stopped", "backoff", "failed", "degraded", "halted"];
   const ACTIONS = ["start", "stop", "restart"];
   const SHOW_DONE_MS = 4000;
 

@@ -1,0 +1,166 @@
+"""Paper broker: market orders fill at the feed's price, with slippage and a fee.
+
+A ``Book`` is one engine's account for its symbol. Every number the status shows follows
+from the fills applied to it, so replaying the stored fills rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+DAY = 86400.0
+EPSILON = 1e-9  # quantities closer to zero than this are flat (float noise after closes)
+BUY, SELL = "buy", "sell"
+
+
+def utc_day(ts: float) -> int:
+    """Days since the epoch in UTC: the daily PnL's calendar."""
+    return int(ts // DAY)
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One executed market order and the book right after it."""
+
+    fill_id: str
+    seq: int
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    at: float
+    realized_pnl: float | None  # None for a fill that only opened or added
+    position_after: float
+    avg_price_after: float
+    realized_total: float
+    fees_total: float
+
+
+class Book:
+    """Position, average entry, realized PnL (before fees), fees, and today's share of them."""
+
+    __slots__ = (
+        "qty",
+        "avg_price",
+        "realized",
+        "fees",
+        "trade_count",
+        "wins",
+        "closes",
+        "mark",
+        "day",
+        "day_realized",
+        "day_fees",
+        "loss_base",
+    )
+
+    def __init__(self) -> None:
+        self.qty = 0.0
+        self.avg_price = 0.0
+        self.realized = 0.0
+        self.fees = 0.0
+        self.trade_count = 0
+        self.wins = 0
+        self.closes = 0
+        self.mark: float | None = None
+        self.day = 0
+        self.day_realized = 0.0
+        self.day_fees = 0.0
+        # Daily PnL at an operator's restart after a daily-loss halt: the limit counts anew.
+        self.loss_base = 0.0
+
+    def unrealized(self) -> float:
+        if not self.qty or self.mark is None:
+            return 0.0
+        return (self.mark - self.avg_price) * self.qty
+
+    def total_pnl(self) -> float:
+        """Realized minus fees plus the open position marked at the last price."""
+        return self.realized - self.fees + self.unrealized()
+
+    def daily_pnl(self) -> float:
+        """Today's (UTC) realized minus today's fees plus the open position's unrealized."""
+        return self.day_realized - self.day_fees + self.unrealized()
+
+    def roll_day(self, day: int) -> bool:
+        """Start day ``day``'s count; idempotent, so a scheduled reset and the engine's own
+        midnight roll never reset twice."""
+        if day <= self.day:
+            return False
+        self.day, self.day_realized, self.day_fees, self.loss_base = day, 0.0, 0.0, 0.0
+        return True
+
+    def apply(self, side: str, qty: float, price: float, fee: float) -> float | None:
+        """Book a fill; return the PnL it realized (None when it only opened or added)."""
+        signed = qty if side == BUY else -qty
+        old = self.qty
+        realized = None
+        if old == 0 or (old > 0) == (signed > 0):
+            self.avg_price = (self.avg_price * abs(old) + price * qty) / (abs(old) + qty)
+        else:
+            closed = min(qty, abs(old))
+            realized = (price - self.avg_price) * closed * math.copysign(1.0, old)
+            self.realized += realized
+            self.day_realized += realized
+            self.closes += 1
+            self.wins += realized - fee > 0
+            if qty > abs(old):
+                self.avg_price = price  # flipped: the rest opened at this price
+        self.qty = old + signed
+        if abs(self.qty) < EPSILON:
+            self.qty, self.avg_price = 0.0, 0.0
+        self.fees += fee
+        self.day_fees += fee
+        self.trade_count += 1
+        self.mark = price
+        return realized
+
+
+def execute(
+    book: Book,
+    *,
+    symbol: str,
+    side: str,
+    qty: float,
+    price: float,
+    at: float,
+    fee_rate: float,
+    slippage: float,
+) -> Fill:
+    """Fill a market order on the paper broker: the price moves against us by ``slippage``
+    (a fraction), the fee is ``fee_rate`` of the filled notional."""
+    fill_price = price * (1 + slippage) if side == BUY else price * (1 - slippage)
+    fee = qty * fill_price * fee_rate
+    book.roll_day(utc_day(at))
+    realized = book.apply(side, qty, fill_price, fee)
+    return Fill(
+        fill_id=uuid.uuid4().hex,
+        seq=book.trade_count,
+        symbol=symbol,
+        side=side,
+        qty=qty,
+        price=fill_price,
+        fee=fee,
+        at=at,
+        realized_pnl=realized,
+        position_after=book.qty,
+        avg_price_after=book.avg_price,
+        realized_total=book.realized,
+        fees_total=book.fees,
+    )
+
+
+def replay(fills: Iterable[tuple[str, float, float, float, float]], *, today: int) -> Book:
+    """Rebuild a book from stored fills ``(side, qty, price, fee, at)``, oldest first."""
+    book = Book()
+    book.day = today
+    for side, qty, price, fee, at in fills:
+        day_realized, day_fees = book.day_realized, book.day_fees
+        book.apply(side, qty, price, fee)
+        if utc_day(at) != today:  # an older day's fill: not part of today's PnL
+            book.day_realized, book.day_fees = day_realized, day_fees
+    return book

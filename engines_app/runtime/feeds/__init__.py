@@ -1,0 +1,60 @@
+"""Market data feeds, chosen per engine: ``sim`` (default), ``csv``, ``prices``, ``ws``.
+
+A feed is polled once per cycle: ``poll()`` returns the newest price since the last poll,
+or None when nothing new arrived (the engine then measures how long it has been silent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from .replay import ReplayFeed, csv_problems, inline_problems, load_csv
+from .sim import SimulatedFeed, sim_problems
+
+ErrorCallback = Callable[[BaseException], None]
+
+
+class Feed(Protocol):
+    def start(self, on_error: ErrorCallback) -> None: ...
+    def poll(self) -> float | None: ...
+    def close(self) -> None: ...
+
+
+FEEDS = ("sim", "csv", "prices", "ws")
+
+
+def feed_problems(kind: object, options: object, symbol: str) -> list[str]:
+    """Every reason this feed configuration cannot run."""
+    if not isinstance(kind, str) or kind not in FEEDS:
+        return [f"feed must be one of: {', '.join(FEEDS)}"]
+    if not isinstance(options, Mapping):
+        return ["feed_options must be a mapping"]
+    if kind == "sim":
+        return sim_problems(options)
+    if kind == "csv":
+        return csv_problems(options)
+    if kind == "prices":
+        return inline_problems(options)
+    from .ws import ws_problems
+
+    return ws_problems(options)
+
+
+def make_feed(
+    kind: str, options: Mapping[str, Any], *, symbol: str, seed: int | None, mark: float | None
+) -> Feed:
+    """Build the feed of a validated configuration. ``mark`` (the last known price) lets a
+    restarted simulated feed continue where the engine left off."""
+    if kind == "sim":
+        return SimulatedFeed.from_options(options, symbol=symbol, seed=seed, mark=mark)
+    if kind == "csv":
+        loop = options.get("loop", True)
+        return ReplayFeed(load_csv(options.get("file", "sample_btcusdt_1m.csv")), loop=loop)
+    if kind == "prices":
+        return ReplayFeed(
+            tuple(float(p) for p in options["prices"]), loop=options.get("loop", False)
+        )
+    from .ws import WebsocketFeed
+
+    return WebsocketFeed.from_options(options, symbol=symbol)

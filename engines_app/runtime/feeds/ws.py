@@ -1,0 +1,160 @@
+"""The exchange's public websocket stream format (Binance kline / trade messages).
+
+Only engines configured with ``"feed": "ws"`` open a connection. The feed keeps the newest
+price; a dropped connection is opened again after a doubling, capped, jittered backoff.
+A malformed message is logged as an error and reported to the engine, which keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidURI, WebSocketException
+
+log = logging.getLogger("levipanel.engine")
+
+OPTIONS = {"url", "reconnect_base", "reconnect_cap"}
+
+
+class MalformedMessage(ValueError):
+    """A market data message this feed cannot read."""
+
+
+def ws_problems(options: Mapping[str, Any]) -> list[str]:
+    out = [f"unknown ws feed option: {key}" for key in sorted(set(options) - OPTIONS)]
+    url = options.get("url")
+    if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+        out.append("feed_options.url must be a ws:// or wss:// address")
+    for key, default in (("reconnect_base", 0.5), ("reconnect_cap", 30.0)):
+        value = options.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            out.append(f"feed_options.{key} must be a number greater than 0")
+    return out
+
+
+def parse_price(raw: str | bytes, symbol: str) -> float | None:
+    """The price in one stream message; None for messages about other things (another
+    symbol, a subscription reply). Raises MalformedMessage."""
+    try:
+        message = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedMessage(f"not JSON: {str(raw)[:80]!r}") from exc
+    if not isinstance(message, dict):
+        raise MalformedMessage(f"not a JSON object: {str(raw)[:80]!r}")
+    if isinstance(message.get("data"), dict) and "stream" in message:  # combined streams
+        message = message["data"]
+    if "result" in message and "id" in message:
+        return None
+    kind = message.get("e")
+    try:
+        if kind == "kline":
+            value = message["k"]["c"]
+        elif kind in ("trade", "aggTrade"):
+            value = message["p"]
+        else:
+            raise MalformedMessage(f"unknown event type {kind!r}")
+        if message.get("s", symbol) != symbol:
+            return None
+        price = float(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, MalformedMessage):
+            raise
+        raise MalformedMessage(f"bad {kind} message: {type(exc).__name__}: {exc}") from exc
+    if not math.isfinite(price) or price <= 0:
+        raise MalformedMessage(f"bad price {value!r}")
+    return price
+
+
+class WebsocketFeed:
+    """Keeps the newest price of a stream; ``poll`` hands it over once."""
+
+    __slots__ = (
+        "url",
+        "symbol",
+        "base",
+        "cap",
+        "connections",
+        "malformed",
+        "_price",
+        "_fresh",
+        "_task",
+        "_on_error",
+    )
+
+    def __init__(self, url: str, symbol: str, *, base: float = 0.5, cap: float = 30.0) -> None:
+        self.url, self.symbol, self.base, self.cap = url, symbol, base, cap
+        self.connections = 0
+        self.malformed = 0
+        self._price: float | None = None
+        self._fresh = False
+        self._task: asyncio.Task[None] | None = None
+        self._on_error: Callable[[BaseException], None] | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, symbol: str) -> WebsocketFeed:
+        return cls(
+            options["url"],
+            symbol,
+            base=float(options.get("reconnect_base", 0.5)),
+            cap=float(options.get("reconnect_cap", 30.0)),
+        )
+
+    def start(self, on_error: Callable[[BaseException], None]) -> None:
+        self._on_error = on_error
+        self._task = asyncio.create_task(self._run(), name=f"feed:{self.symbol}")
+
+    def poll(self) -> float | None:
+        if not self._fresh:
+            return None
+        self._fresh = False
+        return self._price
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        delay, extra = self.base, {"symbol": self.symbol}
+        while True:
+            try:
+                async with connect(self.url, open_timeout=10, max_size=2**20) as socket:
+                    self.connections += 1
+                    log.info("Connected to market data at %s", self.url, extra=extra)
+                    async for raw in socket:
+                        if self._receive(raw):
+                            delay = self.base
+                log.warning("Market data stream closed by the server", extra=extra)
+            except InvalidURI as exc:
+                self._report(exc)
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                log.warning("Market data connection lost: %s: %s", type(exc).__name__, exc,
+                            extra=extra)  # fmt: skip
+            wait = delay * random.uniform(0.8, 1.2)
+            log.info("Reconnecting to market data in %.2fs", wait, extra=extra)
+            await asyncio.sleep(wait)
+            delay = min(self.cap, delay * 2)
+
+    def _receive(self, raw: str | bytes) -> bool:
+        try:
+            price = parse_price(raw, self.symbol)
+        except MalformedMessage as exc:
+            self.malformed += 1
+            self._report(exc)
+            return False
+        if price is not None:
+            self._price, self._fresh = price, True
+        return True
+
+    def _report(self, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(exc)  # the engine logs it as an error and counts it
+        else:
+            log.error("Market data error: %s", exc, extra={"symbol": self.symbol})
