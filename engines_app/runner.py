@@ -113,8 +113,8 @@ class Runner:
         connection.settings_dict["CONN_MAX_AGE"] = None
         with EngineLogs(self.settings.log_dir):
             self.say("Starting LeviPanel engine runner...")
-            await self._prepare_database()
-            await self.startup()
+            if not await self._start_when_database_ready():
+                return
             health = asyncio.create_task(self.health.run(), name="health-monitor")
             commands = asyncio.create_task(self._command_worker(), name="commands")
             self.say(
@@ -129,6 +129,26 @@ class Runner:
                 health.cancel()
                 commands.cancel()
                 await self.shutdown()
+
+    async def _start_when_database_ready(self) -> bool:
+        """Start up; a database that is unreachable or not migrated yet is waited for, not a
+        crash. False when asked to exit while waiting."""
+        delay = 0.5
+        while True:
+            try:
+                await self._prepare_database()
+                await self.startup()
+                return True
+            except DatabaseError as exc:
+                if self.manager.slots:
+                    raise  # engines started already: not a start-up problem
+                self.say(f"Database not ready ({exc}); trying again in {delay:.0f}s")
+                await db(_close_connection)()
+            try:
+                await asyncio.wait_for(self.should_exit.wait(), delay)
+                return False
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
 
     async def startup(self) -> None:
         """Load every engine; start those desired running that are not failed."""

@@ -74,6 +74,20 @@ def test_runs_steers_and_stops_cleanly(fast_project: Project):
     assert again.wait(15) == 0
 
 
+def test_a_database_not_ready_is_waited_for(tmp_path):
+    unmigrated = Project(tmp_path / "data", FAST)
+    unmigrated.data_dir.mkdir()
+    runner = unmigrated.start("manage.py", "runengines", log_name="runner")
+    wait_for(lambda: "Database not ready" in runner.log_path.read_text(), timeout=20,
+             message="the runner did not say it waits for the database")  # fmt: skip
+    assert runner.poll() is None  # waiting, not crashed
+    unmigrated.manage("migrate", "--no-input", "-v", "0")
+    wait_for(lambda: all_running(unmigrated), timeout=20, message="engines never ran")
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(15) == 0
+    unmigrated.stop_all()
+
+
 def test_second_signal_forces_exit(fast_project: Project):
     fast_project.env["LEVIPANEL_STOP_TIMEOUT"] = "30"
     fast_project.manage(
