@@ -142,7 +142,8 @@ class EngineAdmin(admin.ModelAdmin):
         if obj is not None:
             fields.append("symbol")  # the runner knows an engine by its symbol
             if not self.has_control_permission(request):
-                fields.append("desired_state")
+                # A settings change restarts the engine: that is controlling it too.
+                fields.extend(("desired_state", *SETTINGS_FIELDS))
         return fields
 
     def get_inline_instances(self, request: HttpRequest, obj=None):

@@ -244,12 +244,15 @@ def test_changing_desired_state_in_the_form_is_a_command(engines, operator):
     assert "Engine BTCUSDT: stop requested." in messages_of(response)
 
 
-def test_without_control_desired_state_is_read_only(engines, watcher):
+def test_without_control_desired_state_and_settings_are_read_only(engines, watcher):
+    # A settings change makes the runner restart the engine (or, with crash injection,
+    # fail it): without the control permission it must not get through.
     btc = engines["BTCUSDT"]
-    response = change(as_user(watcher), btc, desired_state="stopped", config='{"seed": 1}')
+    response = change(as_user(watcher), btc, desired_state="stopped", cycle_interval="0.1",
+                      config='{"crash_probability": 1}')  # fmt: skip
     assert response.status_code == 200
     btc.refresh_from_db()
-    assert (btc.desired_state, btc.config) == ("running", {"seed": 1})
+    assert (btc.desired_state, btc.cycle_interval, btc.config) == ("running", None, {})
     assert not EngineCommand.objects.exists()
 
 
