@@ -404,3 +404,10 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("page", ["1000001", "99999999999999999999"])
+def test_a_page_far_past_the_end_is_a_400_not_a_busy_database(client, engines, token, page):
+    response = client.get(f"/engines/trades/BTCUSDT?page={page}", **token)
+    assert response.status_code == 400
+    assert "page must be >= 1 (at most 1000000)" in response.json()["detail"]
