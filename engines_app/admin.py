@@ -28,11 +28,11 @@ RUNNER_FIELDS = (
     "restart_attempt", "restart_budget_left", "next_retry_at", "failures_reset_at",
     "updated_at", "created_at",
 )  # fmt: skip
+# Not HALTED: its daily loss limit stopped it on purpose; an operator resumes it one by one.
 NEEDS_RESTART = (
     Engine.Status.CRASHED,
     Engine.Status.BACKOFF,
     Engine.Status.FAILED,
-    Engine.Status.HALTED,
 )
 RECENT = 10
 

@@ -130,7 +130,10 @@ def test_without_the_control_permission_there_are_no_actions(engines, watcher):
 
 
 def test_restart_crashed_and_failed_is_one_click(engines, operator):
+    # An engine its daily loss limit halted stays halted: that stop was on purpose.
+    Engine.objects.create(symbol="ADAUSDT", status="halted", status_reason="daily loss limit")
     client = as_user(operator)
+    assert "Restart crashed/failed (2)" in client.get(CHANGELIST).content.decode()
     response = client.post(f"{CHANGELIST}restart-crashed/", follow=True)
     assert response.redirect_chain == [(CHANGELIST, 302)]
     assert messages_of(response) == [
