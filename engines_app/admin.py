@@ -28,11 +28,11 @@ RUNNER_FIELDS = (
     "restart_attempt", "restart_budget_left", "next_retry_at", "failures_reset_at",
     "updated_at", "created_at",
 )  # fmt: skip
+# Not HALTED: its daily loss limit stopped it on purpose; an operator resumes it one by one.
 NEEDS_RESTART = (
     Engine.Status.CRASHED,
     Engine.Status.BACKOFF,
     Engine.Status.FAILED,
-    Engine.Status.HALTED,
 )
 RECENT = 10
 
@@ -142,7 +142,8 @@ class EngineAdmin(admin.ModelAdmin):
         if obj is not None:
             fields.append("symbol")  # the runner knows an engine by its symbol
             if not self.has_control_permission(request):
-                fields.append("desired_state")
+                # A settings change restarts the engine: that is controlling it too.
+                fields.extend(("desired_state", *SETTINGS_FIELDS))
         return fields
 
     def get_inline_instances(self, request: HttpRequest, obj=None):

@@ -65,7 +65,25 @@ def problems() -> list[str]:
             found.append(f"LEVIPANEL_CYCLE_INTERVAL_OVERRIDES: {symbol!r}: {problem}")
         if interval is not None and interval <= 0:
             found.append(f"LEVIPANEL_CYCLE_INTERVAL_OVERRIDES: {symbol}: must be greater than 0")
+    found.extend(_hung_looking_intervals(raw))
     base, cap = raw["BACKOFF_BASE"], raw["BACKOFF_CAP"]
     if base is not None and cap is not None and cap < base:
         found.append("LEVIPANEL_BACKOFF_CAP: must not be smaller than LEVIPANEL_BACKOFF_BASE")
     return found
+
+
+def _hung_looking_intervals(raw: dict) -> list[str]:
+    """An engine heart-beats once a cycle: a cycle interval over half the heartbeat timeout
+    would have the health monitor take it for hung and restart it again and again."""
+    timeout = raw["HEARTBEAT_TIMEOUT"]
+    if not timeout or timeout <= 0:
+        return []
+    intervals = {"LEVIPANEL_CYCLE_INTERVAL": raw["CYCLE_INTERVAL"]}
+    for symbol, interval in (raw["CYCLE_INTERVAL_OVERRIDES"] or {}).items():
+        intervals[f"LEVIPANEL_CYCLE_INTERVAL_OVERRIDES: {symbol}"] = interval
+    return [
+        f"{name}: must be at most {timeout / 2:g} s, half LEVIPANEL_HEARTBEAT_TIMEOUT "
+        f"({timeout:g} s), or the engine would look hung"
+        for name, interval in intervals.items()
+        if interval is not None and interval > timeout / 2
+    ]

@@ -15,5 +15,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
     path("", api.urls()),  # /engines/status…, /docs, /openapi.json
     # Keep last: other paths under /engines/ answer with a JSON 404.
-    re_path(r"^engines(?:/(?P<rest>.*))?$", api.not_found),
+    re_path(r"^engines(?:/(?P<rest>[\s\S]*))?\Z", api.not_found),
 ]

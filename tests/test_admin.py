@@ -130,7 +130,10 @@ def test_without_the_control_permission_there_are_no_actions(engines, watcher):
 
 
 def test_restart_crashed_and_failed_is_one_click(engines, operator):
+    # An engine its daily loss limit halted stays halted: that stop was on purpose.
+    Engine.objects.create(symbol="ADAUSDT", status="halted", status_reason="daily loss limit")
     client = as_user(operator)
+    assert "Restart crashed/failed (2)" in client.get(CHANGELIST).content.decode()
     response = client.post(f"{CHANGELIST}restart-crashed/", follow=True)
     assert response.redirect_chain == [(CHANGELIST, 302)]
     assert messages_of(response) == [
@@ -169,6 +172,9 @@ def test_adding_an_engine_records_an_add_command(db, operator):
         ({"symbol": "BTCUSDT"}, "symbol", "already exists"),
         ({"cycle_interval": "0"}, "cycle_interval", "greater than 0"),
         ({"cycle_interval": "-1"}, "cycle_interval", "greater than 0"),
+        # An engine heart-beats once a cycle: a longer pause would look hung (timeout 60 s).
+        ({"cycle_interval": "31"}, "cycle_interval", "half the heartbeat timeout"),
+        ({"cycle_interval": "1e308"}, "cycle_interval", "half the heartbeat timeout"),
         ({"config": '{"crash_probability": 2}'}, "config", "between 0 and 1"),
         ({"config": '{"colour": "red"}'}, "config", "unknown engine option"),
         ({"config": "[1, 2]"}, "config", "JSON object"),
@@ -221,6 +227,19 @@ def test_an_invalid_setting_is_refused_and_nothing_changes(engines, operator):
     assert btc.config == {}
 
 
+def test_a_cycle_interval_that_would_look_hung_is_refused(engines, operator, settings):
+    settings.LEVIPANEL = {**settings.LEVIPANEL, "HEARTBEAT_TIMEOUT": 10.0}
+    btc = engines["BTCUSDT"]
+    response = change(as_user(operator), btc, cycle_interval="6")
+    errors = " ".join(response.context["adminform"].form.errors["cycle_interval"])
+    assert "At most 5 s, half the heartbeat timeout" in errors
+    btc.refresh_from_db()
+    assert btc.cycle_interval is None
+    assert change(as_user(operator), btc, cycle_interval="5").status_code == 200
+    btc.refresh_from_db()
+    assert btc.cycle_interval == 5
+
+
 def test_changing_desired_state_in_the_form_is_a_command(engines, operator):
     response = change(as_user(operator), engines["BTCUSDT"], desired_state="stopped")
     assert response.status_code == 200
@@ -228,12 +247,15 @@ def test_changing_desired_state_in_the_form_is_a_command(engines, operator):
     assert "Engine BTCUSDT: stop requested." in messages_of(response)
 
 
-def test_without_control_desired_state_is_read_only(engines, watcher):
+def test_without_control_desired_state_and_settings_are_read_only(engines, watcher):
+    # A settings change makes the runner restart the engine (or, with crash injection,
+    # fail it): without the control permission it must not get through.
     btc = engines["BTCUSDT"]
-    response = change(as_user(watcher), btc, desired_state="stopped", config='{"seed": 1}')
+    response = change(as_user(watcher), btc, desired_state="stopped", cycle_interval="0.1",
+                      config='{"crash_probability": 1}')  # fmt: skip
     assert response.status_code == 200
     btc.refresh_from_db()
-    assert (btc.desired_state, btc.config) == ("running", {"seed": 1})
+    assert (btc.desired_state, btc.cycle_interval, btc.config) == ("running", None, {})
     assert not EngineCommand.objects.exists()
 
 

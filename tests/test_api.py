@@ -286,6 +286,7 @@ def test_an_unknown_symbol_is_404(client, engines, token, method):
         ("%C3%87USDT", "2-20 upper-case"),
         ("%FF", "2-20 upper-case"),
         ("BTC%00", "2-20 upper-case"),
+        ("BTCUSDT%0A", "2-20 upper-case"),  # "$" alone would let a trailing newline by
         ("A" * 21, "longer than 20"),
         ("A" * 5000, "longer than 20"),
     ],
@@ -324,6 +325,20 @@ def test_a_wrong_method_is_a_json_405(client, engines, token, method, url, allow
 )  # fmt: skip
 def test_an_unknown_path_under_engines_is_a_json_404(client, token, url):
     response = client.get(url, **token)
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("not found")
+
+
+@pytest.mark.parametrize("url", ["/engines/restart/", "/engines/pause/BTCUSDT"])
+def test_a_post_to_an_unknown_path_is_a_json_404_not_a_csrf_page(engines, token, url):
+    client = Client(enforce_csrf_checks=True)  # a token client has no CSRF cookie
+    response = client.post(url, **token)
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("not found")
+
+
+def test_a_newline_in_a_path_under_engines_is_a_json_404(client, token):
+    response = client.get("/engines/status/BTCUSDT%0A/", **token)
     assert response.status_code == 404
     assert response.json()["detail"].startswith("not found")
 
@@ -389,3 +404,10 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("page", ["1000001", "99999999999999999999"])
+def test_a_page_far_past_the_end_is_a_400_not_a_busy_database(client, engines, token, page):
+    response = client.get(f"/engines/trades/BTCUSDT?page={page}", **token)
+    assert response.status_code == 400
+    assert "page must be >= 1 (at most 1000000)" in response.json()["detail"]

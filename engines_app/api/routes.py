@@ -16,6 +16,7 @@ from ..services import EngineNotFound, engine_restart, engine_start, engine_stop
 from .schemas import CommandOut, EngineOut, ErrorOut, FleetOut, ProfitSummaryOut, TradesOut
 
 CONTROL_PERMISSION = "engines_app.control_engine"
+MAX_PAGE = 1_000_000
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
 
 router = Router(tags=["engines"])
@@ -99,8 +100,11 @@ def restart(request: HttpRequest, symbol: str):
 def trades(request: HttpRequest, symbol: str, page: int = 1, page_size: int = 50):
     """The engine's paper fills, newest first, ``page_size`` (1-500) a page."""
     engine = _engine(symbol)
-    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise HttpError(400, f"page must be >= 1 and page_size from 1 to {MAX_PAGE_SIZE}")
+    # A page far past the end would overflow SQLite's OFFSET ("datatype mismatch").
+    if not 1 <= page <= MAX_PAGE or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise HttpError(
+            400, f"page must be >= 1 (at most {MAX_PAGE}) and page_size from 1 to {MAX_PAGE_SIZE}"
+        )
     return trades_list(symbol=engine.symbol, page=page, page_size=page_size)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 NAME = "operator command -> engine state changed"
 BASELINE_NAME = "service call + status read, no runner"
-TARGET = "p95 < 1000 ms"
+TARGET = "< 1000"  # ms, judged on the p95 row
 POLL = 0.002  # seconds between status reads while waiting
 # A command given right after the runner's last change would always land just after its
 # poll and always wait a whole poll interval; operators click at random moments.
@@ -182,7 +182,7 @@ def _rows(latencies: list[float], baseline: list[float]) -> list[dict]:
             "unit": "ms",
             "baseline": round(bare[p], 2),
             "baseline_name": f"{BASELINE_NAME} {p}",
-            "target": TARGET,
+            "target": TARGET if p == "p95" else None,
         }
         for p in ("p50", "p95", "p99")
     ]
@@ -195,8 +195,8 @@ if __name__ == "__main__":
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "levipanel.settings")
     django.setup()
     for row in run():
+        target = f"; target p95 {row['target']} ms" if row["target"] else ""
         print(
             f"{row['name']}: {row['value']} {row['unit']} "
-            f"(baseline {row['baseline']} {row['unit']}: {row['baseline_name']}; "
-            f"target {row['target']})"
+            f"(baseline {row['baseline']} {row['unit']}: {row['baseline_name']}{target})"
         )

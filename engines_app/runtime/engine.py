@@ -46,7 +46,7 @@ def symbol_problem(symbol: object) -> str | None:
         return "symbol is required"
     if len(symbol) > 20:
         return "symbol is longer than 20 characters"
-    if not SYMBOL_RE.match(symbol):
+    if not SYMBOL_RE.fullmatch(symbol):  # match() would let "BTCUSDT\n" by
         return "symbol must be 2-20 upper-case letters or digits, like BTCUSDT"
     return None
 
