@@ -44,12 +44,15 @@ def trades_list(*, symbol: str, page: int = 1, page_size: int = 50) -> dict[str,
     trades = Trade.objects.filter(engine_id=engine_id).order_by("-seq")
     total = trades.count()
     start = (page - 1) * page_size
+    # A page past the end is empty without a query: a huge OFFSET overflows the database's
+    # integers (SQLite answers "datatype mismatch").
+    page_rows = trades[start : start + page_size] if start < total else []
     return {
         "symbol": symbol,
         "page": page,
         "page_size": page_size,
         "total": total,
-        "trades": [trade_dict(t) for t in trades[start : start + page_size]],
+        "trades": [trade_dict(t) for t in page_rows],
     }
 
 

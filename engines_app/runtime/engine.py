@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import re
 import time
@@ -141,7 +142,9 @@ class EngineConfig:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float: a config may hold NaN or Infinity (Python's JSON reads them),
+    which would pass every comparison check and no database stores in JSON."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class EngineListener(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +12,8 @@ OPTIONS = {"price": 100.0, "volatility": 0.002, "seed": None}
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return ok and math.isfinite(value)
 
 
 def sim_problems(options: Mapping[str, Any]) -> list[str]:

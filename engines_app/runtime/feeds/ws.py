@@ -34,7 +34,8 @@ def ws_problems(options: Mapping[str, Any]) -> list[str]:
         out.append("feed_options.url must be a ws:// or wss:// address")
     for key, default in (("reconnect_base", 0.5), ("reconnect_cap", 30.0)):
         value = options.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value <= 0:
             out.append(f"feed_options.{key} must be a number greater than 0")
     return out
 
