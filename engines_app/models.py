@@ -58,6 +58,9 @@ class Engine(models.Model):
     # Runner-owned: written by the runner only, read-only everywhere else.
     status = models.CharField(max_length=10, choices=Status, default=Status.STOPPED)
     status_reason = models.TextField(blank=True, default="")
+    status_changed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the engine took its current status."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     error_count = models.PositiveIntegerField(default=0)

@@ -22,6 +22,7 @@ from . import store
 from .conf import EngineSettings, engine_settings
 from .models import Engine
 from .runtime import EngineManager, HealthMonitor, RecoveryPolicy, Status
+from .runtime.broker import utc_day
 from .runtime.engine import EngineConfig
 from .runtime.errors import ConfigError
 from .runtime.events import BookChanged, ErrorRaised, RestartScheduled, StatusChanged
@@ -160,6 +161,7 @@ class Runner:
         )  # fmt: skip
         for symbol, (times, attempt) in history.items():
             self.policy.load(symbol, times, attempt)
+        halted = await db(store.halted_on)(list(self.control), self.clock())
         started = wanted = 0
         for symbol, row in self.control.items():
             status, state = states[symbol]
@@ -171,6 +173,9 @@ class Runner:
             if status == Status.FAILED:
                 self.manager.adopt(EngineConfig(symbol), state, Status.FAILED, "", emit=False)
                 self.say(f"Engine {symbol} is failed: restart it to run it again")
+                continue
+            if symbol in halted and self._adopt_halted(row, state):
+                self.say(f"Engine {symbol} is halted until the next UTC day or a restart")
                 continue
             if self._start(row, state):
                 started += 1
@@ -339,6 +344,17 @@ class Runner:
             self._launched[row.symbol] = self.clock()
         return started
 
+    def _adopt_halted(self, row: store.ControlRow, state) -> bool:
+        """Keep an engine halted today by a risk limit halted, ready for the next day."""
+        try:
+            config = row.engine_config(self.settings.cycle_interval_for(row.symbol))
+            config.validate()
+        except ConfigError:
+            return False  # the normal start fails it with its reason
+        self.manager.adopt(config, state, Status.HALTED, "", emit=False)
+        self.manager.slots[row.symbol].halted_day = utc_day(self.clock())
+        return True
+
     def _in_background(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
@@ -416,6 +432,7 @@ class Runner:
             id=self.ids[event.symbol],
             status=event.status,
             reason=event.reason,
+            changed_at=event.at,
             started_at=started_at,
             attempt=event.attempt,
             budget_left=event.budget_left,

@@ -55,6 +55,7 @@ class StatusRow:
     next_retry_at: float | None
     error_count: int
     last_error: str | None
+    changed_at: float | None = None  # when the status began; None: now
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,16 @@ def load_states(symbols: list[str], now: float | None = None) -> dict[str, tuple
         state.sync()
         out[symbol] = (status, state)
     return out
+
+
+def halted_on(symbols: list[str], now: float) -> set[str]:
+    """The engines a risk limit halted on the UTC day of ``now``: they stay halted until
+    the next day or an operator's restart, whichever runner runs them."""
+    day_start = to_datetime(now - now % 86_400)
+    rows = Engine.objects.filter(
+        symbol__in=symbols, status=Engine.Status.HALTED, status_changed_at__gte=day_start
+    )
+    return set(rows.values_list("symbol", flat=True))
 
 
 def rebuild_books(engine_ids: list[int], now: float) -> dict[int, Book]:
@@ -230,6 +241,7 @@ def write(
             Engine.objects.filter(id=row.id).update(
                 status=row.status,
                 status_reason=row.reason,
+                status_changed_at=to_datetime(row.changed_at) if row.changed_at else now,
                 started_at=to_datetime(row.started_at),
                 restart_attempt=row.attempt,
                 restart_budget_left=row.budget_left,

@@ -3,6 +3,7 @@ starts from zero, and the scheduled reset's commands are carried out."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from asgiref.sync import sync_to_async
 from engines_app import services, tasks
 from engines_app.models import Engine, EngineCommand
 from engines_app.runner import Runner
+from engines_app.signals import engines_written
 from tests.helpers import fast_settings, running, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,3 +74,36 @@ async def _status(symbol: str, status: str) -> bool:
 
 async def _trades(symbol: str, count: int) -> bool:
     return (await row(symbol))[4] == count
+
+
+async def test_a_halt_holds_across_a_runner_restart_until_the_next_day(tmp_path):
+    await db(services.engine_add, symbol="BTCUSDT", config=LOSING | {"on_stop": "hold"})
+    settings = fast_settings(tmp_path / "logs", symbols=[])
+    async with running(Runner(settings=settings)):
+        await until(lambda: _status("BTCUSDT", "halted"))
+    trades = (await row("BTCUSDT"))[4]
+
+    written: list[str] = []
+
+    def record(sender, statuses=(), **kwargs):
+        written.extend(status.status for status in statuses)
+
+    engines_written.connect(record)
+    try:
+        clock = ShiftedClock()
+        runner = Runner(settings=settings, clock=clock)
+        async with running(runner):  # a deploy or a crash of the runner, the same UTC day
+            await asyncio.sleep(0.5)
+            assert not {"starting", "running"} & set(written), (
+                written
+            )  # never ran, not even briefly
+            assert (await row("BTCUSDT"))[0] == "halted"
+            assert (await row("BTCUSDT"))[4] == trades  # no trading past the limit today
+            slot = runner.manager.slots["BTCUSDT"]
+            assert slot.task is None
+            held = slot.engine
+
+            clock.offset = 86_400.0  # the next UTC day: it runs again
+            await until(lambda: runner.manager.slots["BTCUSDT"].engine is not held)
+    finally:
+        engines_written.disconnect(record)
