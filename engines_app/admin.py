@@ -18,7 +18,14 @@ from django.views.decorators.http import require_POST
 from . import admin_trading  # noqa: F401  (registers the read-only Trade admin)
 from .api.tokens import api_token_create
 from .models import ApiToken, Engine, EngineCommand, EngineError, EngineRestart
-from .services import engine_add, engine_remove, engine_restart, engine_start, engine_stop
+from .services import (
+    EngineNotFound,
+    engine_add,
+    engine_remove,
+    engine_restart,
+    engine_start,
+    engine_stop,
+)
 
 CONTROL_PERMISSION = "engines_app.control_engine"
 SETTINGS_FIELDS = ("cycle_interval", "config")
@@ -213,14 +220,23 @@ class EngineAdmin(admin.ModelAdmin):
     # Actions ----------------------------------------------------------------------------
 
     def _steer(self, request: HttpRequest, engines, service: Callable, verb: str) -> None:
-        engines = list(engines)
+        done, gone = [], []
         for engine in engines:
-            service(symbol=engine.symbol, user=request.user, source="admin")
-        self.message_user(
-            request,
-            f"{verb} requested for {len(engines)} engine(s): {_symbols(engines)}. "
-            "The runner carries it out within a second.",
-        )
+            try:
+                service(symbol=engine.symbol, user=request.user, source="admin")
+                done.append(engine)
+            except EngineNotFound:  # deleted since the page was drawn
+                gone.append(engine)
+        if done:
+            self.message_user(
+                request,
+                f"{verb} requested for {len(done)} engine(s): {_symbols(done)}. "
+                "The runner carries it out within a second.",
+            )
+        if gone:
+            self.message_user(
+                request, f"No longer there, nothing done: {_symbols(gone)}.", messages.WARNING
+            )
 
     @admin.action(description="Start selected engines", permissions=["control"])
     def start_engines(self, request: HttpRequest, queryset: QuerySet[Engine]) -> None:

@@ -320,3 +320,21 @@ def test_a_token_is_shown_once_and_works_for_its_user(engines, operator, django_
     assert commands() == [("BTCUSDT", "stop", "api", "operator")]
     listing = as_user(operator).get("/admin/engines_app/apitoken/")
     assert key not in listing.content.decode()
+
+
+def test_an_engine_deleted_under_an_action_is_reported_not_a_500(engines, operator):
+    from django.contrib import admin as django_admin
+    from django.contrib.messages.storage.fallback import FallbackStorage
+    from django.test import RequestFactory
+
+    request = RequestFactory().post("/admin/engines_app/engine/")
+    request.user, request.session = operator, {}
+    request._messages = FallbackStorage(request)
+    model_admin = django_admin.site._registry[Engine]
+    selected = list(Engine.objects.filter(symbol__in=["BTCUSDT", "ETHUSDT"]))
+    Engine.objects.filter(symbol="ETHUSDT").delete()  # another operator, meanwhile
+    model_admin.stop_engines(request, selected)
+    said = [str(m) for m in request._messages]
+    assert any("Stop requested for 1 engine(s): BTCUSDT" in m for m in said)
+    assert any("No longer there, nothing done: ETHUSDT" in m for m in said)
+    assert Engine.objects.get(symbol="BTCUSDT").desired_state == "stopped"
