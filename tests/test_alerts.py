@@ -4,6 +4,7 @@ recording server), with retries, a per-engine rate limit and fleet-wide incident
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -62,7 +63,9 @@ def make_engines(*symbols: str) -> list[Engine]:
 
 
 def status_row(engine: Engine, status: str, reason: str = "", attempt: int = 0):
-    return store.StatusRow(engine.id, status, reason, None, attempt, 4, None, 1, reason or None)
+    started_at = time.time() if status == "running" else None  # as the runner sets it
+    return store.StatusRow(engine.id, status, reason, started_at, attempt, 4, None, 1,
+                           reason or None)  # fmt: skip
 
 
 def write_crashes(*engines: Engine, attempt: int = 1, fail: bool = False) -> None:
@@ -79,6 +82,12 @@ def write_crashes(*engines: Engine, attempt: int = 1, fail: bool = False) -> Non
                                           attempt=attempt, backoff_seconds=60.0))  # fmt: skip
             statuses.append(status_row(engine, "backoff", "InjectedCrash: boom", attempt))
     store.write(statuses=statuses, errors=errors, restarts=restarts, heartbeats=[])
+
+
+def write_running(*engines: Engine) -> None:
+    """Engines running again after an automatic restart, in one write."""
+    store.write(statuses=[status_row(e, "running", attempt=1) for e in engines], errors=[],
+                restarts=[], heartbeats=[])  # fmt: skip
 
 
 def write_status(engine: Engine, status: str, reason: str = "", attempt: int = 0) -> None:
@@ -227,21 +236,77 @@ def test_rate_limit_holds_in_a_crash_loop_then_one_summary(channels, sync_tasks,
 
 def test_many_crashes_make_one_incident_then_resolved(channels, sync_tasks, recorder):
     a, b, c, d = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
-    write_crashes(a, b, c)  # an exchange outage: one write, three crashes
+    with time_machine.travel(T0, tick=False):
+        write_crashes(a, b, c)  # an exchange outage: one write, three crashes
     (incident,) = recorder.texts(SLACK)
     assert "INCIDENT: 3 engines crashed within 60s: AAAUSDT, BBBUSDT, CCCUSDT" in incident
-    write_crashes(d)  # joins the open incident, no alert of its own
+    with time_machine.travel(T0 + timedelta(seconds=5), tick=False):
+        write_crashes(d)  # joins the open incident, no alert of its own
     assert Incident.objects.get().symbols == ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"]
-    for engine in (a, b, c):
-        write_status(engine, "running", attempt=1)
-    assert len(recorder.texts(SLACK)) == 1  # DDDUSDT is not running yet
-    write_status(d, "running", attempt=1)
+    with time_machine.travel(T0 + timedelta(seconds=65), tick=False):
+        for engine in (a, b, c):
+            write_status(engine, "running", attempt=1)
+    with time_machine.travel(T0 + timedelta(seconds=70), tick=False):
+        write_status(d, "running", attempt=1)
+    with time_machine.travel(T0 + timedelta(seconds=129), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 0  # DDDUSDT ran for 59 s only
+    assert len(recorder.texts(SLACK)) == 1
+    with time_machine.travel(T0 + timedelta(seconds=131), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 1
     resolved = recorder.texts(SLACK)[-1]
-    assert "RESOLVED: all 4 engines of the incident are running again" in resolved
+    assert "RESOLVED: all 4 engines of the incident are running again after 131s" in resolved
     assert "AAAUSDT, BBBUSDT, CCCUSDT, DDDUSDT" in resolved
     assert len(recorder.texts(SLACK)) == len(recorder.texts(TELEGRAM)) == 2
     assert Alert.objects.filter(outcome="in_incident").count() == 8  # 4 crashes, 4 restarts
     assert Incident.objects.get().resolved_at is not None
+
+
+def test_a_restart_that_crashes_again_does_not_resolve_the_incident(channels, sync_tasks, recorder):
+    """An outage that lasts: the engines come back, crash again; one incident, one resolved."""
+    engines = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT")
+    for second, write in ((0, write_crashes), (60, write_running), (65, write_crashes),
+                          (185, write_running)):  # fmt: skip
+        with time_machine.travel(T0 + timedelta(seconds=second), tick=False):
+            write(*engines)
+            alerts.check_alerts()
+    with time_machine.travel(T0 + timedelta(seconds=240), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 0  # 55 s of running so far
+    with time_machine.travel(T0 + timedelta(seconds=246), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 1
+    texts = recorder.texts(SLACK)
+    assert len(texts) == 2 and "INCIDENT: 3 engines" in texts[0]
+    assert "RESOLVED: all 3 engines of the incident are running again after 246s" in texts[1]
+    assert Incident.objects.count() == 1
+
+
+def test_an_incident_with_a_failed_engine_is_resolved_naming_it(channels, sync_tasks, recorder):
+    a, b, c = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT")
+    with time_machine.travel(T0, tick=False):
+        write_crashes(a, b, c)
+    with time_machine.travel(T0 + timedelta(seconds=60), tick=False):
+        write_running(a, b)
+        write_crashes(c, attempt=5, fail=True)  # its own FAILED alert asks for an operator
+    with time_machine.travel(T0 + timedelta(seconds=121), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 1
+    incident, failed, resolved = recorder.texts(SLACK)
+    assert "CCCUSDT FAILED and needs an operator" in failed
+    assert resolved == (
+        "LeviPanel RESOLVED: the incident of 3 engines is over after 121s: running again: "
+        "AAAUSDT, BBBUSDT; failed or halted (needs an operator): CCCUSDT."
+    )
+
+
+def test_a_lone_crash_long_after_an_incident_opened_is_alerted(channels, sync_tasks, recorder):
+    a, b, c, d = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
+    with time_machine.travel(T0, tick=False):
+        write_crashes(a, b, c)  # still crash-looping below: the incident stays open
+    with time_machine.travel(T0 + timedelta(seconds=600), tick=False):
+        write_crashes(a, attempt=4)  # a member: folded
+        write_crashes(d)  # not a member, and the incident is old: its own alert
+    texts = recorder.texts(SLACK)
+    assert len(texts) == 2 and "DDDUSDT crashed: InjectedCrash: boom" in texts[1]
+    assert Incident.objects.get().symbols == ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+    assert Alert.objects.get(key="AAAUSDT", text__contains="restart 4").outcome == "in_incident"
 
 
 def test_crashes_in_separate_writes_within_the_window_open_an_incident(
