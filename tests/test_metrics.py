@@ -139,9 +139,12 @@ def test_closed_by_default_to_all_but_this_host(client, settings, fleet):
     assert client.get("/metrics", REMOTE_ADDR="198.51.100.1").status_code == 403
 
 
-def test_only_get(client, token):
-    response = client.post("/metrics", **token)
-    assert response.status_code == 405 and response.json() == {"detail": "use GET"}
+def test_only_get(token):
+    client = Client(enforce_csrf_checks=True)  # as a real client: no CSRF cookie
+    for method in (client.post, client.put, client.delete):
+        response = method("/metrics", **token)
+        assert response.status_code == 405 and response.json() == {"detail": "use GET"}
+        assert response["Allow"] == "GET, HEAD"
 
 
 def test_an_empty_database_has_zeros_not_errors(client, token):
