@@ -15,7 +15,10 @@ from django_q.models import Schedule
 from engines_app import alerts, ops_checks, store
 from engines_app.conf import engine_settings
 from engines_app.models import Alert, Engine, EngineError, EngineRestart, Incident, RunnerHeartbeat
+from engines_app.runtime import risk
+from engines_app.runtime.broker import Book
 from engines_app.runtime.recovery import RecoveryPolicy, RecoverySettings
+from engines_app.runtime.risk import RiskLimits
 from engines_app.schedules import SCHEDULES, ensure_schedules
 from tests.conftest import wait_for
 from tests.httprecorder import Recorder
@@ -98,6 +101,13 @@ def write_status(engine: Engine, status: str, reason: str = "", attempt: int = 0
 # Each alert kind reaches Slack and Telegram ---------------------------------------------
 
 
+def halt_reason() -> str:
+    """The reason the engine's risk check gives when it halts on the daily loss limit."""
+    book = Book()
+    book.day_realized = -120.0
+    return risk.daily_loss_reason(RiskLimits(daily_loss_limit=100.0), book)
+
+
 @pytest.mark.parametrize(
     ("write", "expected"),
     [
@@ -108,8 +118,12 @@ def write_status(engine: Engine, status: str, reason: str = "", attempt: int = 0
             lambda e: write_status(e, "stopped", "daily loss limit reached (-120.00 <= -100)"),
             "BTCUSDT stopped on its daily loss limit: daily loss limit reached",
         ),
+        (
+            lambda e: write_status(e, "halted", halt_reason()),  # what the engine says
+            "BTCUSDT stopped on its daily loss limit: daily loss limit reached: lost 120.00",
+        ),
     ],
-    ids=["crashed", "restarted", "failed", "daily_loss"],
+    ids=["crashed", "restarted", "failed", "daily_loss", "daily_loss_halt"],
 )
 def test_engine_alert_reaches_both_channels(channels, sync_tasks, recorder, write, expected):
     (engine,) = make_engines("BTCUSDT")
