@@ -148,7 +148,30 @@ def raise_alert(key: str, kind: str, text: str, *, now: datetime, folded: bool =
             outcome = Outcome.SUPPRESSED if limited else Outcome.PENDING
         alert = Alert.objects.create(key=key, kind=kind, text=text, created_at=now, outcome=outcome)
     if outcome == Outcome.PENDING:
+        _enqueue_delivery(alert)
+    return alert.outcome
+
+
+def _enqueue_delivery(alert: Alert) -> None:
+    """Deliver in a task of its own: its retries get a whole task's time, and a dead
+    webhook holds up no other alert of the batch."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task("engines_app.alerts.deliver_alert", alert.id, task_name="alert delivery")
+    except Exception:  # the broker is gone: deliver here rather than not at all
+        log.exception("alert %s: could not enqueue its delivery", alert.id)
         _deliver(alert)
+        return
+    alert.refresh_from_db(fields=["outcome"])  # delivered already when tasks run inline
+
+
+def deliver_alert(alert_id: int) -> str:
+    """Task: deliver one recorded alert (once: a re-run finds it no longer pending)."""
+    alert = Alert.objects.filter(id=alert_id, outcome=Outcome.PENDING).first()
+    if alert is None:
+        return "not pending"
+    _deliver(alert)
     return alert.outcome
 
 

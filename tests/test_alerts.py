@@ -3,6 +3,7 @@ recording server), with retries, a per-engine rate limit and fleet-wide incident
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -39,8 +40,9 @@ def recorder():
 
 
 @pytest.fixture
-def channels(settings, recorder):
-    """Both channels on, pointed at the recorder; no waiting between retries."""
+def channels(settings, recorder, sync_tasks):
+    """Both channels on, pointed at the recorder; no waiting between retries; each alert's
+    delivery task runs at once."""
     settings.ALERTS = {
         **settings.ALERTS,
         "SLACK_WEBHOOK_URL": recorder.url + SLACK,
@@ -178,6 +180,34 @@ def test_failing_webhook_is_retried_then_given_up(channels, sync_tasks, recorder
     assert alert.outcome == "failed" and alert.attempts == 4
     assert alert.error == "slack: gave up after 3 attempts: HTTP 500"
     assert alert.deliveries["telegram"] == "ok" and alert.sent_at is not None
+
+
+@pytest.fixture
+def hung_webhook():
+    """A server that accepts connections (the kernel's backlog) and never answers."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=16)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    sock.close()
+
+
+def test_a_hung_webhook_is_given_up_within_the_task_timeout(
+    channels, recorder, settings, hung_webhook, monkeypatch
+):
+    """The cluster kills a task past its timeout: the alert would stay pending, unrecorded,
+    and hold the other channel back. Each alert is its own task and stays inside it."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "TIMEOUT", 2)  # each delivery may take 1.5 s
+    settings.ALERTS = {**channels, "SLACK_WEBHOOK_URL": hung_webhook, "TIMEOUT": 5.0}
+    btc, eth = make_engines("BTCUSDT", "ETHUSDT")
+    started = time.monotonic()
+    write_crashes(btc, eth)  # two alerts from one write
+    assert time.monotonic() - started < 2 * 2
+    assert len(recorder.texts(TELEGRAM)) == 2  # the live channel got both, at once
+    for alert in Alert.objects.all():
+        assert alert.outcome == "failed" and alert.deliveries["telegram"] == "ok"
+        assert alert.error.startswith("slack: gave up after ")
+        assert alert.error.endswith(": ReadTimeout (out of time)")
 
 
 def test_client_error_is_not_retried_and_dead_server_is_recorded(
