@@ -15,6 +15,8 @@ from django.conf import settings
 log = logging.getLogger("levipanel.alerts")
 
 OK = "ok"
+# An attempt with less time than this is not worth making.
+MIN_ATTEMPT = 0.2
 
 
 @dataclass(frozen=True)
@@ -39,38 +41,68 @@ def channels() -> list[Channel]:
     return found
 
 
-def deliver(text: str) -> tuple[dict[str, str], int]:
-    """Send ``text`` to every channel; return {channel: "ok" | why it failed} and attempts."""
+def delivery_budget() -> float:
+    """Seconds one alert's delivery may take: well inside the task cluster's timeout, which
+    kills a task mid-delivery and leaves its alert pending, unrecorded and re-run later."""
+    from django_q.conf import Conf
+
+    return 0.75 * (Conf.TIMEOUT or 60)
+
+
+def deliver(text: str, *, budget: float | None = None) -> tuple[dict[str, str], int]:
+    """Send ``text`` to every channel; return {channel: "ok" | why it failed} and attempts.
+
+    Channels take turns, attempt by attempt, so a dead one never starves the others; past
+    the budget the rest is given up."""
     conf = settings.ALERTS
+    deadline = time.monotonic() + (delivery_budget() if budget is None else budget)
+    waiting = {channel.name: channel for channel in channels()}
     results: dict[str, str] = {}
-    attempts = 0
-    with httpx.Client(timeout=conf["TIMEOUT"]) as client:
-        for channel in channels():
-            result, tries = _send(client, channel, text, conf["RETRIES"], conf["RETRY_DELAY"])
-            results[channel.name] = result
-            attempts += tries
-    return results, attempts
+    problems: dict[str, str] = {}
+    tries = dict.fromkeys(waiting, 0)
+    out_of_time = False
+    with httpx.Client() as client:
+        for attempt in range(1, conf["RETRIES"] + 1):
+            for name, channel in list(waiting.items()):
+                # Connect and read each get the timeout: half of what is left covers both.
+                timeout = min(conf["TIMEOUT"], (deadline - time.monotonic()) / 2)
+                if timeout < MIN_ATTEMPT:
+                    out_of_time = True
+                    break
+                tries[name] += 1
+                result, final = _send(client, channel, text, timeout)
+                if final:
+                    results[name] = result
+                    del waiting[name]
+                else:
+                    problems[name] = result
+                    log.warning("alert to %s failed (attempt %d/%d): %s",
+                                name, attempt, conf["RETRIES"], result)  # fmt: skip
+            if out_of_time or not waiting or attempt == conf["RETRIES"]:
+                break
+            pause = conf["RETRY_DELAY"] * 2 ** (attempt - 1)
+            if time.monotonic() + pause >= deadline:
+                out_of_time = True
+                break
+            time.sleep(pause)
+    why = " (out of time)" if out_of_time else ""
+    for name in waiting:
+        problem = problems.get(name, "not tried")
+        results[name] = f"gave up after {tries[name]} attempts: {problem}{why}"
+    return results, sum(tries.values())
 
 
-def _send(
-    client: httpx.Client, channel: Channel, text: str, retries: int, delay: float
-) -> tuple[str, int]:
+def _send(client: httpx.Client, channel: Channel, text: str, timeout: float) -> tuple[str, bool]:
+    """One attempt: its result, and whether it is final (sent, or refused for good)."""
     payload = {**channel.extra, channel.payload_key: text}
-    problem = ""
-    for attempt in range(1, retries + 1):
-        try:
-            response = client.post(channel.url, json=payload)
-        except httpx.HTTPError as exc:
-            # The message may hold the URL, and Telegram's URL holds the bot token.
-            problem = type(exc).__name__
-        else:
-            if response.is_success:
-                return OK, attempt
-            problem = f"HTTP {response.status_code}"
-            if response.status_code < 500 and response.status_code != 429:
-                return f"refused: {problem}", attempt  # retrying cannot fix a 4xx
-        log.warning("alert to %s failed (attempt %d/%d): %s",
-                    channel.name, attempt, retries, problem)  # fmt: skip
-        if attempt < retries:
-            time.sleep(delay * 2 ** (attempt - 1))
-    return f"gave up after {retries} attempts: {problem}", retries
+    try:
+        response = client.post(channel.url, json=payload, timeout=timeout)
+    except httpx.HTTPError as exc:
+        # The message may hold the URL, and Telegram's URL holds the bot token.
+        return type(exc).__name__, False
+    if response.is_success:
+        return OK, True
+    problem = f"HTTP {response.status_code}"
+    if response.status_code < 500 and response.status_code != 429:
+        return f"refused: {problem}", True  # retrying cannot fix a 4xx
+    return problem, False

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import alert_channels
@@ -147,7 +148,30 @@ def raise_alert(key: str, kind: str, text: str, *, now: datetime, folded: bool =
             outcome = Outcome.SUPPRESSED if limited else Outcome.PENDING
         alert = Alert.objects.create(key=key, kind=kind, text=text, created_at=now, outcome=outcome)
     if outcome == Outcome.PENDING:
+        _enqueue_delivery(alert)
+    return alert.outcome
+
+
+def _enqueue_delivery(alert: Alert) -> None:
+    """Deliver in a task of its own: its retries get a whole task's time, and a dead
+    webhook holds up no other alert of the batch."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task("engines_app.alerts.deliver_alert", alert.id, task_name="alert delivery")
+    except Exception:  # the broker is gone: deliver here rather than not at all
+        log.exception("alert %s: could not enqueue its delivery", alert.id)
         _deliver(alert)
+        return
+    alert.refresh_from_db(fields=["outcome"])  # delivered already when tasks run inline
+
+
+def deliver_alert(alert_id: int) -> str:
+    """Task: deliver one recorded alert (once: a re-run finds it no longer pending)."""
+    alert = Alert.objects.filter(id=alert_id, outcome=Outcome.PENDING).first()
+    if alert is None:
+        return "not pending"
+    _deliver(alert)
     return alert.outcome
 
 
@@ -228,11 +252,15 @@ def _track_incident(crashed: set[str], now: datetime) -> set[str]:
     conf = settings.ALERTS
     with transaction.atomic():
         incident = Incident.objects.select_for_update().filter(resolved_at=None).first()
-        if incident is not None:
-            incident.symbols = sorted(set(incident.symbols) | crashed)
-            incident.save(update_fields=["symbols"])
-            return set(incident.symbols)
         since = now - timedelta(seconds=conf["INCIDENT_WINDOW"])
+        if incident is not None:
+            # Its members' crash loops stay folded; another engine joins only while the
+            # incident is young, so a lone crash long after it still gets its own alert.
+            joining = crashed - set(incident.symbols) if incident.opened_at >= since else set()
+            if joining:
+                incident.symbols = sorted(set(incident.symbols) | joining)
+                incident.save(update_fields=["symbols"])
+            return set(incident.symbols)
         recent = (
             set(
                 EngineError.objects.filter(crashed=True, at__gte=since)
@@ -255,22 +283,36 @@ def _track_incident(crashed: set[str], now: datetime) -> set[str]:
 
 
 def resolve_incidents(now: datetime) -> int:
-    """Close the open incident once every engine in it that should run is running."""
+    """Close the open incident once every engine in it that should run has run for an
+    incident window again (a restart that crashes at once is no recovery) or rests failed
+    or halted, each of those with an alert of its own that asks for an operator."""
     incident = Incident.objects.filter(resolved_at=None).first()
     if incident is None:
         return 0
-    waiting = Engine.objects.filter(
+    stable_since = now - timedelta(seconds=settings.ALERTS["INCIDENT_WINDOW"])
+    members = Engine.objects.filter(
         symbol__in=incident.symbols, desired_state=Engine.DesiredState.RUNNING
-    ).exclude(status=Engine.Status.RUNNING)
-    if waiting.exists():
+    )
+    resting = (Engine.Status.FAILED, Engine.Status.HALTED)
+    stable = Q(status=Engine.Status.RUNNING, started_at__lte=stable_since)
+    if members.exclude(stable | Q(status__in=resting)).exists():
         return 0
     if not Incident.objects.filter(id=incident.id, resolved_at=None).update(resolved_at=now):
         return 0
     lasted = (now - incident.opened_at).total_seconds()
-    text = (
-        f"LeviPanel RESOLVED: all {len(incident.symbols)} engines of the incident are running "
-        f"again after {lasted:.0f}s: {', '.join(incident.symbols)}."
-    )
+    stuck = sorted(members.filter(status__in=resting).values_list("symbol", flat=True))
+    if not stuck:
+        text = (
+            f"LeviPanel RESOLVED: all {len(incident.symbols)} engines of the incident are "
+            f"running again after {lasted:.0f}s: {', '.join(incident.symbols)}."
+        )
+    else:
+        back = sorted(members.filter(status=Engine.Status.RUNNING).values_list("symbol", flat=True))
+        text = (
+            f"LeviPanel RESOLVED: the incident of {len(incident.symbols)} engines is over "
+            f"after {lasted:.0f}s: running again: {', '.join(back) or 'none'}; "
+            f"failed or halted (needs an operator): {', '.join(stuck)}."
+        )
     raise_alert(FLEET, Kind.INCIDENT_RESOLVED, text, now=now)
     return 1
 

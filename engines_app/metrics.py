@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from django.conf import settings
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,6 +26,7 @@ from prometheus_client.core import (
 )
 
 from .models import Alert, Engine, EngineRestart, Incident, PrunedRestarts, RunnerHeartbeat
+from .selectors import ACTIVE
 
 LOOPBACK = ["127.0.0.1", "::1"]
 
@@ -70,7 +72,7 @@ class FleetCollector:
         fills_f = CounterMetricFamily("levipanel_engine_fills", "Fills (trades).", labels=lab)
         age_f = GaugeMetricFamily(
             "levipanel_engine_heartbeat_age_seconds",
-            "Seconds since the last heartbeat of a running engine.",
+            "Seconds since the last heartbeat of a running, degraded or stopping engine.",
             labels=lab,
         )
         daily_f = GaugeMetricFamily("levipanel_engine_daily_pnl", "Daily PnL.", labels=lab)
@@ -84,7 +86,7 @@ class FleetCollector:
             total_f.add_metric([symbol], total)
             if position is not None:
                 position_f.add_metric([symbol], position)
-            if heartbeat is not None and status == Engine.Status.RUNNING:
+            if heartbeat is not None and status in ACTIVE:
                 age_f.add_metric([symbol], max(0.0, now - heartbeat.timestamp()))
         yield from (restarts_f, errors_f, fills_f, age_f, daily_f, total_f, position_f)
 
@@ -172,6 +174,7 @@ def _address_allowed(address: str, allowed: list[str]) -> bool:
     return False
 
 
+@csrf_exempt  # it changes nothing; a POST must get the JSON 405, not the CSRF page
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text format; refused with a JSON 401/403/405 otherwise."""
     if request.method not in ("GET", "HEAD"):

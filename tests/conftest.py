@@ -3,7 +3,9 @@ Redis (skipped with a reason on a laptop without them, a failure in CI)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,8 +93,11 @@ class Project:
 
     def start(self, *args: str, log_name: str = "process") -> subprocess.Popen:
         log = open(self.data_dir / f"{log_name}.log", "w")  # noqa: SIM115 (closed at stop)
+        # A session (and process group) of its own: stop_all ends its children too, like
+        # the workers qcluster forks, which would outlive a killed parent.
         process = subprocess.Popen(
             [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
         process.log_path = self.data_dir / f"{log_name}.log"
         self.processes.append(process)
@@ -103,6 +108,8 @@ class Project:
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

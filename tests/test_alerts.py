@@ -3,7 +3,9 @@ recording server), with retries, a per-engine rate limit and fleet-wide incident
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +16,10 @@ from django_q.models import Schedule
 from engines_app import alerts, ops_checks, store
 from engines_app.conf import engine_settings
 from engines_app.models import Alert, Engine, EngineError, EngineRestart, Incident, RunnerHeartbeat
+from engines_app.runtime import risk
+from engines_app.runtime.broker import Book
 from engines_app.runtime.recovery import RecoveryPolicy, RecoverySettings
+from engines_app.runtime.risk import RiskLimits
 from engines_app.schedules import SCHEDULES, ensure_schedules
 from tests.conftest import wait_for
 from tests.httprecorder import Recorder
@@ -35,8 +40,9 @@ def recorder():
 
 
 @pytest.fixture
-def channels(settings, recorder):
-    """Both channels on, pointed at the recorder; no waiting between retries."""
+def channels(settings, recorder, sync_tasks):
+    """Both channels on, pointed at the recorder; no waiting between retries; each alert's
+    delivery task runs at once."""
     settings.ALERTS = {
         **settings.ALERTS,
         "SLACK_WEBHOOK_URL": recorder.url + SLACK,
@@ -62,7 +68,9 @@ def make_engines(*symbols: str) -> list[Engine]:
 
 
 def status_row(engine: Engine, status: str, reason: str = "", attempt: int = 0):
-    return store.StatusRow(engine.id, status, reason, None, attempt, 4, None, 1, reason or None)
+    started_at = time.time() if status == "running" else None  # as the runner sets it
+    return store.StatusRow(engine.id, status, reason, started_at, attempt, 4, None, 1,
+                           reason or None)  # fmt: skip
 
 
 def write_crashes(*engines: Engine, attempt: int = 1, fail: bool = False) -> None:
@@ -81,12 +89,25 @@ def write_crashes(*engines: Engine, attempt: int = 1, fail: bool = False) -> Non
     store.write(statuses=statuses, errors=errors, restarts=restarts, heartbeats=[])
 
 
+def write_running(*engines: Engine) -> None:
+    """Engines running again after an automatic restart, in one write."""
+    store.write(statuses=[status_row(e, "running", attempt=1) for e in engines], errors=[],
+                restarts=[], heartbeats=[])  # fmt: skip
+
+
 def write_status(engine: Engine, status: str, reason: str = "", attempt: int = 0) -> None:
     store.write(statuses=[status_row(engine, status, reason, attempt)], errors=[], restarts=[],
                 heartbeats=[])  # fmt: skip
 
 
 # Each alert kind reaches Slack and Telegram ---------------------------------------------
+
+
+def halt_reason() -> str:
+    """The reason the engine's risk check gives when it halts on the daily loss limit."""
+    book = Book()
+    book.day_realized = -120.0
+    return risk.daily_loss_reason(RiskLimits(daily_loss_limit=100.0), book)
 
 
 @pytest.mark.parametrize(
@@ -99,8 +120,12 @@ def write_status(engine: Engine, status: str, reason: str = "", attempt: int = 0
             lambda e: write_status(e, "stopped", "daily loss limit reached (-120.00 <= -100)"),
             "BTCUSDT stopped on its daily loss limit: daily loss limit reached",
         ),
+        (
+            lambda e: write_status(e, "halted", halt_reason()),  # what the engine says
+            "BTCUSDT stopped on its daily loss limit: daily loss limit reached: lost 120.00",
+        ),
     ],
-    ids=["crashed", "restarted", "failed", "daily_loss"],
+    ids=["crashed", "restarted", "failed", "daily_loss", "daily_loss_halt"],
 )
 def test_engine_alert_reaches_both_channels(channels, sync_tasks, recorder, write, expected):
     (engine,) = make_engines("BTCUSDT")
@@ -155,6 +180,34 @@ def test_failing_webhook_is_retried_then_given_up(channels, sync_tasks, recorder
     assert alert.outcome == "failed" and alert.attempts == 4
     assert alert.error == "slack: gave up after 3 attempts: HTTP 500"
     assert alert.deliveries["telegram"] == "ok" and alert.sent_at is not None
+
+
+@pytest.fixture
+def hung_webhook():
+    """A server that accepts connections (the kernel's backlog) and never answers."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=16)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    sock.close()
+
+
+def test_a_hung_webhook_is_given_up_within_the_task_timeout(
+    channels, recorder, settings, hung_webhook, monkeypatch
+):
+    """The cluster kills a task past its timeout: the alert would stay pending, unrecorded,
+    and hold the other channel back. Each alert is its own task and stays inside it."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "TIMEOUT", 2)  # each delivery may take 1.5 s
+    settings.ALERTS = {**channels, "SLACK_WEBHOOK_URL": hung_webhook, "TIMEOUT": 5.0}
+    btc, eth = make_engines("BTCUSDT", "ETHUSDT")
+    started = time.monotonic()
+    write_crashes(btc, eth)  # two alerts from one write
+    assert time.monotonic() - started < 2 * 2
+    assert len(recorder.texts(TELEGRAM)) == 2  # the live channel got both, at once
+    for alert in Alert.objects.all():
+        assert alert.outcome == "failed" and alert.deliveries["telegram"] == "ok"
+        assert alert.error.startswith("slack: gave up after ")
+        assert alert.error.endswith(": ReadTimeout (out of time)")
 
 
 def test_client_error_is_not_retried_and_dead_server_is_recorded(
@@ -227,21 +280,77 @@ def test_rate_limit_holds_in_a_crash_loop_then_one_summary(channels, sync_tasks,
 
 def test_many_crashes_make_one_incident_then_resolved(channels, sync_tasks, recorder):
     a, b, c, d = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
-    write_crashes(a, b, c)  # an exchange outage: one write, three crashes
+    with time_machine.travel(T0, tick=False):
+        write_crashes(a, b, c)  # an exchange outage: one write, three crashes
     (incident,) = recorder.texts(SLACK)
     assert "INCIDENT: 3 engines crashed within 60s: AAAUSDT, BBBUSDT, CCCUSDT" in incident
-    write_crashes(d)  # joins the open incident, no alert of its own
+    with time_machine.travel(T0 + timedelta(seconds=5), tick=False):
+        write_crashes(d)  # joins the open incident, no alert of its own
     assert Incident.objects.get().symbols == ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"]
-    for engine in (a, b, c):
-        write_status(engine, "running", attempt=1)
-    assert len(recorder.texts(SLACK)) == 1  # DDDUSDT is not running yet
-    write_status(d, "running", attempt=1)
+    with time_machine.travel(T0 + timedelta(seconds=65), tick=False):
+        for engine in (a, b, c):
+            write_status(engine, "running", attempt=1)
+    with time_machine.travel(T0 + timedelta(seconds=70), tick=False):
+        write_status(d, "running", attempt=1)
+    with time_machine.travel(T0 + timedelta(seconds=129), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 0  # DDDUSDT ran for 59 s only
+    assert len(recorder.texts(SLACK)) == 1
+    with time_machine.travel(T0 + timedelta(seconds=131), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 1
     resolved = recorder.texts(SLACK)[-1]
-    assert "RESOLVED: all 4 engines of the incident are running again" in resolved
+    assert "RESOLVED: all 4 engines of the incident are running again after 131s" in resolved
     assert "AAAUSDT, BBBUSDT, CCCUSDT, DDDUSDT" in resolved
     assert len(recorder.texts(SLACK)) == len(recorder.texts(TELEGRAM)) == 2
     assert Alert.objects.filter(outcome="in_incident").count() == 8  # 4 crashes, 4 restarts
     assert Incident.objects.get().resolved_at is not None
+
+
+def test_a_restart_that_crashes_again_does_not_resolve_the_incident(channels, sync_tasks, recorder):
+    """An outage that lasts: the engines come back, crash again; one incident, one resolved."""
+    engines = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT")
+    for second, write in ((0, write_crashes), (60, write_running), (65, write_crashes),
+                          (185, write_running)):  # fmt: skip
+        with time_machine.travel(T0 + timedelta(seconds=second), tick=False):
+            write(*engines)
+            alerts.check_alerts()
+    with time_machine.travel(T0 + timedelta(seconds=240), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 0  # 55 s of running so far
+    with time_machine.travel(T0 + timedelta(seconds=246), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 1
+    texts = recorder.texts(SLACK)
+    assert len(texts) == 2 and "INCIDENT: 3 engines" in texts[0]
+    assert "RESOLVED: all 3 engines of the incident are running again after 246s" in texts[1]
+    assert Incident.objects.count() == 1
+
+
+def test_an_incident_with_a_failed_engine_is_resolved_naming_it(channels, sync_tasks, recorder):
+    a, b, c = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT")
+    with time_machine.travel(T0, tick=False):
+        write_crashes(a, b, c)
+    with time_machine.travel(T0 + timedelta(seconds=60), tick=False):
+        write_running(a, b)
+        write_crashes(c, attempt=5, fail=True)  # its own FAILED alert asks for an operator
+    with time_machine.travel(T0 + timedelta(seconds=121), tick=False):
+        assert alerts.check_alerts()["incidents_resolved"] == 1
+    incident, failed, resolved = recorder.texts(SLACK)
+    assert "CCCUSDT FAILED and needs an operator" in failed
+    assert resolved == (
+        "LeviPanel RESOLVED: the incident of 3 engines is over after 121s: running again: "
+        "AAAUSDT, BBBUSDT; failed or halted (needs an operator): CCCUSDT."
+    )
+
+
+def test_a_lone_crash_long_after_an_incident_opened_is_alerted(channels, sync_tasks, recorder):
+    a, b, c, d = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
+    with time_machine.travel(T0, tick=False):
+        write_crashes(a, b, c)  # still crash-looping below: the incident stays open
+    with time_machine.travel(T0 + timedelta(seconds=600), tick=False):
+        write_crashes(a, attempt=4)  # a member: folded
+        write_crashes(d)  # not a member, and the incident is old: its own alert
+    texts = recorder.texts(SLACK)
+    assert len(texts) == 2 and "DDDUSDT crashed: InjectedCrash: boom" in texts[1]
+    assert Incident.objects.get().symbols == ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+    assert Alert.objects.get(key="AAAUSDT", text__contains="restart 4").outcome == "in_incident"
 
 
 def test_crashes_in_separate_writes_within_the_window_open_an_incident(

@@ -106,6 +106,15 @@ def test_metrics_parse_and_match_the_database(client, token, fleet):
     assert values[("levipanel_incidents_open", ())] == 1
 
 
+def test_a_degraded_engine_still_shows_its_heartbeat_age(client, token):
+    """A silent feed degrades an engine that keeps cycling: a hang must still show."""
+    beat = datetime.now(UTC) - timedelta(seconds=40)
+    Engine.objects.create(symbol="XRPUSDT", status="degraded", last_heartbeat=beat)
+    age = scrape(client, **token)[("levipanel_engine_heartbeat_age_seconds",
+                                   (("symbol", "XRPUSDT"),))]  # fmt: skip
+    assert 40 <= age < 45
+
+
 def test_anonymous_and_wrong_tokens_are_refused(client, token, fleet):
     for headers in ({}, {"HTTP_AUTHORIZATION": "Bearer nope"}, {"HTTP_AUTHORIZATION": TOKEN}):
         response = client.get("/metrics", **headers)
@@ -139,9 +148,12 @@ def test_closed_by_default_to_all_but_this_host(client, settings, fleet):
     assert client.get("/metrics", REMOTE_ADDR="198.51.100.1").status_code == 403
 
 
-def test_only_get(client, token):
-    response = client.post("/metrics", **token)
-    assert response.status_code == 405 and response.json() == {"detail": "use GET"}
+def test_only_get(token):
+    client = Client(enforce_csrf_checks=True)  # as a real client: no CSRF cookie
+    for method in (client.post, client.put, client.delete):
+        response = method("/metrics", **token)
+        assert response.status_code == 405 and response.json() == {"detail": "use GET"}
+        assert response["Allow"] == "GET, HEAD"
 
 
 def test_an_empty_database_has_zeros_not_errors(client, token):
