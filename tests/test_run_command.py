@@ -47,6 +47,17 @@ def test_serve_runs_web_runner_and_tasks_and_ctrl_c_stops_all_three(tmp_path):
         login = wait_for(lambda: _get(f"http://127.0.0.1:{port}/login/"), timeout=15)
         assert login.status_code == 200
 
+        # A runner that dies is started again; the web server and the tasks stay up.
+        (runner,) = [p for p in psutil.process_iter(["cmdline"])
+                     if (p.info["cmdline"] or [])[-2:] == ["manage.py", "runengines"]
+                     and os.getpgid(p.pid) in groups]  # fmt: skip
+        runner.kill()
+        wait_for(lambda: "runner exited with status 137" in output(), timeout=10,
+                 message="the runner's death went unnoticed")  # fmt: skip
+        wait_for(lambda: output().count("LeviPanel engine runner ready") == 2, timeout=30,
+                 message="the runner was not started again")  # fmt: skip
+        assert _get(f"http://127.0.0.1:{port}/login/").status_code == 200
+
         serve.send_signal(signal.SIGINT)  # what Ctrl-C does to the foreground process
         assert serve.wait(20) == 0
         assert "SIGINT received" in output()
