@@ -75,3 +75,25 @@ def test_engines_whose_backoff_reached_the_cap_do_not_restart_in_lockstep():
     delays = [policy.on_failure(symbol).delay for symbol in symbols]
     assert all(810 <= delay <= 900 for delay in delays)
     assert len({round(delay, 3) for delay in delays}) == len(delays)  # none at the same moment
+
+
+async def test_a_stable_run_starts_the_backoff_again_from_the_base():
+    clock = FakeClock()
+    settings = RecoverySettings(backoff_base=0.01, backoff_cap=0.05, jitter=0.0, stable_after=600)
+    manager = EngineManager(policy=RecoveryPolicy(settings, clock=clock), clock=clock)
+    monitor = HealthMonitor(manager, heartbeat_timeout=60, clock=clock)
+    manager.start(EngineConfig("BTCUSDT", cycle_interval=0.01, hang_after_cycles=1))
+    attempts = []
+    for ran_for in (100, 100, 700, 100):  # hangs after running this long (fake clock)
+        await until(lambda: _hanging(manager.slots["BTCUSDT"]))
+        clock.now += ran_for
+        assert monitor.check() == ["BTCUSDT"]
+        attempts.append(manager.slots["BTCUSDT"].status == Status.BACKOFF
+                        and manager.policy.attempt("BTCUSDT"))  # fmt: skip
+    assert attempts == [1, 2, 1, 2]  # the 10-minute run forgave the streak
+    await manager.stop_all()
+
+
+def _hanging(slot) -> bool:
+    """A freshly (re)started engine that has gone quiet after its first cycle."""
+    return slot.status == Status.RUNNING and slot.engine.cycles >= 1
