@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,21 @@ def problems() -> list[str]:
             found.append(f"LEVIPANEL_CYCLE_INTERVAL_OVERRIDES: {symbol!r}: {problem}")
         if interval is not None and interval <= 0:
             found.append(f"LEVIPANEL_CYCLE_INTERVAL_OVERRIDES: {symbol}: must be greater than 0")
+    if raw["LOG_DIR"] is not None and (problem := _dir_problem(Path(raw["LOG_DIR"]))):
+        found.append(f"LEVIPANEL_LOG_DIR: {problem}")
     base, cap = raw["BACKOFF_BASE"], raw["BACKOFF_CAP"]
     if base is not None and cap is not None and cap < base:
         found.append("LEVIPANEL_BACKOFF_CAP: must not be smaller than LEVIPANEL_BACKOFF_BASE")
     return found
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why the runner could not write its logs in ``path``, or None (the runner would
+    create it anyway, so the check may too)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {path}: {exc.strerror or exc}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None

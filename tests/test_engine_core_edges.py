@@ -16,6 +16,7 @@ from engines_app.runtime import (
     RecoverySettings,
     Status,
 )
+from tests.conftest import Project
 from tests.helpers import fast_settings, running, until
 
 
@@ -97,3 +98,22 @@ async def test_a_stable_run_starts_the_backoff_again_from_the_base():
 def _hanging(slot) -> bool:
     """A freshly (re)started engine that has gone quiet after its first cycle."""
     return slot.status == Status.RUNNING and slot.engine.cycles >= 1
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("LEVIPANEL_CYCLE_INTERVAL_OVERRIDES", "BTCUSDT", "must be SYMBOL=SECONDS pairs"),
+        ("LEVIPANEL_CYCLE_INTERVAL_OVERRIDES", "BTCUSDT=0.5,", "must be SYMBOL=SECONDS pairs"),
+        ("LEVIPANEL_LOG_DIR", "{file}/logs", "LEVIPANEL_LOG_DIR: cannot create"),
+    ],
+)
+def test_bad_setting_is_a_clear_message_not_a_traceback(tmp_path, variable, value, message):
+    (tmp_path / "file").write_text("")
+    project = Project(tmp_path / "data", {variable: value.format(file=tmp_path / "file")})
+    project.data_dir.mkdir()
+    command = ("runengines",) if variable == "LEVIPANEL_LOG_DIR" else ("check",)
+    result = project.manage(*command, check=False)
+    assert result.returncode != 0
+    assert "levipanel.E001" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr
