@@ -143,7 +143,7 @@ class Runner:
             except DatabaseError as exc:
                 if self.manager.slots:
                     raise  # engines started already: not a start-up problem
-                self.say(f"Database not ready ({exc}); trying again in {delay:.0f}s")
+                self.say(f"Database not ready ({exc}); trying again in {delay:g}s")
                 await db(_close_connection)()
             try:
                 await asyncio.wait_for(self.should_exit.wait(), delay)

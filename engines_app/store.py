@@ -94,6 +94,7 @@ def seed_engines(symbols: list[str]) -> list[str]:
     """On an empty table, create the configured symbols, desired running."""
     if Engine.objects.exists():
         return []
+    symbols = list(dict.fromkeys(symbols))  # a symbol listed twice is one engine
     Engine.objects.bulk_create([Engine(symbol=symbol) for symbol in symbols])
     return symbols
 
@@ -101,7 +102,7 @@ def seed_engines(symbols: list[str]) -> list[str]:
 def ensure_engines(symbols: list[str]) -> list[str]:
     """Create the given symbols that do not exist yet (``runengines --symbols``)."""
     existing = set(Engine.objects.filter(symbol__in=symbols).values_list("symbol", flat=True))
-    missing = [symbol for symbol in symbols if symbol not in existing]
+    missing = [symbol for symbol in dict.fromkeys(symbols) if symbol not in existing]
     Engine.objects.bulk_create([Engine(symbol=symbol) for symbol in missing])
     return missing
 

@@ -156,12 +156,30 @@ LOGGING = {
 _engine_env = Env(eager=False, prefix="LEVIPANEL_")
 _positive = Range(min=0, min_inclusive=False, error="must be greater than 0")
 _non_negative = Range(min=0, error="must not be negative")
+_env_errors: dict = {}
+
+
+def _overrides() -> dict:
+    """SYMBOL=SECONDS pairs; a pair without "=" is reported by the check, not a traceback."""
+    try:
+        return _engine_env.dict("CYCLE_INTERVAL_OVERRIDES", {}, subcast_values=float)
+    except ValueError:
+        _env_errors["LEVIPANEL_CYCLE_INTERVAL_OVERRIDES"] = [
+            "must be SYMBOL=SECONDS pairs separated by commas, e.g. BTCUSDT=0.5,ETHUSDT=2"
+        ]
+        return {}
+
+
 LEVIPANEL = {
     "SYMBOLS": _engine_env.list("SYMBOLS", ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
-    "CYCLE_INTERVAL": _engine_env.float("CYCLE_INTERVAL", 1.0, validate=_positive),
-    "CYCLE_INTERVAL_OVERRIDES": _engine_env.dict(
-        "CYCLE_INTERVAL_OVERRIDES", {}, subcast_values=float
+    "CYCLE_INTERVAL": _engine_env.float(
+        "CYCLE_INTERVAL",
+        1.0,
+        validate=Range(
+            min=0, max=86_400, min_inclusive=False, error="must be greater than 0 and at most 86400"
+        ),
     ),
+    "CYCLE_INTERVAL_OVERRIDES": _overrides(),
     "HEALTH_CHECK_INTERVAL": _engine_env.float("HEALTH_CHECK_INTERVAL", 30.0, validate=_positive),
     "HEARTBEAT_TIMEOUT": _engine_env.float("HEARTBEAT_TIMEOUT", 60.0, validate=_positive),
     "MAX_RESTARTS_PER_HOUR": _engine_env.int("MAX_RESTARTS_PER_HOUR", 5, validate=_non_negative),
@@ -182,9 +200,9 @@ LEVIPANEL = {
 }
 try:
     _engine_env.seal()
-    LEVIPANEL_ENV_ERRORS: dict = {}
+    LEVIPANEL_ENV_ERRORS: dict = dict(_env_errors)
 except EnvValidationError as exc:
-    LEVIPANEL_ENV_ERRORS = exc.error_messages
+    LEVIPANEL_ENV_ERRORS = {**exc.error_messages, **_env_errors}
 
 # Dashboard push: how often each web process's broadcaster looks for changed rows (the
 # embedded default's latency floor) and how often the runner samples PnL for the charts.

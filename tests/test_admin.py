@@ -172,9 +172,8 @@ def test_adding_an_engine_records_an_add_command(db, operator):
         ({"symbol": "BTCUSDT"}, "symbol", "already exists"),
         ({"cycle_interval": "0"}, "cycle_interval", "greater than 0"),
         ({"cycle_interval": "-1"}, "cycle_interval", "greater than 0"),
-        # An engine heart-beats once a cycle: a longer pause would look hung (timeout 60 s).
-        ({"cycle_interval": "31"}, "cycle_interval", "half the heartbeat timeout"),
-        ({"cycle_interval": "1e308"}, "cycle_interval", "half the heartbeat timeout"),
+        ({"cycle_interval": "86401"}, "cycle_interval", "at most 86400"),
+        ({"cycle_interval": "1e308"}, "cycle_interval", "at most 86400"),
         ({"config": '{"crash_probability": 2}'}, "config", "between 0 and 1"),
         ({"config": '{"colour": "red"}'}, "config", "unknown engine option"),
         ({"config": "[1, 2]"}, "config", "JSON object"),
@@ -227,17 +226,12 @@ def test_an_invalid_setting_is_refused_and_nothing_changes(engines, operator):
     assert btc.config == {}
 
 
-def test_a_cycle_interval_that_would_look_hung_is_refused(engines, operator, settings):
-    settings.LEVIPANEL = {**settings.LEVIPANEL, "HEARTBEAT_TIMEOUT": 10.0}
+def test_a_slow_cycle_interval_is_accepted(engines, operator):
+    # Slower than the heartbeat timeout is fine: hang detection counts from the next due beat.
     btc = engines["BTCUSDT"]
-    response = change(as_user(operator), btc, cycle_interval="6")
-    errors = " ".join(response.context["adminform"].form.errors["cycle_interval"])
-    assert "At most 5 s, half the heartbeat timeout" in errors
+    assert change(as_user(operator), btc, cycle_interval="120").redirect_chain  # saved
     btc.refresh_from_db()
-    assert btc.cycle_interval is None
-    assert change(as_user(operator), btc, cycle_interval="5").status_code == 200
-    btc.refresh_from_db()
-    assert btc.cycle_interval == 5
+    assert btc.cycle_interval == 120
 
 
 def test_changing_desired_state_in_the_form_is_a_command(engines, operator):

@@ -39,6 +39,7 @@ ON_STOP = ("hold", "close")
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 # A cycle that keeps failing is no longer "an error now and then": crash and let recovery act.
 MAX_CONSECUTIVE_ERRORS = 3
+MAX_CYCLE = 86_400  # seconds: a day between cycles is slow enough for any strategy
 
 
 def symbol_problem(symbol: object) -> str | None:
@@ -96,8 +97,8 @@ class EngineConfig:
         out = []
         if problem := symbol_problem(self.symbol):
             out.append(problem)
-        if not _is_number(self.cycle_interval) or self.cycle_interval <= 0:
-            out.append("cycle_interval must be a number greater than 0")
+        if not _is_number(self.cycle_interval) or not 0 < self.cycle_interval <= MAX_CYCLE:
+            out.append(f"cycle_interval must be a number greater than 0 and at most {MAX_CYCLE}")
         if not _is_number(self.crash_probability) or not 0 <= self.crash_probability <= 1:
             out.append("crash_probability must be between 0 and 1")
         for name in ("crash_after_cycles", "hang_after_cycles", "fatal_after_cycles", "seed"):

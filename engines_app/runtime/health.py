@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 class HealthMonitor:
-    """Every ``check_interval`` seconds, treat a running engine whose heartbeat is older
-    than ``heartbeat_timeout`` as hung: the manager cancels it and recovery takes over."""
+    """Every ``check_interval`` seconds, treat a running engine whose heartbeat is more
+    than ``heartbeat_timeout`` late as hung: the manager cancels it and recovery takes over."""
 
     def __init__(
         self,
@@ -34,13 +34,14 @@ class HealthMonitor:
             self.check()
 
     def check(self) -> list[str]:
-        """Recover every hung engine now; return their symbols."""
-        horizon = self.clock() - self.heartbeat_timeout
-        hung = [
-            symbol
-            for symbol, slot in self.manager.slots.items()
-            if slot.is_running and (slot.engine.last_heartbeat or 0) < horizon
-        ]
-        for symbol in hung:
-            self.manager.recover_hung(symbol, self.heartbeat_timeout)
-        return hung
+        """Recover every hung engine now; return their symbols. The timeout counts from
+        when the next heartbeat was due, so an engine whose cycle interval is longer than
+        the timeout is not taken for hung while it sleeps between cycles."""
+        now, hung = self.clock(), {}
+        for symbol, slot in self.manager.slots.items():
+            last = slot.engine.last_heartbeat or 0
+            if slot.is_running and now - last - slot.config.cycle_interval > self.heartbeat_timeout:
+                hung[symbol] = now - last
+        for symbol, silent_for in hung.items():
+            self.manager.recover_hung(symbol, silent_for)
+        return list(hung)

@@ -42,10 +42,10 @@ class SymbolFileHandler(logging.Handler):
 
     def __init__(self, log_dir: Path, *, max_open: int = 32) -> None:
         super().__init__()
+        self._files: OrderedDict[Path, IO[str]] = OrderedDict()  # before anything can fail
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.max_open = max_open
-        self._files: OrderedDict[Path, IO[str]] = OrderedDict()
         self.setFormatter(json_formatter())
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -175,13 +175,13 @@ class EngineManager:
         await self.stop(symbol, reason="removed")
         self.slots.pop(symbol, None)
 
-    def recover_hung(self, symbol: str, timeout: float) -> None:
+    def recover_hung(self, symbol: str, silent_for: float) -> None:
         """Cancel a hung engine and hand it to recovery as a failure."""
         slot = self.slots[symbol]
         task, slot.task = slot.task, None
         if task is not None:
             task.cancel()
-        self._failed(slot, HeartbeatTimeout(f"no heartbeat for {timeout:.0f}s"))
+        self._failed(slot, HeartbeatTimeout(f"no heartbeat for {silent_for:.1f}s"))
 
     def lift_halt(self, symbol: str) -> bool:
         """An operator restarts a halted engine: today's loss so far no longer counts

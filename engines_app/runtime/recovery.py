@@ -95,7 +95,9 @@ class RecoveryPolicy:
         self._attempts[symbol] = attempt
         window.append(self.clock())
         delay = self.backoff(attempt) * (1 + self.rng.uniform(-s.jitter, s.jitter))
-        delay = min(delay, s.backoff_cap) + self._stagger(symbol)
+        if delay > s.backoff_cap:  # fold back under the cap: clamping would restart in lockstep
+            delay = max(0.0, 2 * s.backoff_cap - delay)
+        delay += self._stagger(symbol)
         return Decision(
             True, delay, attempt, self.budget_left(symbol), f"restart {attempt} in {delay:.1f}s"
         )
