@@ -118,6 +118,25 @@ def test_command_shows_pending_until_the_runner_acknowledges_it(page: Page, pane
     expect(btc.locator(".badge")).to_have_text("running")
 
 
+RECORD_SOCKETS = """
+window.__sockets = [];
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) { super(...args); window.__sockets.push(this); }
+};
+"""
+
+
+def test_page_goes_to_the_login_page_when_its_session_is_gone(page: Page, panel):
+    page.add_init_script(RECORD_SOCKETS)
+    log_in(page, panel)
+    other = page.context.new_page()  # the operator logs out in another tab
+    other.goto(panel.url + "/")
+    other.click("text=Log out")
+    expect(other).to_have_url(panel.url + "/login/")
+    page.evaluate("window.__sockets.at(-1).close()")  # as daphne does after a day
+    expect(page).to_have_url(panel.url + "/login/?next=/", timeout=10_000)
+
+
 def test_page_reconnects_and_takes_a_fresh_snapshot(page: Page, panel):
     log_in(page, panel)
     web = panel.processes[0]
