@@ -41,7 +41,10 @@ def setup() -> None:
 
 
 def manage(python: Path, *args: str) -> None:
-    subprocess.run([str(python), "manage.py", *args], check=True, cwd=ROOT)
+    """Run a manage.py step; when it fails, its own message is the error (no traceback)."""
+    done = subprocess.run([str(python), "manage.py", *args], cwd=ROOT)
+    if done.returncode:
+        sys.exit(f"manage.py {args[0]} failed (exit code {done.returncode}): see above.")
 
 
 def run() -> int:

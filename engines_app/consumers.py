@@ -58,7 +58,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises RecursionError
             await self.send_error("the frame is not valid JSON")
             return
         if not isinstance(content, dict):
@@ -85,9 +85,10 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
 
     async def command(self, content: dict[str, Any]) -> None:
         client_id = content.get("id")
+        if not _valid_id(client_id):
+            await self.send_error("id must be a string of at most 64 characters or an integer")
+            return
         try:
-            if not isinstance(client_id, str | int | None) or len(str(client_id)) > 64:
-                raise CommandRefused("id must be a short string or number")
             command = await self.carry_out(content.get("action"), content.get("symbol"))
         except CommandRefused as exc:
             await self.send_error(str(exc), client_id)
@@ -95,8 +96,10 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "command", "id": client_id, "command": command})
 
     async def carry_out(self, action: Any, symbol: Any) -> dict[str, Any]:
-        if action not in ACTIONS:
+        if not isinstance(action, str) or action not in ACTIONS:
             raise CommandRefused("action must be one of: " + ", ".join(ACTIONS))
+        if symbol is not None and not isinstance(symbol, str):
+            raise CommandRefused("symbol must be a string, like BTCUSDT")
         if problem := symbol_problem(symbol):
             raise CommandRefused(f"symbol {symbol!r}: {problem}")
         if not await self.can_control():
@@ -110,11 +113,20 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         return await _has_permission(self.scope["user"].pk, CONTROL_PERMISSION)
 
     async def send_error(self, message: str, client_id: Any = None) -> None:
-        await self.send_json({"type": "error", "id": client_id, "message": message})
+        # Echo only a valid id: NaN or a huge value would make the frame unreadable.
+        echo = client_id if _valid_id(client_id) else None
+        await self.send_json({"type": "error", "id": echo, "message": message})
 
     async def engines_changed(self, event: dict[str, Any]) -> None:
         """A broadcaster message: forward it as a ``changes`` frame."""
         await self.send_json({**event, "type": "changes"})
+
+
+def _valid_id(client_id: Any) -> bool:
+    """A command's id as the page sends it: a short string or an integer (or none)."""
+    if isinstance(client_id, str):
+        return len(client_id) <= 64
+    return client_id is None or (isinstance(client_id, int) and abs(client_id) < 2**53)
 
 
 @database_sync_to_async

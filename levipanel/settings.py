@@ -101,7 +101,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s timeout by default: a consumer's blocking
+                # pop (5 s) would time out and close idle dashboards. Wait longer.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "capacity": 5000,
                 # One prefix per installation sharing a Redis server.
                 "prefix": env.str("LEVIPANEL_CHANNEL_PREFIX", "asgi"),

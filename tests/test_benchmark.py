@@ -83,3 +83,22 @@ def test_targets_are_judged():
     assert verdict(2.5, "<= 2") == "MISS"
     assert verdict(12.0, 10) == "MISS"
     assert verdict(1.0, None) is None
+
+
+def test_push_figures_are_judged_against_the_design_targets():
+    from engines_app.benchmarks import judge, push
+
+    def results(embedded_ms: float, redis_ms: float) -> dict[str, str | None]:
+        embedded = push.Latencies([embedded_ms] * 20)
+        redis = push.Latencies([redis_ms] * 20)
+        return {row["name"]: judge(row)["result"] for row in push.rows(embedded, redis, [1.0])}
+
+    assert results(400, 20) == {
+        "push latency p50, embedded": None,
+        "push latency p95, embedded": "PASS",
+        "push latency p50, Redis": None,
+        "push latency p95, Redis": "PASS",
+    }
+    slow = results(1200, 200)
+    assert slow["push latency p95, embedded"] == "MISS"
+    assert slow["push latency p95, Redis"] == "MISS"

@@ -3,6 +3,7 @@ consumer and its broadcaster, against a real SQLite file."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -141,8 +142,8 @@ async def test_missing_origin_is_refused(engines, viewer):
 
 @pytest.mark.parametrize(
     "frame",
-    ["not json", "[1, 2]", '"text"', '{"type": "dance"}', "x" * 5000],
-    ids=["not-json", "array", "string", "unknown-type", "too-big"],
+    ["not json", "[1, 2]", '"text"', '{"type": "dance"}', "x" * 5000, "[" * 3000],
+    ids=["not-json", "array", "string", "unknown-type", "too-big", "deeply-nested"],
 )
 async def test_malformed_frame_is_answered_and_the_connection_stays_up(engines, viewer, frame):
     communicator = await connect(ORIGIN, viewer)
@@ -190,12 +191,24 @@ async def test_command_needs_the_control_permission(engines, viewer):
     ("command", "message"),
     [
         ({"action": "explode", "symbol": "ETHUSDT"}, "action must be one of"),
+        ({"action": ["stop"], "symbol": "ETHUSDT"}, "action must be one of"),
+        ({"action": {"stop": 1}, "symbol": "ETHUSDT"}, "action must be one of"),
+        ({"action": "stop", "symbol": ["ETHUSDT"]}, "symbol must be a string"),
         ({"action": "stop", "symbol": "eth/usdt"}, "symbol"),
         ({"action": "stop", "symbol": 7}, "symbol"),
         ({"action": "stop", "symbol": "DOGEUSDT"}, "no engine with symbol DOGEUSDT"),
         ({"action": "stop", "symbol": "ETHUSDT", "id": {"x": 1}}, "id must be"),
     ],
-    ids=["bad-action", "bad-symbol", "symbol-not-text", "unknown-engine", "bad-id"],
+    ids=[
+        "bad-action",
+        "action-list",
+        "action-object",
+        "symbol-list",
+        "bad-symbol",
+        "symbol-not-text",
+        "unknown-engine",
+        "bad-id",
+    ],
 )
 async def test_bad_command_is_refused_and_changes_nothing(engines, operator, command, message):
     communicator = await connect(ORIGIN, operator)
@@ -205,6 +218,30 @@ async def test_bad_command_is_refused_and_changes_nothing(engines, operator, com
     assert await EngineCommand.objects.acount() == 0
     assert await Engine.objects.filter(desired_state="running").acount() == 3
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    ["NaN", "Infinity", "1e400", "1.5", '"' + "x" * 65 + '"'],
+    ids=["nan", "infinity", "overflow", "fraction", "too-long"],
+)
+async def test_refused_id_is_not_echoed_into_an_unreadable_frame(engines, operator, client_id):
+    communicator = await connect(ORIGIN, operator)
+    await receive(communicator, "snapshot")
+    frame = f'{{"type": "command", "action": "stop", "symbol": "ETHUSDT", "id": {client_id}}}'
+    await communicator.send_to(text_data=frame)
+    while True:
+        text = await communicator.receive_from(timeout=5)
+        if '"error"' in text:
+            break
+    error = json.loads(text, parse_constant=_refuse_constant)  # strict, as a browser parses
+    assert error["id"] is None and "id must be" in error["message"]
+    assert await EngineCommand.objects.acount() == 0
+    await communicator.disconnect()
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 async def test_command_calls_the_service_and_shows_pending_until_acked(engines, operator):

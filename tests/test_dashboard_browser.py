@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -96,6 +97,44 @@ def test_engine_page_shows_history_log_and_chart(page: Page, panel):
     expect(page.locator("h1")).to_contain_text("BTCUSDT")
     expect(page.locator("#log")).to_contain_text("Starting engine for BTCUSDT")
     expect(page.locator("#pnl-chart polyline")).to_have_count(1)
+
+
+def test_command_shows_pending_until_the_runner_acknowledges_it(page: Page, panel):
+    log_in(page, panel)
+    btc = row(page, "BTCUSDT")
+    runner = panel.processes[1]
+    runner.send_signal(signal.SIGSTOP)  # the runner is busy: nothing acknowledges yet
+    try:
+        btc.locator('button[data-action="stop"]').click()
+        expect(btc.locator(".pending")).to_have_text("stop pending…")
+        for action in ("start", "stop", "restart"):
+            expect(btc.locator(f'button[data-action="{action}"]')).to_be_disabled()
+        expect(btc.locator(".badge")).to_have_text("running")
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    expect(btc.locator(".badge")).to_have_text("stopped")
+    expect(btc.locator(".pending")).to_have_text("stop: stopped")
+    btc.locator('button[data-action="start"]').click()
+    expect(btc.locator(".badge")).to_have_text("running")
+
+
+RECORD_SOCKETS = """
+window.__sockets = [];
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) { super(...args); window.__sockets.push(this); }
+};
+"""
+
+
+def test_page_goes_to_the_login_page_when_its_session_is_gone(page: Page, panel):
+    page.add_init_script(RECORD_SOCKETS)
+    log_in(page, panel)
+    other = page.context.new_page()  # the operator logs out in another tab
+    other.goto(panel.url + "/")
+    other.click("text=Log out")
+    expect(other).to_have_url(panel.url + "/login/")
+    page.evaluate("window.__sockets.at(-1).close()")  # as daphne does after a day
+    expect(page).to_have_url(panel.url + "/login/?next=/", timeout=10_000)
 
 
 def test_page_reconnects_and_takes_a_fresh_snapshot(page: Page, panel):

@@ -4,6 +4,9 @@ runner's hint. Real subprocesses (daphne, runengines), a real websocket client."
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from engines_app.benchmarks.push import Installation, collect
@@ -29,6 +32,25 @@ def test_redis_hint_pushes_without_waiting_for_the_poll(tmp_path, redis_url):
     ):
         latencies = collect(socket_, samples=SAMPLES)
     assert latencies.p95 < 150, latencies.values
+
+
+@pytest.mark.redis
+def test_redis_dashboard_stays_open_while_nothing_changes(tmp_path, redis_url):
+    # Nothing to push for two of channels_redis's blocking pops (5 s each): the consumer's
+    # read must wait, not time out and close the page's socket.
+    with Installation(tmp_path / "data", redis_url=redis_url) as panel:
+        runner = panel.processes[1]
+        runner.terminate()
+        runner.wait(10)
+        with panel.dashboard() as socket_:
+            quiet_until = time.monotonic() + 11
+            while time.monotonic() < quiet_until:
+                try:
+                    socket_.recv(timeout=quiet_until - time.monotonic())
+                except TimeoutError:
+                    break
+            socket_.send(json.dumps({"type": "ping"}))
+            assert json.loads(socket_.recv(timeout=5))["type"] == "pong"
 
 
 def test_dashboard_websocket_refuses_a_client_without_a_session(tmp_path):

@@ -90,3 +90,17 @@ def _left(groups: list[int]) -> list[str]:
         except (ProcessLookupError, psutil.Error):
             pass
     return left
+
+
+def test_serve_with_a_bad_setting_says_why_without_a_traceback(tmp_path):
+    env = {**os.environ, "LEVIPANEL_DATA_DIR": str(tmp_path / "data"),
+           "LEVIPANEL_CYCLE_INTERVAL": "soon"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "dev.py", "serve"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert "LEVIPANEL_CYCLE_INTERVAL: Not a valid number." in output
+    assert "manage.py migrate failed" in output
+    assert "Traceback" not in output

@@ -233,7 +233,9 @@
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}${config.socketPath}`);
     state.socket = socket;
+    let opened = false;
     socket.onopen = () => {
+      opened = true;
       state.attempts = 0;
       setLive(true);
     };
@@ -242,8 +244,23 @@
       setLive(false);
       // daphne closes websockets after a day, networks drop: come back by itself.
       const delay = Math.min(10000, 500 * 2 ** state.attempts++);
-      setTimeout(connect, delay);
+      setTimeout(opened ? connect : reconnectOrLogIn, delay);
     };
+  }
+
+  async function reconnectOrLogIn() {
+    // A refused websocket does not say why: ask the page itself whether the session is gone
+    // (logged out, expired), and go to the login page instead of retrying for ever.
+    try {
+      const response = await fetch(location.pathname, { redirect: "manual", cache: "no-store" });
+      if (response.type === "opaqueredirect") {
+        location.assign(`/login/?next=${encodeURI(location.pathname)}`);
+        return;
+      }
+    } catch (error) {
+      // The server is away: keep trying.
+    }
+    connect();
   }
 
   function receive(message) {
