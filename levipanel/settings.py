@@ -114,7 +114,8 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 Q_CLUSTER = {
-    "name": "levipanel",
+    # Installations sharing one Redis server need queues of their own.
+    "name": env.str("LEVIPANEL_Q_NAME", "levipanel"),
     "workers": env.int("LEVIPANEL_Q_WORKERS", 2),
     "timeout": 60,
     "retry": 120,  # longer than timeout, or a slow task runs twice

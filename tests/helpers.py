@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.backends.signals import connection_created
 
+from engines_app.benchmarks.worker import TransactionCounter
 from engines_app.conf import EngineSettings, engine_settings
 from engines_app.runner import Runner
 
@@ -67,37 +68,13 @@ async def close_db_thread_connection() -> None:
     await sync_to_async(_close_connection, thread_sensitive=True)()
 
 
-class WriteTransactionCounter:
-    """Count write transactions as SQLite executes them: a BEGIN…COMMIT containing a write
-    counts once, a write in autocommit mode counts once. Installed on new connections."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._in_tx = False
-        self._wrote = False
-
-    def trace(self, sql: str) -> None:
-        head = sql.lstrip()[:8].upper()
-        if head.startswith("BEGIN"):
-            self._in_tx, self._wrote = True, False
-        elif head.startswith(("COMMIT", "END")):
-            self.count += self._wrote
-            self._in_tx = False
-        elif head.startswith("ROLLBACK"):
-            self._in_tx = False
-        elif head.startswith(("INSERT", "UPDATE", "DELETE", "REPLACE")):
-            if self._in_tx:
-                self._wrote = True
-            else:
-                self.count += 1
-
-    def _on_connect(self, sender, connection, **kwargs) -> None:
-        if connection.vendor == "sqlite":
-            connection.connection.set_trace_callback(self.trace)
+class WriteTransactionCounter(TransactionCounter):
+    """The benchmark's count of write transactions, taken by SQLite's trace callback on the
+    connections opened inside the ``with`` block."""
 
     def __enter__(self) -> WriteTransactionCounter:
-        connection_created.connect(self._on_connect)
+        connection_created.connect(self.install)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        connection_created.disconnect(self._on_connect)
+        connection_created.disconnect(self.install)
