@@ -457,10 +457,20 @@ class Runner:
                 continue
             self._flushing[symbol] = beat
             s = slot.engine.state
+            attempt, budget = self._recovery_view(symbol, slot.engine.started_at)
             rows.append(store.HeartbeatRow(engine_id, slot.engine.last_heartbeat, s.error_count,
                                            s.last_error, s.position, s.daily_pnl, s.total_pnl,
-                                           s.trade_count, s.last_tick_at))  # fmt: skip
+                                           s.trade_count, s.last_tick_at, attempt,
+                                           budget))  # fmt: skip
         return rows
+
+    def _recovery_view(self, symbol: str, started_at: float | None) -> tuple[int, int]:
+        """Attempt n and the restarts left this hour, as they stand now."""
+        stable = (
+            started_at is not None
+            and self.clock() - started_at >= self.policy.settings.stable_after
+        )
+        return (0 if stable else self.policy.attempt(symbol)), self.policy.budget_left(symbol)
 
     async def _prepare_database(self) -> None:
         if self.symbols:

@@ -69,6 +69,10 @@ class HeartbeatRow:
     total_pnl: float
     trade_count: int
     last_tick_at: float | None = None
+    # The recovery view, which changes while an engine runs (restarts leave the hour's
+    # window, a stable run forgives the crash streak); None leaves the column as it is.
+    restart_attempt: int | None = None
+    restart_budget_left: int | None = None
 
 
 @dataclass(frozen=True)
@@ -300,13 +304,18 @@ def _flush_heartbeats(rows: list[HeartbeatRow], now: datetime) -> None:
     table = connection.ops.quote_name(Engine._meta.db_table)
     columns = ("last_heartbeat", "error_count", "last_error", "position", "daily_pnl",
                "total_pnl", "trade_count", "updated_at", "last_tick_at")  # fmt: skip
-    assignments = ", ".join(f"{connection.ops.quote_name(c)} = %s" for c in columns)
+    quote = connection.ops.quote_name
+    assignments = ", ".join(
+        [f"{quote(c)} = %s" for c in columns]
+        + [f"{quote(c)} = COALESCE(%s, {quote(c)})" for c in ("restart_attempt",
+                                                              "restart_budget_left")]
+    )  # fmt: skip
     adapt = connection.ops.adapt_datetimefield_value
     stamp = adapt(now)
     params = [
         (adapt(to_datetime(r.last_heartbeat)), r.error_count, r.last_error or "", r.position,
          r.daily_pnl, r.total_pnl, r.trade_count, stamp, adapt(to_datetime(r.last_tick_at)),
-         r.id)
+         r.restart_attempt, r.restart_budget_left, r.id)
         for r in rows
     ]  # fmt: skip
     with connection.cursor() as cursor:

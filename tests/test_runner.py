@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -214,3 +216,36 @@ async def test_jsonl_log_lines_carry_the_fields(tmp_path):
     assert lines[0]["symbol"] == "BTCUSDT"
     assert lines[0]["msg"] == "Starting engine for BTCUSDT"
     assert any("stopped" in line["msg"] for line in lines)
+
+
+class ShiftedClock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_attempt_and_budget_follow_the_sliding_hour_while_running(tmp_path):
+    btc = await db(Engine.objects.create, symbol="BTCUSDT")
+    then = datetime.now(UTC) - timedelta(seconds=3570)  # inside the hour, for 30 s more
+    await db(EngineRestart.objects.bulk_create, [
+        EngineRestart(engine=btc, at=then, reason="x", attempt=n, backoff_seconds=60)
+        for n in (1, 2)
+    ])  # fmt: skip
+    clock = ShiftedClock()
+    runner = Runner(settings=fast_settings(tmp_path / "logs"), clock=clock)
+
+    async def recovery_view():
+        row = await engine("BTCUSDT")
+        return row.restart_attempt, row.restart_budget_left
+
+    async with running(runner):
+        await until(lambda: _is("BTCUSDT", "running"))
+        assert await until(lambda: _equals(recovery_view, (2, 3)))  # read back from the rows
+        clock.offset = 700.0  # both restarts leave the hour; a stable run forgives the streak
+        assert await until(lambda: _equals(recovery_view, (0, 5)), timeout=3)
+
+
+async def _equals(read, expected):
+    return await read() == expected
