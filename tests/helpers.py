@@ -78,3 +78,29 @@ class WriteTransactionCounter(TransactionCounter):
 
     def __exit__(self, *exc_info) -> None:
         connection_created.disconnect(self.install)
+
+
+class FakeClock:
+    """A clock that stands still until a test moves ``now``."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ShiftedClock:
+    """The real time plus an offset a test moves forward (the runner's waits stay real)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@sync_to_async
+def db(func, *args, **kwargs):
+    """Call ``func`` on the database thread, from an async test."""
+    return func(*args, **kwargs)

@@ -17,15 +17,7 @@ from engines_app.runtime import (
     Status,
 )
 from tests.conftest import Project
-from tests.helpers import fast_settings, running, until
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock, fast_settings, running, until
 
 
 @sync_to_async

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,8 +11,10 @@ from engines_app import services
 from engines_app.models import Engine, EngineCommand, EngineError, EngineRestart
 from engines_app.runner import Runner
 from tests.helpers import (
+    ShiftedClock,
     WriteTransactionCounter,
     close_db_thread_connection,
+    db,
     fast_settings,
     running,
     until,
@@ -30,11 +31,6 @@ def engine(symbol):
 @sync_to_async
 def status_of(symbol):
     return Engine.objects.filter(symbol=symbol).values_list("status", flat=True).first()
-
-
-@sync_to_async
-def db(func, *args, **kwargs):
-    return func(*args, **kwargs)
 
 
 def make_runner(tmp_path, **overrides) -> Runner:
@@ -216,14 +212,6 @@ async def test_jsonl_log_lines_carry_the_fields(tmp_path):
     assert lines[0]["symbol"] == "BTCUSDT"
     assert lines[0]["msg"] == "Starting engine for BTCUSDT"
     assert any("stopped" in line["msg"] for line in lines)
-
-
-class ShiftedClock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 async def test_attempt_and_budget_follow_the_sliding_hour_while_running(tmp_path):

@@ -4,14 +4,7 @@ a stable run; at most N restarts in a sliding hour; fatal errors fail at once.""
 import random
 
 from engines_app.runtime import RecoveryPolicy, RecoverySettings
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def policy(clock, **settings):

@@ -4,7 +4,6 @@ starts from zero, and the scheduled reset's commands are carried out."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -13,7 +12,7 @@ from engines_app import services, tasks
 from engines_app.models import Engine, EngineCommand
 from engines_app.runner import Runner
 from engines_app.signals import engines_written
-from tests.helpers import fast_settings, running, until
+from tests.helpers import ShiftedClock, db, fast_settings, running, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,25 +22,10 @@ LOSING = {
 }  # fmt: skip
 
 
-class ShiftedClock:
-    """The real time plus an offset a test moves forward (the runner's waits stay real)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 @sync_to_async
 def row(symbol: str) -> tuple:
     return Engine.objects.values_list("status", "status_reason", "daily_pnl", "total_pnl",
                                       "trade_count").get(symbol=symbol)  # fmt: skip
-
-
-@sync_to_async
-def db(func, *args, **kwargs):
-    return func(*args, **kwargs)
 
 
 async def test_the_next_utc_day_resumes_halted_engines_and_the_reset_is_carried_out(tmp_path):
