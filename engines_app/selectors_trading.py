@@ -7,14 +7,9 @@ from typing import Any
 from django.db.models import Count, F, Q, Sum
 
 from .models import Engine, Trade
+from .services import EngineNotFound
 
 MAX_PAGE_SIZE = 500
-
-
-class EngineNotFound(LookupError):
-    def __init__(self, symbol: str) -> None:
-        super().__init__(f"no engine with symbol {symbol}")
-        self.symbol = symbol
 
 
 def trade_dict(trade: Trade) -> dict[str, Any]:

@@ -75,17 +75,6 @@ class TradesOut(Schema):
     trades: list[TradeOut]
 
 
-class ProfitOut(Schema):
-    symbol: str
-    realized: float
-    unrealized: float
-    fees: float
-    total_pnl: float
-    trade_count: int
-    closed_count: int
-    win_rate: float | None
-
-
 class ProfitTotalOut(Schema):
     realized: float
     unrealized: float
@@ -94,6 +83,10 @@ class ProfitTotalOut(Schema):
     trade_count: int
     closed_count: int
     win_rate: float | None
+
+
+class ProfitOut(ProfitTotalOut):
+    symbol: str
 
 
 class ProfitSummaryOut(Schema):
