@@ -4,7 +4,6 @@ of the same payload, both served by one daphne process on a temp SQLite installa
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import Row
+from .push import free_port
 from .runner import data_dir, environment
 
 CLIENTS = 8
@@ -25,7 +25,7 @@ def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
     with data_dir(engines) as path:
         env = environment(path)
         token = _token(path, env)
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
              "engines_app.benchmarks.bare_asgi:application"],
@@ -116,9 +116,3 @@ def _token(path: Path, env: dict[str, str]) -> str:
         check=True,
     )  # fmt: skip
     return done.stdout.strip().splitlines()[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
