@@ -101,14 +101,8 @@ class Engine(models.Model):
 
     def engine_config(self, *, default_interval: float) -> EngineConfig:
         """The runtime config of this engine; raises ConfigError when it is invalid."""
-        options = self.config if isinstance(self.config, dict) else None
-        if options is None:
-            raise ConfigError("config must be a JSON object")
         interval = self.cycle_interval if self.cycle_interval is not None else default_interval
-        try:
-            return EngineConfig.from_options(self.symbol, interval, options)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from exc
+        return EngineConfig.from_options(self.symbol, interval, self.config)
 
 
 class EngineRestart(models.Model):

@@ -13,7 +13,6 @@ from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from .models import Engine, EngineCommand, EngineError, EngineRestart, RunnerHeartbeat, Trade
 from .runtime.broker import DAY, Book, utc_day
 from .runtime.engine import EngineConfig, EngineState
-from .runtime.errors import ConfigError
 from .runtime.events import BookChanged, ErrorRaised, RestartScheduled
 from .signals import engines_written
 
@@ -33,15 +32,8 @@ class ControlRow:
     config_key: str
 
     def engine_config(self, default_interval: float) -> EngineConfig:
-        options = json.loads(self.config_key)
-        if not isinstance(options, dict):
-            raise ConfigError("config must be a JSON object")
         interval = self.cycle_interval if self.cycle_interval is not None else default_interval
-        try:
-            config = EngineConfig.from_options(self.symbol, interval, options)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from exc
-        return config
+        return EngineConfig.from_options(self.symbol, interval, json.loads(self.config_key))
 
 
 @dataclass(frozen=True)

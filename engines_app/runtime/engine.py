@@ -82,15 +82,19 @@ class EngineConfig:
     feed_dead_after: float = 60.0
 
     @classmethod
-    def from_options(
-        cls, symbol: str, cycle_interval: float, options: Mapping[str, Any]
-    ) -> EngineConfig:
-        """Build a config from a per-engine options mapping; unknown keys are a ConfigError."""
+    def from_options(cls, symbol: str, cycle_interval: float, options: object) -> EngineConfig:
+        """Build a config from a per-engine options object (JSON, so anything may come):
+        not a mapping, or with unknown keys, is a ConfigError."""
+        if not isinstance(options, Mapping):
+            raise ConfigError("config must be a JSON object")
         known = {f.name for f in fields(cls)} - {"symbol", "cycle_interval"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"unknown engine option(s): {', '.join(unknown)}")
-        return cls(symbol=symbol, cycle_interval=cycle_interval, **options)
+        try:
+            return cls(symbol=symbol, cycle_interval=cycle_interval, **options)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def problems(self) -> list[str]:
         """Every reason this config cannot run, in words an operator understands."""
