@@ -3,8 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
 from engines_app import api
-from engines_app import views as dashboard_views
-from engines_app.metrics import metrics_view
+from engines_app.web import views as dashboard_views
+from engines_app.web.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -13,9 +13,9 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.backends.signals import connection_created
 
-from engines_app.benchmarks.worker import TransactionCounter
+from benchmarks.worker import TransactionCounter
 from engines_app.conf import EngineSettings, engine_settings
-from engines_app.runner import Runner
+from engines_app.runner.lifecycle import Runner
 
 
 def fast_settings(log_dir: Path, **overrides) -> EngineSettings:

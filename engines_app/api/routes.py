@@ -10,9 +10,9 @@ from ninja.errors import HttpError
 
 from ..models import Engine, EngineCommand
 from ..runtime.engine import symbol_problem
-from ..selectors import engine_status, fleet_status
-from ..selectors_trading import MAX_PAGE_SIZE, profit_summary, trades_list
-from ..services import EngineNotFound, engine_restart, engine_start, engine_stop
+from ..selectors.engines import engine_status, fleet_status
+from ..selectors.trading import MAX_PAGE_SIZE, profit_summary, trades_list
+from ..services.engines import EngineNotFound, engine_restart, engine_start, engine_stop
 from .schemas import CommandOut, EngineOut, ErrorOut, FleetOut, ProfitSummaryOut, TradesOut
 
 CONTROL_PERMISSION = "engines_app.control_engine"

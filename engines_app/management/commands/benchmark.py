@@ -5,8 +5,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from engines_app.benchmarks import SECTIONS, run_section, section_names
-from engines_app.benchmarks.report import document, table
+from benchmarks import SECTIONS, run_section, section_names
+from benchmarks.report import document, table
 
 
 def positive(cast):

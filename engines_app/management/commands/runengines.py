@@ -3,8 +3,8 @@ import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
-from engines_app.runner import Runner
-from engines_app.runtime.engine import symbol_problem
+from ...runner.lifecycle import Runner
+from ...runtime.engine import symbol_problem
 
 
 class Command(BaseCommand):

@@ -1,0 +1,118 @@
+"""GET /engines/status at N engines under concurrent clients, beside a bare Django JSON view
+of the same payload, both served by one daphne process on a temp SQLite installation."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import Row
+from benchmarks.push import free_port
+from benchmarks.runner import data_dir, environment
+
+CLIENTS = 8
+WARM_UP = 10
+
+
+def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
+    """Time ``samples`` requests to each URL from ``CLIENTS`` concurrent clients."""
+    import httpx  # noqa: F401  (fail early, before starting anything)
+
+    with data_dir(engines) as path:
+        env = environment(path)
+        token = _token(path, env)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "benchmarks.bare_asgi:application"],
+            cwd=Path(__file__).resolve().parents[2], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            api, bare = asyncio.run(_measure(base, token, samples))
+        finally:
+            server.terminate()
+            server.wait(10)
+    name = f"GET /engines/status, {engines} engines, {CLIENTS} clients"
+    baseline = "bare Django JSON view of the same payload"
+    return [
+        _row(f"{name}: p50", api, bare, 50, baseline, None),
+        _row(f"{name}: p99", api, bare, 99, baseline, "< 50"),
+    ]
+
+
+def _row(name: str, api: list[float], bare: list[float], pct: int, baseline: str, target):
+    return {"name": name, "value": _pct(api, pct), "unit": "ms", "baseline": _pct(bare, pct),
+            "baseline_name": baseline, "target": target}  # fmt: skip
+
+
+def _pct(values: list[float], pct: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000
+
+
+async def _measure(base: str, token: str, samples: int) -> tuple[list[float], list[float]]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        await _wait_ready(client)
+        for url in ("/engines/status", "/bench/bare-status"):
+            for _ in range(WARM_UP):
+                (await client.get(url)).raise_for_status()
+        api: list[float] = []
+        bare: list[float] = []
+        # Interleave rounds so both see the same machine load.
+        for _ in range(max(1, samples // 50)):
+            api += await _round(client, "/engines/status", 50)
+            bare += await _round(client, "/bench/bare-status", 50)
+    return api, bare
+
+
+async def _round(client, url: str, count: int) -> list[float]:
+    times: list[float] = []
+    queue = list(range(count))
+
+    async def one_client() -> None:
+        while queue:
+            queue.pop()
+            began = time.perf_counter()
+            response = await client.get(url)
+            response.raise_for_status()
+            times.append(time.perf_counter() - began)
+
+    await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
+    return times
+
+
+async def _wait_ready(client) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await client.get("/bench/bare-status")
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("daphne did not start within 60 s") from None
+            await asyncio.sleep(0.1)
+
+
+def _token(path: Path, env: dict[str, str]) -> str:
+    code = (
+        "from django.contrib.auth import get_user_model;"
+        "from engines_app.api.tokens import api_token_create;"
+        "u = get_user_model().objects.create_user('bench');"
+        "print(api_token_create(user=u, name='bench')[1])"
+    )
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    return done.stdout.strip().splitlines()[-1]

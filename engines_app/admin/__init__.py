@@ -1,0 +1,3 @@
+"""The admin, one module per area; importing this package registers every ModelAdmin."""
+
+from . import alerts, engines, trading  # noqa: F401

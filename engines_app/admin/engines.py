@@ -1,0 +1,355 @@
+"""The admin: watch the engines and steer them. Every start, stop, restart, add and remove
+goes through ``services`` so it is recorded as a command the runner carries out; the
+fields the runner owns are read-only here and never written back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import path, reverse
+from django.views.decorators.http import require_POST
+
+from ..api.tokens import api_token_create
+from ..models import ApiToken, Engine, EngineCommand, EngineError, EngineRestart
+from ..services.engines import (
+    EngineNotFound,
+    engine_add,
+    engine_remove,
+    engine_restart,
+    engine_start,
+    engine_stop,
+)
+from . import trading as admin_trading  # noqa: F401  (registers the read-only Trade admin)
+
+CONTROL_PERMISSION = "engines_app.control_engine"
+SETTINGS_FIELDS = ("cycle_interval", "config")
+RUNNER_FIELDS = (
+    "status", "status_reason", "started_at", "last_heartbeat", "heartbeat_age", "uptime",
+    "error_count", "last_error", "position", "daily_pnl", "total_pnl", "trade_count",
+    "restart_attempt", "restart_budget_left", "next_retry_at", "failures_reset_at",
+    "updated_at", "created_at",
+)  # fmt: skip
+# Not HALTED: its daily loss limit stopped it on purpose; an operator resumes it one by one.
+NEEDS_RESTART = (
+    Engine.Status.CRASHED,
+    Engine.Status.BACKOFF,
+    Engine.Status.FAILED,
+)
+RECENT = 10
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    value = int(value)
+    if value < 60:
+        return f"{value} s"
+    if value < 3600:
+        return f"{value // 60} min {value % 60} s"
+    return f"{value // 3600} h {value % 3600 // 60} min"
+
+
+def _symbols(engines) -> str:
+    names = [engine.symbol for engine in engines]
+    shown = ", ".join(names[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+class LogInline(admin.TabularInline):
+    """The newest few rows of a log the runner or the services write; read-only."""
+
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class RestartInline(LogInline):
+    model = EngineRestart
+    fields = readonly_fields = ("at", "attempt", "backoff_seconds", "reason")
+    verbose_name_plural = f"Recent restarts (newest {RECENT})"
+
+
+class ErrorInline(LogInline):
+    model = EngineError
+    fields = readonly_fields = ("at", "type", "message", "fatal", "crashed")
+    verbose_name_plural = f"Recent errors (newest {RECENT})"
+
+
+class CommandInline(LogInline):
+    model = EngineCommand
+    fk_name = "engine"
+    fields = readonly_fields = (
+        "created_at", "action", "user", "source", "acked_at", "outcome", "message",
+    )  # fmt: skip
+    verbose_name_plural = f"Recent commands (newest {RECENT})"
+
+
+class EngineForm(forms.ModelForm):
+    class Meta:
+        model = Engine
+        fields = ("symbol", "desired_state", "cycle_interval", "config")
+
+    def clean_cycle_interval(self) -> float | None:
+        value = self.cleaned_data.get("cycle_interval")
+        if value is not None and value <= 0:
+            raise forms.ValidationError("Must be greater than 0 seconds.")
+        return value
+
+
+@admin.register(Engine)
+class EngineAdmin(admin.ModelAdmin):
+    form = EngineForm
+    list_display = (
+        "symbol", "status", "desired_state", "heartbeat_age", "uptime", "position",
+        "daily_pnl", "total_pnl", "trade_count", "error_count",
+    )  # fmt: skip
+    list_filter = ("status", "desired_state")
+    search_fields = ("symbol",)
+    actions = ("start_engines", "stop_engines", "restart_engines")
+    inlines = (RestartInline, ErrorInline, CommandInline)
+    change_list_template = "admin/engines_app/engine/change_list.html"
+
+    # Permissions ------------------------------------------------------------------------
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(CONTROL_PERMISSION)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Adding an engine starts it: that is controlling engines.
+        return super().has_add_permission(request) and self.has_control_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and self.has_control_permission(request)
+
+    # Forms ------------------------------------------------------------------------------
+
+    def get_fieldsets(self, request: HttpRequest, obj=None):
+        operator = (None, {"fields": ("symbol", "desired_state", *SETTINGS_FIELDS)})
+        if obj is None:
+            return [operator]
+        return [operator, ("Reported by the runner", {"fields": RUNNER_FIELDS})]
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        fields = list(RUNNER_FIELDS)
+        if obj is not None:
+            fields.append("symbol")  # the runner knows an engine by its symbol
+            if not self.has_control_permission(request):
+                # A settings change restarts the engine: that is controlling it too.
+                fields.extend(("desired_state", *SETTINGS_FIELDS))
+        return fields
+
+    def get_inline_instances(self, request: HttpRequest, obj=None):
+        # The logs are for reading; on a save they would only be validated against rows
+        # the runner may have added since the form was shown.
+        if obj is None or request.method == "POST":
+            return []
+        return super().get_inline_instances(request, obj)
+
+    def get_formset_kwargs(self, request, obj, inline, prefix):
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        model = inline.model
+        newest = model.objects.filter(engine=obj).order_by("-pk").values_list("pk", flat=True)
+        kwargs["queryset"] = kwargs["queryset"].filter(pk__in=list(newest[:RECENT]))
+        return kwargs
+
+    def save_model(self, request: HttpRequest, obj: Engine, form, change: bool) -> None:
+        if not change:
+            command = engine_add(
+                symbol=obj.symbol, user=request.user, source="admin",
+                cycle_interval=obj.cycle_interval, config=obj.config,
+                desired_state=obj.desired_state,
+            )  # fmt: skip
+            obj.pk = command.engine_id
+            obj.refresh_from_db()
+            obj._state.adding = False
+            wanted = "the runner starts it" if obj.desired_state == "running" else "stopped"
+            self.message_user(request, f"Engine {obj.symbol} added ({wanted}).")
+            return
+        changed = [name for name in SETTINGS_FIELDS if name in form.changed_data]
+        if changed:
+            # Only what the operator owns: status, heartbeat and PnL stay the runner's.
+            obj.save(update_fields=[*changed, "updated_at"])
+            self.message_user(
+                request,
+                f"Engine {obj.symbol}: {', '.join(changed)} changed; the runner restarts it "
+                "with the new settings if it is running.",
+            )
+        if "desired_state" in form.changed_data and self.has_control_permission(request):
+            service = engine_start if obj.desired_state == "running" else engine_stop
+            service(symbol=obj.symbol, user=request.user, source="admin")
+            self.message_user(request, f"Engine {obj.symbol}: {service.__name__[7:]} requested.")
+
+    def delete_model(self, request: HttpRequest, obj: Engine) -> None:
+        engine_remove(symbol=obj.symbol, user=request.user, source="admin")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Engine]) -> None:
+        for engine in queryset:
+            engine_remove(symbol=engine.symbol, user=request.user, source="admin")
+
+    # Columns ----------------------------------------------------------------------------
+
+    @admin.display(description="heartbeat age")
+    def heartbeat_age(self, engine: Engine) -> str:
+        if engine.last_heartbeat is None:
+            return "-"
+        return _seconds(time.time() - engine.last_heartbeat.timestamp())
+
+    @admin.display(description="uptime")
+    def uptime(self, engine: Engine) -> str:
+        if engine.status not in (Engine.Status.RUNNING, Engine.Status.DEGRADED):
+            return "-"
+        if engine.started_at is None:
+            return "-"
+        return _seconds(time.time() - engine.started_at.timestamp())
+
+    # Actions ----------------------------------------------------------------------------
+
+    def _steer(self, request: HttpRequest, engines, service: Callable, verb: str) -> None:
+        done, gone = [], []
+        for engine in engines:
+            try:
+                service(symbol=engine.symbol, user=request.user, source="admin")
+                done.append(engine)
+            except EngineNotFound:  # deleted since the page was drawn
+                gone.append(engine)
+        if done:
+            self.message_user(
+                request,
+                f"{verb} requested for {len(done)} engine(s): {_symbols(done)}. "
+                "The runner carries it out within a second.",
+            )
+        if gone:
+            self.message_user(
+                request, f"No longer there, nothing done: {_symbols(gone)}.", messages.WARNING
+            )
+
+    @admin.action(description="Start selected engines", permissions=["control"])
+    def start_engines(self, request: HttpRequest, queryset: QuerySet[Engine]) -> None:
+        self._steer(request, queryset, engine_start, "Start")
+
+    @admin.action(description="Stop selected engines", permissions=["control"])
+    def stop_engines(self, request: HttpRequest, queryset: QuerySet[Engine]) -> None:
+        self._steer(request, queryset, engine_stop, "Stop")
+
+    @admin.action(description="Restart selected engines", permissions=["control"])
+    def restart_engines(self, request: HttpRequest, queryset: QuerySet[Engine]) -> None:
+        self._steer(request, queryset, engine_restart, "Restart")
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(require_POST(self.restart_crashed_view))
+        name = "engines_app_engine_restart_crashed"
+        return [path("restart-crashed/", view, name=name), *super().get_urls()]
+
+    def restart_crashed_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        """One click: restart every crashed, waiting (backoff) or failed engine."""
+        if not self.has_control_permission(request):
+            raise PermissionDenied
+        engines = Engine.objects.filter(status__in=NEEDS_RESTART)
+        if engines:
+            self._steer(request, engines, engine_restart, "Restart")
+        else:
+            self.message_user(request, "No crashed or failed engines.", messages.INFO)
+        return HttpResponseRedirect(reverse("admin:engines_app_engine_changelist"))
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_control": self.has_control_permission(request),
+            "needs_restart": Engine.objects.filter(status__in=NEEDS_RESTART).count(),
+        }
+        return super().changelist_view(request, extra_context)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A log: written by the runner or the services, never by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(EngineRestart)
+class EngineRestartAdmin(ReadOnlyAdmin):
+    list_display = ("engine", "at", "attempt", "backoff_seconds", "reason")
+    list_filter = ("engine",)
+    search_fields = ("engine__symbol", "reason")
+    date_hierarchy = "at"
+
+
+@admin.register(EngineError)
+class EngineErrorAdmin(ReadOnlyAdmin):
+    list_display = ("engine", "at", "type", "message", "fatal", "crashed")
+    list_filter = ("fatal", "crashed", "type")
+    search_fields = ("engine__symbol", "message")
+    date_hierarchy = "at"
+
+
+@admin.register(EngineCommand)
+class EngineCommandAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id", "symbol", "action", "user", "source", "created_at", "acked_at", "outcome",
+        "message",
+    )  # fmt: skip
+    list_filter = ("action", "outcome", "source")
+    search_fields = ("symbol",)
+    date_hierarchy = "created_at"
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ("name", "user")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Create a token (its key is shown once), see when it was used, delete to revoke."""
+
+    form = ApiTokenForm
+    list_display = ("name", "user", "key_prefix", "created_at", "last_used_at")
+    readonly_fields = ("key_prefix", "created_at", "last_used_at")
+    search_fields = ("name", "user__username")
+
+    def get_queryset(self, request: HttpRequest):
+        tokens = super().get_queryset(request).select_related("user")
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+    def get_fields(self, request: HttpRequest, obj=None):
+        # Only a superuser may mint a key that acts as someone else.
+        fields = ["name", "user"] if request.user.is_superuser else ["name"]
+        return fields if obj is None else [*fields, *self.readonly_fields]
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # a key cannot be edited; delete it and create another
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form, change: bool) -> None:
+        user = obj.user if request.user.is_superuser and obj.user_id else request.user
+        token, key = api_token_create(user=user, name=obj.name)
+        obj.pk, obj.user, obj.key_prefix = token.pk, token.user, token.key_prefix
+        obj._state.adding = False
+        self.message_user(
+            request,
+            f"API token for {user}: {key} — copy it now, it is not shown again. "
+            f"Use it as the header 'Authorization: Bearer {key}'.",
+            messages.WARNING,
+        )

@@ -1,0 +1,7 @@
+"""The runner hosts the runtime: ``lifecycle`` starts and stops it, ``reconciler`` moves the
+engines toward the desired state, ``writer`` batches what happened into the database through
+``store``, the runner's one boundary with the ORM."""
+
+from .lifecycle import Runner
+
+__all__ = ["Runner"]

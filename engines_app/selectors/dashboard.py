@@ -1,0 +1,145 @@
+"""Reads for the live dashboard and the engine detail page."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from django.db.models import Q
+
+from ..conf import engine_settings
+from ..models import Engine, EngineCommand, EnginePnlSample
+from .engines import STATUSES, engine_status
+
+COUNTED = ["running", "crashed", "stopped", "backoff", "failed"]
+LOG_TAIL_LINES = 100
+LOG_TAIL_BYTES = 256 * 1024
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def engine_row(engine: Engine, now: float) -> dict[str, Any]:
+    """The guide's status of one engine, plus what the page needs to tick and to order
+    updates: ``started_at`` and ``version`` (the row's ``updated_at``)."""
+    row = engine_status(engine, now)
+    running = engine.status in (
+        Engine.Status.RUNNING,
+        Engine.Status.DEGRADED,
+        Engine.Status.STOPPING,
+    )
+    row["started_at"] = _epoch(engine.started_at) if running else None
+    row["version"] = engine.updated_at.timestamp()
+    return row
+
+
+def command_row(command: EngineCommand) -> dict[str, Any]:
+    return {
+        "id": command.pk,
+        "symbol": command.symbol,
+        "action": command.action,
+        "source": command.source,
+        "created_at": command.created_at.timestamp(),
+        "acked_at": _epoch(command.acked_at),
+        "outcome": command.outcome,
+        "message": command.message,
+    }
+
+
+def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    found = dict.fromkeys(STATUSES, 0)
+    for row in rows:
+        found[row["status"]] = found.get(row["status"], 0) + 1
+    return {"total": len(rows), **found}
+
+
+def snapshot() -> dict[str, Any]:
+    """Every engine and every command the runner has not acknowledged yet."""
+    now = time.time()
+    rows = [engine_row(engine, now) for engine in Engine.objects.all()]
+    pending = EngineCommand.objects.filter(acked_at=None).order_by("id")[:500]
+    return {
+        "now": now,
+        "counts": counts(rows),
+        "engines": rows,
+        "commands": [command_row(command) for command in pending],
+    }
+
+
+def changed_commands(since: datetime) -> list[EngineCommand]:
+    """Commands given or acknowledged since ``since``."""
+    rows = EngineCommand.objects.filter(Q(created_at__gte=since) | Q(acked_at__gte=since))
+    return list(rows.order_by("id"))
+
+
+def log_tail(symbol: str, lines: int = LOG_TAIL_LINES) -> list[dict[str, Any]]:
+    """The last lines of the engine's newest JSONL log, parsed when they parse."""
+    path = newest_log(engine_settings().log_dir, symbol)
+    if path is None:
+        return []
+    with path.open("rb") as stream:
+        stream.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+        tail = deque(stream.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+    return [_log_line(line) for line in tail if line.strip()]
+
+
+def newest_log(log_dir: Path, symbol: str) -> Path | None:
+    # engine-{SYMBOL}-{YYYYMMDD}.jsonl: the names sort by day.
+    files = sorted(Path(log_dir).glob(f"engine-{symbol}-*.jsonl"))
+    return files[-1] if files else None
+
+
+def _log_line(line: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {"ts": "", "level": "", "msg": line}
+    if not isinstance(record, dict):
+        return {"ts": "", "level": "", "msg": line}
+    return {
+        "ts": record.get("ts", ""),
+        "level": record.get("level", ""),
+        "msg": record.get("msg", line),
+    }
+
+
+def pnl_chart(engine: Engine, *, width: int = 720, height: int = 200) -> dict[str, Any]:
+    """The engine's sampled total PnL (and its current value) as SVG polyline points."""
+    points = [
+        (sample.at.timestamp(), sample.total_pnl)
+        for sample in EnginePnlSample.objects.filter(engine=engine).order_by("-at")[:500]
+    ][::-1]
+    points.append((_epoch(engine.updated_at) or time.time(), engine.total_pnl))
+    (t0, t1), (v0, v1) = _span(p[0] for p in points), _span(p[1] for p in points)
+    pad = 10
+
+    def x(t: float) -> float:
+        return round(pad + (t - t0) / (t1 - t0) * (width - 2 * pad), 1)
+
+    def y(v: float) -> float:
+        return round(height - pad - (v - v0) / (v1 - v0) * (height - 2 * pad), 1)
+
+    return {
+        "width": width,
+        "height": height,
+        "points": " ".join(f"{x(t)},{y(v)}" for t, v in points),
+        "zero_y": y(0.0) if v0 <= 0 <= v1 else None,
+        "min": v0,
+        "max": v1,
+        "first_at": datetime.fromtimestamp(t0, UTC),
+        "last_at": datetime.fromtimestamp(t1, UTC),
+        "samples": len(points),
+    }
+
+
+def _span(values) -> tuple[float, float]:
+    values = list(values)
+    low, high = min(values), max(values)
+    if high - low < 1e-9:
+        return low - 1.0, high + 1.0
+    return low, high

@@ -1,0 +1,24 @@
+"""Every operator write (admin, API, dashboard, tasks, shell) goes through a service here:
+the desired state and an ``EngineCommand`` audit row change in one transaction."""
+
+from .engines import (
+    EngineExists,
+    EngineNotFound,
+    engine_add,
+    engine_daily_reset,
+    engine_remove,
+    engine_restart,
+    engine_start,
+    engine_stop,
+)
+
+__all__ = [
+    "EngineExists",
+    "EngineNotFound",
+    "engine_add",
+    "engine_daily_reset",
+    "engine_remove",
+    "engine_restart",
+    "engine_start",
+    "engine_stop",
+]

@@ -1,0 +1,191 @@
+"""Push what the database says to the dashboards of this web process.
+
+The in-memory channel layer does not cross processes, so the database is the bus: one
+broadcaster per web process (per event loop) reads the engine and command rows changed
+since it last looked, a few times a second, and sends them to its consumers' group — one
+query per web process, not one per browser. With Redis, the runner also sends a hint after
+each write (``send_hint``) and the broadcaster looks at once. A hint is only a wake-up: the
+rows read from the database are what is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import weakref
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from ..models import Engine
+from ..selectors import dashboard
+
+log = logging.getLogger("levipanel.dashboard")
+
+HINT_GROUP = "engines-hints"
+# A writer stamps ``updated_at`` before it commits, so a row can become visible with a
+# stamp older than the last look: look back this far and skip the versions already sent.
+OVERLAP = timedelta(seconds=5)
+HINT_GROUP_RENEW = 3600.0  # channels_redis forgets group members after a day
+
+_broadcasters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broadcaster] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def crosses_processes(layer: BaseChannelLayer | None) -> bool:
+    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
+
+
+def broadcaster() -> Broadcaster:
+    """This web process's broadcaster (one per event loop)."""
+    loop = asyncio.get_running_loop()
+    found = _broadcasters.get(loop)
+    if found is None:
+        found = _broadcasters[loop] = Broadcaster(
+            get_channel_layer(), interval=settings.LEVIPANEL_PUSH_INTERVAL
+        )
+    return found
+
+
+class Broadcaster:
+    """Send the rows changed since the last look to ``group``, numbered by ``seq``.
+
+    It runs while at least one consumer is subscribed."""
+
+    def __init__(self, layer: BaseChannelLayer, *, interval: float) -> None:
+        self.layer = layer
+        self.interval = interval
+        self.group = f"engines.{uuid.uuid4().hex}"
+        self.seq = 0
+        self.subscribers = 0
+        self.polls = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._since = timezone.now() - OVERLAP
+        self._versions: dict[str, float] = {}
+        self._commands: dict[int, float | None] = {}
+
+    def subscribe(self) -> None:
+        self.subscribers += 1
+        if self._task is None or self._task.done():
+            self._since = timezone.now() - OVERLAP
+            self._task = asyncio.create_task(self.run(), name="dashboard-broadcaster")
+
+    def unsubscribe(self) -> None:
+        self.subscribers = max(0, self.subscribers - 1)
+        if self.subscribers == 0 and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        hints = None
+        if crosses_processes(self.layer):
+            hints = asyncio.create_task(self._listen_for_hints(), name="dashboard-hints")
+        try:
+            while True:
+                try:
+                    await self.poll()
+                except Exception:  # one bad look must not end the pushes of every page
+                    log.exception("dashboard broadcast failed")
+                await self._sleep()
+        finally:
+            if hints is not None:
+                hints.cancel()
+
+    async def poll(self) -> None:
+        try:
+            message = await database_sync_to_async(self.changes)()
+        except DatabaseError as exc:
+            log.warning("dashboard poll failed: %s", exc)
+            await database_sync_to_async(close_old_connections)()
+            return
+        if message is not None:
+            self.seq += 1
+            await self.layer.group_send(
+                self.group, {"type": "engines.changed", "seq": self.seq, **message}
+            )
+
+    def changes(self) -> dict[str, Any] | None:
+        """The engine and command rows not sent yet, or None when nothing changed."""
+        self.polls += 1
+        now = timezone.now()
+        since, self._since = self._since, now - OVERLAP
+        stamps = Engine.objects.filter(updated_at__gte=since).values_list("symbol", "updated_at")
+        changed = [s for s, at in stamps if self._versions.get(s) != at.timestamp()]
+        engines = list(Engine.objects.filter(symbol__in=changed)) if changed else []
+        commands, removed = self._changed_commands(since)
+        if not (engines or commands or removed):
+            return None
+        epoch = now.timestamp()
+        rows = [dashboard.engine_row(engine, epoch) for engine in engines]
+        for row in rows:
+            self._versions[row["symbol"]] = row["version"]
+        return {"now": epoch, "engines": rows, "commands": commands, "removed": removed}
+
+    def _changed_commands(self, since: datetime) -> tuple[list[dict[str, Any]], list[str]]:
+        commands, removed = [], []
+        for command in dashboard.changed_commands(since):
+            acked = command.acked_at.timestamp() if command.acked_at else None
+            if command.pk in self._commands and self._commands[command.pk] == acked:
+                continue
+            self._commands[command.pk] = acked
+            commands.append(dashboard.command_row(command))
+            if command.action == command.Action.REMOVE and command.engine_id is None:
+                removed.append(command.symbol)
+                self._versions.pop(command.symbol, None)
+        if len(self._commands) > 10_000:
+            self._commands = dict(list(self._commands.items())[-5_000:])
+        return commands, removed
+
+    async def _sleep(self) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.interval)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _listen_for_hints(self) -> None:
+        """Wake up on the runner's hints; without them the periodic look still works."""
+        channel = None
+        while True:
+            try:
+                if channel is None:
+                    channel = await self.layer.new_channel()
+                    await self.layer.group_add(HINT_GROUP, channel)
+                try:
+                    await asyncio.wait_for(self.layer.receive(channel), HINT_GROUP_RENEW)
+                    self.wake()
+                except TimeoutError:
+                    await self.layer.group_add(HINT_GROUP, channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: keep polling, try again later
+                log.warning("dashboard hints unavailable: %s", exc)
+                channel = None
+                await asyncio.sleep(1.0)
+
+
+def send_hint(sender: Any, **kwargs: Any) -> None:
+    """Runner side: after a write, wake every web process's broadcaster through Redis."""
+    layer = get_channel_layer()
+    if not crosses_processes(layer):
+        return
+    try:
+        async_to_sync(_send_hint)(layer)
+    except Exception as exc:  # a hint is optional, the runner's work is not
+        log.warning("dashboard hint not sent: %s", exc)
+
+
+async def _send_hint(layer: BaseChannelLayer) -> None:
+    await asyncio.wait_for(layer.group_send(HINT_GROUP, {"type": "engines.hint"}), 0.5)

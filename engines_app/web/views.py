@@ -1,0 +1,47 @@
+"""The operator's pages: the live dashboard and one engine's history."""
+
+from __future__ import annotations
+
+import time
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_GET
+
+from ..models import Engine
+from ..runtime.engine import symbol_problem
+from ..selectors import dashboard
+from .consumers import CONTROL_PERMISSION
+
+HISTORY_ROWS = 50
+
+
+@require_GET
+@login_required(login_url="login")
+def dashboard_page(request: HttpRequest) -> HttpResponse:
+    """The page renders from a snapshot at once; the websocket keeps it current."""
+    context = {
+        "snapshot": {"seq": 0, **dashboard.snapshot()},
+        "can_control": request.user.has_perm(CONTROL_PERMISSION),
+    }
+    return render(request, "engines_app/dashboard.html", context)
+
+
+@require_GET
+@login_required(login_url="login")
+def engine_page(request: HttpRequest, symbol: str) -> HttpResponse:
+    if symbol_problem(symbol):
+        raise Http404("no such engine")
+    engine = get_object_or_404(Engine, symbol=symbol)
+    context = {
+        "engine": engine,
+        "row": dashboard.engine_row(engine, time.time()),
+        "restarts": engine.restarts.all()[:HISTORY_ROWS],
+        "errors": engine.errors.all()[:HISTORY_ROWS],
+        "commands": engine.commands.all()[:HISTORY_ROWS],
+        "log_lines": dashboard.log_tail(symbol),
+        "chart": dashboard.pnl_chart(engine),
+        "can_control": request.user.has_perm(CONTROL_PERMISSION),
+    }
+    return render(request, "engines_app/engine.html", context)

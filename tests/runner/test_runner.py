@@ -1,0 +1,239 @@
+"""The runner against a real SQLite file: the bridge between the runtime and the ORM."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from engines_app.models import Engine, EngineCommand, EngineError, EngineRestart
+from engines_app.runner.lifecycle import Runner
+from engines_app.services import engines as services
+from tests.helpers import (
+    ShiftedClock,
+    WriteTransactionCounter,
+    close_db_thread_connection,
+    db,
+    fast_settings,
+    running,
+    until,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@sync_to_async
+def engine(symbol):
+    return Engine.objects.get(symbol=symbol)
+
+
+@sync_to_async
+def status_of(symbol):
+    return Engine.objects.filter(symbol=symbol).values_list("status", flat=True).first()
+
+
+def make_runner(tmp_path, **overrides) -> Runner:
+    return Runner(settings=fast_settings(tmp_path / "logs", **overrides))
+
+
+async def test_fresh_database_runs_the_configured_symbols(tmp_path):
+    async with running(make_runner(tmp_path)):
+        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
+        rows = await db(lambda: list(Engine.objects.values_list("symbol", "desired_state")))
+        assert sorted(rows) == [(s, "running") for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+        first = await until(lambda: _heartbeat("BTCUSDT"))
+        await asyncio.sleep(0.3)
+        assert (await engine("BTCUSDT")).last_heartbeat > first  # heartbeats are flushed
+    statuses = await db(lambda: set(Engine.objects.values_list("status", flat=True)))
+    desired = await db(lambda: set(Engine.objects.values_list("desired_state", flat=True)))
+    assert statuses == {"stopped"}
+    assert desired == {"running"}  # a shutdown is not an operator's stop
+
+
+async def test_symbols_subset_runs_only_those(tmp_path):
+    await db(Engine.objects.bulk_create, [Engine(symbol="BTCUSDT"), Engine(symbol="ETHUSDT")])
+    runner = Runner(symbols=["ETHUSDT", "XRPUSDT"], settings=fast_settings(tmp_path / "logs"))
+    async with running(runner):
+        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 2))
+        assert await status_of("BTCUSDT") == "stopped"
+        assert await status_of("XRPUSDT") == "running"
+
+
+async def test_desired_state_changed_in_the_database_is_applied(tmp_path):
+    async with running(make_runner(tmp_path)) as runner:
+        await until(lambda: _is("ETHUSDT", "running"))
+        await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="stopped"))
+        await until(lambda: _is("ETHUSDT", "stopped"), timeout=1)
+        await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="running"))
+        await until(lambda: _is("ETHUSDT", "running"), timeout=1)
+        await db(Engine.objects.create, symbol="XRPUSDT")
+        await until(lambda: _is("XRPUSDT", "running"), timeout=1)
+        await db(lambda: Engine.objects.filter(symbol="XRPUSDT").delete())
+        await until(lambda: "XRPUSDT" not in runner.manager.slots, timeout=1)
+
+
+async def _is(symbol, status):
+    return await status_of(symbol) == status
+
+
+async def _heartbeat(symbol):
+    return (await engine(symbol)).last_heartbeat
+
+
+async def test_crash_is_written_and_restarted_after_backoff(tmp_path):
+    await db(Engine.objects.create, symbol="BTCUSDT", config={"crash_after_cycles": 2})
+    async with running(make_runner(tmp_path, backoff_base=0.3)):
+        await until(lambda: _is("BTCUSDT", "backoff"), timeout=2)
+        row = await engine("BTCUSDT")
+        assert row.restart_attempt == 1 and row.restart_budget_left == 4
+        assert row.next_retry_at is not None
+        assert "InjectedCrash" in row.status_reason and row.error_count == 1
+        restart = await db(EngineRestart.objects.get)
+        assert restart.attempt == 1 and restart.backoff_seconds == pytest.approx(0.3)
+        error = await db(EngineError.objects.get)
+        assert error.type == "InjectedCrash" and error.crashed and "Traceback" in error.traceback
+        await until(lambda: _is("BTCUSDT", "running"), timeout=2)
+
+
+async def test_restart_limit_survives_a_runner_restart(tmp_path):
+    await db(Engine.objects.create, symbol="BTCUSDT", config={"crash_after_cycles": 1})
+    settings = dict(backoff_base=0.02, backoff_cap=0.02)
+    async with running(make_runner(tmp_path, **settings)):
+        await until(lambda: db(lambda: EngineRestart.objects.count() >= 3), timeout=3)
+    before = await db(EngineRestart.objects.count)
+    assert 3 <= before < 5
+    # A new runner, a new manager: the hourly budget is read back from the database.
+    async with running(make_runner(tmp_path, **settings)):
+        await until(lambda: _is("BTCUSDT", "failed"), timeout=3)
+    assert await db(EngineRestart.objects.count) == 5
+    row = await engine("BTCUSDT")
+    assert "restart limit reached" in row.status_reason
+    # Failed stays failed across runner restarts until an operator acts.
+    async with running(make_runner(tmp_path, **settings)) as runner:
+        await asyncio.sleep(0.2)
+        assert runner.manager.slots["BTCUSDT"].task is None
+        assert await status_of("BTCUSDT") == "failed"
+        await db(services.engine_restart, symbol="BTCUSDT")
+        await until(lambda: db(lambda: EngineRestart.objects.count() > 5), timeout=3)
+
+
+async def test_fatal_config_fails_at_once(tmp_path):
+    await db(Engine.objects.create, symbol="BTCUSDT", config={"cycle_every": 3})
+    await db(Engine.objects.create, symbol="ETHUSDT", config={"fatal_after_cycles": 1})
+    async with running(make_runner(tmp_path)):
+        await until(lambda: _is("BTCUSDT", "failed"), timeout=2)
+        await until(lambda: _is("ETHUSDT", "failed"), timeout=2)
+        assert "unknown engine option(s): cycle_every" in (await engine("BTCUSDT")).status_reason
+    assert await db(EngineRestart.objects.count) == 0
+    errors = await db(lambda: list(EngineError.objects.values_list("fatal", flat=True)))
+    assert errors and all(errors)
+
+
+async def test_hung_engine_is_detected_and_restarted(tmp_path):
+    await db(Engine.objects.create, symbol="BTCUSDT", config={"hang_after_cycles": 2})
+    async with running(make_runner(tmp_path, heartbeat_timeout=0.3)):
+        hang = EngineError.objects.filter(type="HeartbeatTimeout")
+        await until(lambda: db(hang.exists), timeout=3)
+        await until(lambda: db(lambda: EngineRestart.objects.exists()), timeout=1)
+        await until(lambda: _is("BTCUSDT", "running"), timeout=2)
+
+
+async def test_config_change_restarts_just_that_engine(tmp_path):
+    async with running(make_runner(tmp_path)) as runner:
+        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
+        btc, eth = runner.manager.slots["BTCUSDT"].engine, runner.manager.slots["ETHUSDT"].engine
+        await db(lambda: Engine.objects.filter(symbol="BTCUSDT").update(cycle_interval=0.02))
+        await until(lambda: runner.manager.slots["BTCUSDT"].engine is not btc, timeout=1)
+        assert runner.manager.slots["BTCUSDT"].engine.config.cycle_interval == 0.02
+        assert runner.manager.slots["ETHUSDT"].engine is eth
+
+
+async def test_commands_are_carried_out_in_order_and_acknowledged(tmp_path):
+    async with running(make_runner(tmp_path)):
+        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
+        await db(services.engine_stop, symbol="SOLUSDT", source="test")
+        await db(services.engine_restart, symbol="BTCUSDT", source="test")
+        await until(lambda: db(lambda: not EngineCommand.objects.filter(acked_at=None).exists()))
+        commands = await db(lambda: list(EngineCommand.objects.order_by("id")
+                                         .values_list("action", "outcome", "message")))  # fmt: skip
+        assert commands == [("stop", "done", "stopped"), ("restart", "done", "restarted")]
+        await until(lambda: _is("SOLUSDT", "stopped"))
+
+
+async def test_write_transactions_are_batched_not_per_engine(tmp_path):
+    symbols = [f"T{i:03d}USDT" for i in range(200)]
+    await db(Engine.objects.bulk_create, [Engine(symbol=s) for s in symbols])
+    await close_db_thread_connection()
+    with WriteTransactionCounter() as counter:
+        async with running(make_runner(tmp_path, cycle_interval=0.05, flush_interval=0.2)):
+            await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 200))
+            start = counter.count
+            await asyncio.sleep(1.0)  # 20 cycles of 200 engines = 4,000 engine-cycles
+            steady = counter.count - start
+    # One transaction per flush interval (5 in a second), not one per engine per cycle.
+    assert 3 <= steady <= 7, steady
+    heartbeats = await db(lambda: Engine.objects.filter(last_heartbeat=None).count())
+    assert heartbeats == 0
+
+
+async def test_database_outage_is_survived(tmp_path, monkeypatch):
+    from django.db import OperationalError
+
+    from engines_app.runner import store
+
+    async with running(make_runner(tmp_path)) as runner:
+        await until(lambda: _is("BTCUSDT", "running"))
+        real_write = store.write
+        calls = {"n": 0}
+
+        def broken(**kwargs):
+            calls["n"] += 1
+            raise OperationalError("database is gone")
+
+        monkeypatch.setattr(store, "write", broken)
+        await db(lambda: None)
+        await until(lambda: calls["n"] >= 1, timeout=2)
+        await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="stopped"))
+        await asyncio.sleep(0.3)
+        assert runner.manager.slots["BTCUSDT"].task is not None  # engines keep running
+        monkeypatch.setattr(store, "write", real_write)
+        await until(lambda: _is("ETHUSDT", "stopped"), timeout=5)  # the queued change lands
+
+
+async def test_jsonl_log_lines_carry_the_fields(tmp_path):
+    async with running(make_runner(tmp_path)):
+        await until(lambda: _is("BTCUSDT", "running"))
+    files = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert any(name.startswith("engine-BTCUSDT-") and name.endswith(".jsonl") for name in files)
+    path = next((tmp_path / "logs").glob("engine-BTCUSDT-*.jsonl"))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {"ts", "level", "symbol", "msg"} <= set(lines[0])
+    assert lines[0]["symbol"] == "BTCUSDT"
+    assert lines[0]["msg"] == "Starting engine for BTCUSDT"
+    assert any("stopped" in line["msg"] for line in lines)
+
+
+async def test_attempt_and_budget_follow_the_sliding_hour_while_running(tmp_path):
+    btc = await db(Engine.objects.create, symbol="BTCUSDT")
+    then = datetime.now(UTC) - timedelta(seconds=3570)  # inside the hour, for 30 s more
+    await db(EngineRestart.objects.bulk_create, [
+        EngineRestart(engine=btc, at=then, reason="x", attempt=n, backoff_seconds=60)
+        for n in (1, 2)
+    ])  # fmt: skip
+    clock = ShiftedClock()
+    runner = Runner(settings=fast_settings(tmp_path / "logs"), clock=clock)
+
+    async def recovery_view():
+        row = await engine("BTCUSDT")
+        return row.restart_attempt, row.restart_budget_left
+
+    async with running(runner):
+        await until(lambda: _is("BTCUSDT", "running"))
+        assert await until(lambda: _equals(recovery_view, (2, 3)))  # read back from the rows
+        clock.offset = 700.0  # both restarts leave the hour; a stable run forgives the streak
+        assert await until(lambda: _equals(recovery_view, (0, 5)), timeout=3)
+
+
+async def _equals(read, expected):
+    return await read() == expected
