@@ -88,9 +88,12 @@ def _database(path: Path) -> Iterator[None]:
 def _runner(root: Path, env: dict[str, str], data_dir: Path) -> Iterator[None]:
     with open(data_dir / "runner.log", "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "runengines"], cwd=root, env=env,
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "manage.py", "runengines"],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             yield
         finally:

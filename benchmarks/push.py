@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -27,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
-ROOT = Path(__file__).resolve().parents[2]
+from engines_app.testing import Installation
+
 FLUSH_INTERVAL = 0.3
 PUSH_INTERVAL = 0.2
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -113,8 +110,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 def measure(data_dir: Path, *, samples: int, redis_url: str | None = None) -> Latencies:
     """Start web + runner on ``data_dir``, open a dashboard and time ``samples`` pushes."""
-    with Installation(data_dir, redis_url=redis_url) as panel:
-        with panel.dashboard() as socket_:
+    with panel(data_dir, redis_url=redis_url) as installation:
+        with installation.dashboard() as socket_:
             return collect(socket_, samples=samples)
 
 
@@ -176,124 +173,23 @@ def _host_port(url: str) -> str:
     return f"{parsed.hostname}:{parsed.port or 6379}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Installation:
-    """A LeviPanel on a temp data dir: web server and runner as subprocesses."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        redis_url: str | None = None,
-        symbols: int = 1,
-        push_interval: float = PUSH_INTERVAL,
-    ) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "LEVIPANEL_DATA_DIR": str(data_dir),
-            "DJANGO_SETTINGS_MODULE": "levipanel.settings",
-            "PYTHONUNBUFFERED": "1",
-            "LEVIPANEL_SYMBOLS": ",".join(["BTCUSDT", "ETHUSDT", "SOLUSDT"][:symbols]),
-            "LEVIPANEL_FLUSH_INTERVAL": str(FLUSH_INTERVAL),
-            "LEVIPANEL_PUSH_INTERVAL": str(push_interval),
-            "LEVIPANEL_CHANNEL_PREFIX": f"lp-bench-{uuid.uuid4().hex[:8]}",
-        }
-        for name in ("DATABASE_URL", "REDIS_URL"):
-            self.env.pop(name, None)
-        if redis_url:
-            self.env["REDIS_URL"] = redis_url
-        self.processes: list[subprocess.Popen] = []
-
-    def __enter__(self) -> Installation:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.manage("migrate", "--no-input", "-v", "0")
-        out = self.manage("demo_login").stdout
-        self.password = re.search(r"password (\S+)", out).group(1)
-        try:
-            self.start("web", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                       "levipanel.asgi:application")  # fmt: skip
-            self.start("runner", "manage.py", "runengines")
-            self.wait_until_serving()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def manage(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = (self.data_dir / f"{name}.log").open("w")
-        process = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        self.processes.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-    def wait_until_serving(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{process.args} exited: see {self.data_dir}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"the web server did not listen on port {self.port}")
-
-    def login(self, username: str = "admin", password: str | None = None) -> str:
-        """Log in through the login form, as a browser does; return the session id."""
-        with httpx.Client(base_url=self.url, timeout=10) as client:
-            client.get("/login/").raise_for_status()
-            response = client.post(
-                "/login/",
-                data={
-                    "username": username,
-                    "password": password or self.password,
-                    "csrfmiddlewaretoken": client.cookies["csrftoken"],
-                    "next": "/",
-                },
-            )
-            if response.status_code != 302 or "sessionid" not in client.cookies:
-                raise RuntimeError(f"login failed: HTTP {response.status_code}")
-            return client.cookies["sessionid"]
-
-    @contextmanager
-    def dashboard(self, session: str | None = None) -> Iterator[ClientConnection]:
-        """The dashboard's websocket, its snapshot already received."""
-        headers = {"Cookie": f"sessionid={session or self.login()}", "Origin": self.url}
-        ws_url = f"ws://127.0.0.1:{self.port}/ws/engines/"
-        with connect(ws_url, additional_headers=headers, open_timeout=10) as socket_:
-            snapshot = json.loads(socket_.recv(timeout=10))
-            if snapshot["type"] != "snapshot":
-                raise RuntimeError(f"expected a snapshot first, got {snapshot['type']}")
-            socket_.snapshot = snapshot
-            yield socket_
+@contextmanager
+def panel(
+    data_dir: Path,
+    *,
+    redis_url: str | None = None,
+    symbols: int = 1,
+    push_interval: float = PUSH_INTERVAL,
+) -> Iterator[Installation]:
+    """A LeviPanel on ``data_dir`` with its web server and runner started, a demo login made."""
+    env = {
+        "LEVIPANEL_SYMBOLS": ",".join(["BTCUSDT", "ETHUSDT", "SOLUSDT"][:symbols]),
+        "LEVIPANEL_FLUSH_INTERVAL": str(FLUSH_INTERVAL),
+        "LEVIPANEL_PUSH_INTERVAL": str(push_interval),
+        "LEVIPANEL_CHANNEL_PREFIX": f"lp-bench-{uuid.uuid4().hex[:8]}",
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    with Installation(data_dir, env) as installation:
+        installation.start_panel()
+        yield installation

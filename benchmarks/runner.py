@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from django.conf import settings
 
 from benchmarks import Row, row
 from benchmarks.worker import CRASH_SETTINGS
+from engines_app.testing import Installation, environment
 
 WORKER = "benchmarks.worker"
 START_TIMEOUT = 120.0
@@ -68,19 +68,13 @@ def _django_floor(path: Path, repeats: int = 3) -> float:
 
 def _time_to_running(path: Path, engines: int) -> float:
     table = _engine_table()
-    with open(path / "runengines.log", "w") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "runengines"],
-            cwd=settings.BASE_DIR,
-            env=environment(path),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            return _poll_running(path, table, engines, process, started)
-        finally:
-            _stop(process)
+    installation = Installation(path)
+    started = time.perf_counter()
+    process = installation.start("manage.py", "runengines", log_name="runengines")
+    try:
+        return _poll_running(path, table, engines, process, started)
+    finally:
+        installation.stop(grace=30)
 
 
 def _poll_running(
@@ -98,16 +92,6 @@ def _poll_running(
             if time.perf_counter() - started > START_TIMEOUT:
                 raise RuntimeError(f"{engines} engines not running after {START_TIMEOUT:.0f}s")
             time.sleep(0.01)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def _engine_table() -> str:
@@ -239,19 +223,6 @@ def data_dir(engines: int) -> Iterator[Path]:
         path = Path(name)
         _worker(path, "prepare", engines=engines)
         yield path
-
-
-def environment(path: Path) -> dict[str, str]:
-    """The environment of a LeviPanel process on the data dir ``path``."""
-    env = {
-        **os.environ,
-        "LEVIPANEL_DATA_DIR": str(path),
-        "LEVIPANEL_LOG_DIR": str(path / "logs"),
-        "DJANGO_SETTINGS_MODULE": "levipanel.settings",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DATABASE_URL", None)  # the figures are for the embedded SQLite default
-    return env
 
 
 def _worker(path: Path, job: str, env: dict | None = None, **options: object) -> dict:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from benchmarks import Row
-from benchmarks.push import free_port
-from benchmarks.runner import data_dir, environment
+from benchmarks.runner import data_dir
+from engines_app.testing import Installation
 
 CLIENTS = 8
 WARM_UP = 10
@@ -22,22 +19,10 @@ def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
     """Time ``samples`` requests to each URL from ``CLIENTS`` concurrent clients."""
     import httpx  # noqa: F401  (fail early, before starting anything)
 
-    with data_dir(engines) as path:
-        env = environment(path)
-        token = _token(path, env)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "benchmarks.bare_asgi:application"],
-            cwd=Path(__file__).resolve().parents[2], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            base = f"http://127.0.0.1:{port}"
-            api, bare = asyncio.run(_measure(base, token, samples))
-        finally:
-            server.terminate()
-            server.wait(10)
+    with data_dir(engines) as path, Installation(path) as installation:
+        token = _token(installation)
+        installation.serve("benchmarks.bare_asgi:application")
+        api, bare = asyncio.run(_measure(installation.url, token, samples))
     name = f"GET /engines/status, {engines} engines, {CLIENTS} clients"
     baseline = "bare Django JSON view of the same payload"
     return [
@@ -47,8 +32,14 @@ def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
 
 
 def _row(name: str, api: list[float], bare: list[float], pct: int, baseline: str, target):
-    return {"name": name, "value": _pct(api, pct), "unit": "ms", "baseline": _pct(bare, pct),
-            "baseline_name": baseline, "target": target}  # fmt: skip
+    return {
+        "name": name,
+        "value": _pct(api, pct),
+        "unit": "ms",
+        "baseline": _pct(bare, pct),
+        "baseline_name": baseline,
+        "target": target,
+    }
 
 
 def _pct(values: list[float], pct: int) -> float:
@@ -103,16 +94,12 @@ async def _wait_ready(client) -> None:
             await asyncio.sleep(0.1)
 
 
-def _token(path: Path, env: dict[str, str]) -> str:
+def _token(installation: Installation) -> str:
     code = (
         "from django.contrib.auth import get_user_model;"
         "from engines_app.api.tokens import api_token_create;"
         "u = get_user_model().objects.create_user('bench');"
         "print(api_token_create(user=u, name='bench')[1])"
     )
-    done = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
-        check=True,
-    )  # fmt: skip
+    done = installation.manage("shell", "-c", code)
     return done.stdout.strip().splitlines()[-1]

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import psutil
 
 from benchmarks import percentile
+from engines_app.testing import TransactionCounter
 
 LAG_INTERVAL = 0.01
 REPEATS = 20
@@ -67,51 +68,18 @@ async def _bare(engines: int, seconds: float) -> dict:
 # The runner with N engines -------------------------------------------------------------
 
 
-class TransactionCounter:
-    """Count write transactions at the database: SQLite's trace callback sees every
-    statement; a COMMIT after a write, or a write outside BEGIN…COMMIT, is one."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._in_transaction = False
-        self._wrote = False
-
-    def __call__(self, sql: str) -> None:
-        head = sql.lstrip()[:8].upper()
-        if head.startswith("BEGIN"):
-            self._in_transaction, self._wrote = True, False
-        elif head.startswith(("COMMIT", "END")):
-            self.count += self._wrote
-            self._in_transaction = self._wrote = False
-        elif head.startswith("ROLLBACK") and not head.startswith("ROLLBACK TO"):
-            self._in_transaction = self._wrote = False
-        elif head.startswith(("INSERT", "UPDATE", "DELETE", "REPLACE")):
-            if self._in_transaction:
-                self._wrote = True
-            else:
-                self.count += 1
-
-    def install(self, sender: object, connection: object, **kwargs: object) -> None:
-        """A ``connection_created`` receiver: trace every new SQLite connection."""
-        if connection.vendor == "sqlite":
-            connection.connection.set_trace_callback(self)
-
-
 def steady(*, engines: int, seconds: float) -> dict:
-    from django.db.backends.signals import connection_created
-
     from engines_app.models import Engine
 
-    counter = TransactionCounter()
-    connection_created.connect(counter.install)
-    found = asyncio.run(_steady(engines, seconds, counter))
-    connection_created.disconnect(counter.install)
+    with TransactionCounter() as counter:
+        found = asyncio.run(_steady(engines, seconds, counter))
     Engine.objects.filter(symbol__in=CRASHERS).delete()  # the figures below are for N
     return found | _write_costs(counter) | _poll_costs()
 
 
 async def _steady(engines: int, seconds: float, counter: TransactionCounter) -> dict:
-    from engines_app.runner.lifecycle import Runner, db
+    from engines_app.runner.lifecycle import Runner
+    from engines_app.runner.store import db
 
     await db(_warm_up)()
     rss_before = _rss()
@@ -120,15 +88,16 @@ async def _steady(engines: int, seconds: float, counter: TransactionCounter) -> 
     await _until(lambda: task.done() or runner.manager.summary()["running"] >= engines)
     if task.done():
         task.result()
-    writes = runner.write_transactions
-    await _until(lambda: runner.write_transactions >= writes + 2)  # statuses and a flush
+    writer = runner.writer
+    writes = writer.write_transactions
+    await _until(lambda: writer.write_transactions >= writes + 2)  # statuses and a flush
     rss_after = _rss()
-    transactions, writes, started = counter.count, runner.write_transactions, time.perf_counter()
+    transactions, writes, started = counter.count, writer.write_transactions, time.perf_counter()
     with _cpu() as cpu:
         lags = await lag_probe(seconds)
     elapsed = time.perf_counter() - started
     db_tx = (counter.count - transactions) / elapsed
-    runner_tx = (runner.write_transactions - writes) / elapsed
+    runner_tx = (writer.write_transactions - writes) / elapsed
     recovery = await _crashes_in_database(runner, min(seconds, 3.0))
     runner.request_exit()
     await task
@@ -183,14 +152,14 @@ class WriteLog:
 async def _crashes_in_database(runner, seconds: float) -> dict:
     """Add engines that crash on their second cycle, among the N running ones, and time
     their crashes and restarts as they reach the database."""
-    from engines_app.runner.lifecycle import db
+    from engines_app.runner.store import db
     from engines_app.signals import engines_written
 
     log = WriteLog()
     engines_written.connect(log.receive)
     try:
         ids = await db(_add_crashers)()
-        await _until(lambda: all(symbol in runner.manager.slots for symbol in CRASHERS))
+        await _until(lambda: all(runner.manager.status_of(s) is not None for s in CRASHERS))
         await asyncio.sleep(seconds)
     finally:
         engines_written.disconnect(log.receive)

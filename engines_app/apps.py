@@ -10,13 +10,12 @@ class EnginesAppConfig(AppConfig):
         """Register the system checks and connect every receiver, here and nowhere else."""
         from . import checks  # noqa: F401  (registers the system checks)
         from .alerts import rules
-        from .jobs import pnl, schedules
+        from .jobs import schedules
         from .signals import engines_written
         from .web import broadcaster
 
         engines_written.connect(rules.on_engines_written, dispatch_uid="levipanel.alerts")
         engines_written.connect(broadcaster.send_hint, dispatch_uid="levipanel.dashboard.hint")
-        engines_written.connect(pnl.on_engines_written, dispatch_uid="levipanel.pnl.sample")
         post_migrate.connect(
             schedules.ensure_schedules, sender=self, dispatch_uid="levipanel.schedules"
         )

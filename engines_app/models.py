@@ -4,8 +4,20 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from .runtime import Status as RuntimeStatus
 from .runtime.engine import EngineConfig, symbol_problem
 from .runtime.errors import ConfigError
+
+# The permission to start, stop, restart, add, remove and configure engines (Engine.Meta).
+CONTROL_PERMISSION = "engines_app.control_engine"
+
+# What operators read for a status; the others are their capitalised value.
+STATUS_LABELS = {
+    RuntimeStatus.DEGRADED: "Degraded (market data silent)",
+    RuntimeStatus.HALTED: "Halted (risk limit)",
+    RuntimeStatus.BACKOFF: "Waiting to restart",
+    RuntimeStatus.FAILED: "Failed (needs an operator)",
+}
 
 
 def validate_symbol(value: str) -> None:
@@ -21,16 +33,16 @@ class Engine(models.Model):
         RUNNING = "running", "Running"
         STOPPED = "stopped", "Stopped"
 
-    class Status(models.TextChoices):
-        STARTING = "starting", "Starting"
-        RUNNING = "running", "Running"
-        DEGRADED = "degraded", "Degraded (market data silent)"
-        HALTED = "halted", "Halted (risk limit)"
-        BACKOFF = "backoff", "Waiting to restart"
-        CRASHED = "crashed", "Crashed"
-        STOPPING = "stopping", "Stopping"
-        STOPPED = "stopped", "Stopped"
-        FAILED = "failed", "Failed (needs an operator)"
+    # The runtime's statuses, so the two lists cannot drift apart.
+    Status = models.TextChoices(
+        "Status",
+        [
+            (status.name, (status.value, STATUS_LABELS.get(status, status.value.capitalize())))
+            for status in RuntimeStatus
+        ],
+        module=__name__,
+        qualname="Engine.Status",
+    )
 
     # Operator-owned.
     symbol = models.CharField(
@@ -94,15 +106,10 @@ class Engine(models.Model):
         if symbol_problem(self.symbol):
             return  # the symbol field's validator reports it
         try:
-            self.engine_config(default_interval=1.0).validate()
+            EngineConfig.from_options(self.symbol, self.cycle_interval, self.config).validate()
         except ConfigError as exc:
             field = "cycle_interval" if "cycle_interval" in str(exc) else "config"
             raise ValidationError({field: str(exc)}) from exc
-
-    def engine_config(self, *, default_interval: float) -> EngineConfig:
-        """The runtime config of this engine; raises ConfigError when it is invalid."""
-        interval = self.cycle_interval if self.cycle_interval is not None else default_interval
-        return EngineConfig.from_options(self.symbol, interval, self.config)
 
 
 class EngineRestart(models.Model):
@@ -150,6 +157,7 @@ class EngineCommand(models.Model):
         ADD = "add", "Add"
         REMOVE = "remove", "Remove"
         RESET_DAY = "reset_day", "Start a new trading day"
+        CONFIGURE = "configure", "Configure"
 
     class Outcome(models.TextChoices):
         PENDING = "pending", "Pending"

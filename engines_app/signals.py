@@ -1,8 +1,12 @@
 from django.dispatch import Signal
 
-# Sent by the runner right after a write transaction committed, on its database thread.
-# Keyword arguments: ``symbols`` (set of symbols whose status/error/restart rows changed),
-# ``statuses``, ``errors``, ``restarts`` (lists of the rows written) and ``heartbeats``
-# (True when heartbeats/PnL were flushed). Receivers must be quick: push a hint, enqueue a
-# task; never block.
+# Sent by ``runner.store.write`` right after its transaction committed, on the runner's
+# database thread, with ``sender=Engine`` and these keyword arguments:
+#   ``statuses``   the ``StatusRow`` list written (each with ``id`` = engine id and ``code``),
+#   ``errors``     the ``EngineError`` rows created,
+#   ``restarts``   the ``EngineRestart`` rows created,
+#   ``heartbeats`` True when heartbeats (and PnL) were flushed,
+#   ``acks``       the ``Ack`` list of commands carried out,
+#   ``books``      the ``BookRow`` list of fills and daily resets.
+# Receivers must be quick: push a hint, enqueue a task; never block, never write.
 engines_written = Signal()

@@ -1,6 +1,6 @@
-"""The admin: watch the engines and steer them. Every start, stop, restart, add and remove
-goes through ``services`` so it is recorded as a command the runner carries out; the
-fields the runner owns are read-only here and never written back."""
+"""The admin: watch the engines and steer them. Every start, stop, restart, add, remove and
+settings change goes through ``services`` so it is recorded as a command the runner carries
+out; the fields the runner owns are read-only here and never written back."""
 
 from __future__ import annotations
 
@@ -16,25 +16,46 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
 from ..api.tokens import api_token_create
-from ..models import ApiToken, Engine, EngineCommand, EngineError, EngineRestart
+from ..models import (
+    CONTROL_PERMISSION,
+    ApiToken,
+    Engine,
+    EngineCommand,
+    EngineError,
+    EngineRestart,
+)
 from ..services.engines import (
     EngineNotFound,
     engine_add,
+    engine_configure,
     engine_remove,
     engine_restart,
     engine_start,
     engine_stop,
 )
-from . import trading as admin_trading  # noqa: F401  (registers the read-only Trade admin)
+from .base import ReadOnlyAdmin
 
-CONTROL_PERMISSION = "engines_app.control_engine"
 SETTINGS_FIELDS = ("cycle_interval", "config")
 RUNNER_FIELDS = (
-    "status", "status_reason", "started_at", "last_heartbeat", "heartbeat_age", "uptime",
-    "error_count", "last_error", "position", "daily_pnl", "total_pnl", "trade_count",
-    "restart_attempt", "restart_budget_left", "next_retry_at", "failures_reset_at",
-    "updated_at", "created_at",
-)  # fmt: skip
+    "status",
+    "status_reason",
+    "started_at",
+    "last_heartbeat",
+    "heartbeat_age",
+    "uptime",
+    "error_count",
+    "last_error",
+    "position",
+    "daily_pnl",
+    "total_pnl",
+    "trade_count",
+    "restart_attempt",
+    "restart_budget_left",
+    "next_retry_at",
+    "failures_reset_at",
+    "updated_at",
+    "created_at",
+)
 # Not HALTED: its daily loss limit stopped it on purpose; an operator resumes it one by one.
 NEEDS_RESTART = (
     Engine.Status.CRASHED,
@@ -94,8 +115,14 @@ class CommandInline(LogInline):
     model = EngineCommand
     fk_name = "engine"
     fields = readonly_fields = (
-        "created_at", "action", "user", "source", "acked_at", "outcome", "message",
-    )  # fmt: skip
+        "created_at",
+        "action",
+        "user",
+        "source",
+        "acked_at",
+        "outcome",
+        "message",
+    )
     verbose_name_plural = f"Recent commands (newest {RECENT})"
 
 
@@ -115,9 +142,17 @@ class EngineForm(forms.ModelForm):
 class EngineAdmin(admin.ModelAdmin):
     form = EngineForm
     list_display = (
-        "symbol", "status", "desired_state", "heartbeat_age", "uptime", "position",
-        "daily_pnl", "total_pnl", "trade_count", "error_count",
-    )  # fmt: skip
+        "symbol",
+        "status",
+        "desired_state",
+        "heartbeat_age",
+        "uptime",
+        "position",
+        "daily_pnl",
+        "total_pnl",
+        "trade_count",
+        "error_count",
+    )
     list_filter = ("status", "desired_state")
     search_fields = ("symbol",)
     actions = ("start_engines", "stop_engines", "restart_engines")
@@ -170,10 +205,13 @@ class EngineAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Engine, form, change: bool) -> None:
         if not change:
             command = engine_add(
-                symbol=obj.symbol, user=request.user, source="admin",
-                cycle_interval=obj.cycle_interval, config=obj.config,
+                symbol=obj.symbol,
+                user=request.user,
+                source="admin",
+                cycle_interval=obj.cycle_interval,
+                config=obj.config,
                 desired_state=obj.desired_state,
-            )  # fmt: skip
+            )
             obj.pk = command.engine_id
             obj.refresh_from_db()
             obj._state.adding = False
@@ -181,9 +219,8 @@ class EngineAdmin(admin.ModelAdmin):
             self.message_user(request, f"Engine {obj.symbol} added ({wanted}).")
             return
         changed = [name for name in SETTINGS_FIELDS if name in form.changed_data]
-        if changed:
-            # Only what the operator owns: status, heartbeat and PnL stay the runner's.
-            obj.save(update_fields=[*changed, "updated_at"])
+        edit = {name: getattr(obj, name) for name in changed}
+        if edit and engine_configure(symbol=obj.symbol, user=request.user, source="admin", **edit):
             self.message_user(
                 request,
                 f"Engine {obj.symbol}: {', '.join(changed)} changed; the runner restarts it "
@@ -275,19 +312,6 @@ class EngineAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """A log: written by the runner or the services, never by hand."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-
 @admin.register(EngineRestart)
 class EngineRestartAdmin(ReadOnlyAdmin):
     list_display = ("engine", "at", "attempt", "backoff_seconds", "reason")
@@ -307,9 +331,16 @@ class EngineErrorAdmin(ReadOnlyAdmin):
 @admin.register(EngineCommand)
 class EngineCommandAdmin(ReadOnlyAdmin):
     list_display = (
-        "id", "symbol", "action", "user", "source", "created_at", "acked_at", "outcome",
+        "id",
+        "symbol",
+        "action",
+        "user",
+        "source",
+        "created_at",
+        "acked_at",
+        "outcome",
         "message",
-    )  # fmt: skip
+    )
     list_filter = ("action", "outcome", "source")
     search_fields = ("symbol",)
     date_hierarchy = "created_at"

@@ -76,8 +76,10 @@ def deliver(text: str, *, budget: float | None = None) -> tuple[dict[str, str], 
                     del waiting[name]
                 else:
                     problems[name] = result
-                    log.warning("alert to %s failed (attempt %d/%d): %s",
-                                name, attempt, conf["RETRIES"], result)  # fmt: skip
+                    retries = conf["RETRIES"]
+                    log.warning(
+                        "alert to %s failed (attempt %d/%d): %s", name, attempt, retries, result
+                    )
             if out_of_time or not waiting or attempt == conf["RETRIES"]:
                 break
             pause = conf["RETRY_DELAY"] * 2 ** (attempt - 1)

@@ -19,6 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..models import Alert, Engine, EngineError, Incident, RunnerHeartbeat
+from ..runtime.risk import DAILY_LOSS
 from . import channels as alert_channels
 
 log = logging.getLogger("levipanel.alerts")
@@ -28,19 +29,12 @@ Outcome = Alert.Outcome
 FLEET = "fleet"
 # Alerts that count against an engine's rate limit (a summary does not).
 RATE_LIMITED_OUTCOMES = (Outcome.PENDING, Outcome.SENT, Outcome.FAILED)
-ENGINE_KINDS = (Kind.CRASHED, Kind.RESTARTED, Kind.FAILED, Kind.DAILY_LOSS)
 
 
-# Statuses an engine can rest in after its daily loss limit stopped it ("halted" and
-# "paused" in case the trading engine gets a status of its own for it).
-LOSS_STOP_STATUSES = ("stopped", "failed", "halted", "paused")
-
-
-def is_daily_loss_stop(status: str, reason: str) -> bool:
-    """The one place that recognises an engine stopped by its daily loss limit: a resting
-    status whose reason mentions the daily loss limit ("daily loss", "daily_loss_limit")."""
-    text = (reason or "").lower().replace("_", " ")
-    return status in LOSS_STOP_STATUSES and "daily loss" in text
+def is_daily_loss_stop(code: str) -> bool:
+    """The one place that recognises an engine stopped by its daily loss limit: by the
+    status's code, never by the wording of its reason."""
+    return code == DAILY_LOSS
 
 
 def enabled() -> bool:
@@ -79,7 +73,7 @@ def engine_events(statuses, errors, restarts) -> list[dict]:
             detail += f" (restart {restart.attempt} in {restart.backoff_seconds:.1f}s)"
         events.append(_event(Kind.CRASHED, error.engine_id, detail))
     for row in statuses:
-        if is_daily_loss_stop(row.status, row.reason):
+        if is_daily_loss_stop(row.code):
             events.append(_event(Kind.DAILY_LOSS, row.id, row.reason))
         elif row.status == Engine.Status.FAILED:
             events.append(_event(Kind.FAILED, row.id, row.reason))
@@ -101,8 +95,11 @@ def handle_engine_events(events: list[dict]) -> dict[str, int]:
     symbols = dict(
         Engine.objects.filter(id__in={e["engine_id"] for e in events}).values_list("id", "symbol")
     )
-    crashed = {symbols[e["engine_id"]] for e in events
-               if e["kind"] == Kind.CRASHED and e["engine_id"] in symbols}  # fmt: skip
+    crashed = {
+        symbols[e["engine_id"]]
+        for e in events
+        if e["kind"] == Kind.CRASHED and e["engine_id"] in symbols
+    }
     in_incident = _track_incident(crashed, now) if crashed else _open_incident_symbols()
     outcomes: Counter[str] = Counter()
     for event in events:
@@ -189,8 +186,9 @@ def _deliver(alert: Alert) -> None:
     elif failed:
         alert.outcome = Outcome.FAILED
         alert.error = "; ".join(f"{name}: {result}" for name, result in failed.items())
-        log.error("alert %s (%s %s) not delivered: %s", alert.id, alert.kind, alert.key,
-                  alert.error)  # fmt: skip
+        log.error(
+            "alert %s (%s %s) not delivered: %s", alert.id, alert.kind, alert.key, alert.error
+        )
     else:
         alert.outcome = Outcome.SENT
     if len(failed) < len(results):
@@ -210,8 +208,8 @@ def send_summaries(now: datetime) -> int:
     for key in list(keys):
         with transaction.atomic():
             held = list(Alert.objects.filter(key=key, outcome=Outcome.SUPPRESSED).order_by("id"))
-            claimed = Alert.objects.filter(id__in=[a.id for a in held],
-                                           outcome=Outcome.SUPPRESSED)  # fmt: skip
+            ids = [alert.id for alert in held]
+            claimed = Alert.objects.filter(id__in=ids, outcome=Outcome.SUPPRESSED)
             if not held or claimed.update(outcome=Outcome.SUMMARIZED) != len(held):
                 continue  # another worker is summarising this key
         raise_alert(key, Kind.SUMMARY, _summary_text(key, held), now=now)

@@ -8,14 +8,13 @@ from django.http import HttpRequest, JsonResponse
 from ninja import Router, Status
 from ninja.errors import HttpError
 
-from ..models import Engine, EngineCommand
+from ..models import CONTROL_PERMISSION, Engine, EngineCommand
 from ..runtime.engine import symbol_problem
 from ..selectors.engines import engine_status, fleet_status
 from ..selectors.trading import MAX_PAGE_SIZE, profit_summary, trades_list
 from ..services.engines import EngineNotFound, engine_restart, engine_start, engine_stop
 from .schemas import CommandOut, EngineOut, ErrorOut, FleetOut, ProfitSummaryOut, TradesOut
 
-CONTROL_PERMISSION = "engines_app.control_engine"
 MAX_PAGE = 1_000_000
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
 

@@ -17,6 +17,7 @@ from ..models import (
     Alert,
     EngineCommand,
     EngineError,
+    EnginePnlSample,
     EngineRestart,
     Incident,
     PrunedRestarts,
@@ -27,11 +28,14 @@ log = logging.getLogger("levipanel.retention")
 
 # engine-{SYMBOL}-{YYYYMMDD}.jsonl, the runner's per-symbol logs (runtime/jsonlog.py).
 LOG_NAME = re.compile(r"^engine-.+-(\d{8})\.jsonl$")
+# The PnL chart shows a week, whatever RETENTION_DAYS keeps of the rest.
+PNL_SAMPLES_KEPT = timedelta(days=7)
 
 
 def run_retention(days: int | None = None) -> dict[str, int]:
     """Delete restarts, errors, carried-out commands, alerts, resolved incidents, runner
-    rows and log files older than ``days`` (default ``RETENTION_DAYS``)."""
+    rows and log files older than ``days`` (default ``RETENTION_DAYS``), and PnL samples
+    older than ``PNL_SAMPLES_KEPT``."""
     days = settings.RETENTION_DAYS if days is None else days
     if days < 1:
         raise ValueError("retention days must be at least 1")
@@ -47,10 +51,13 @@ def run_retention(days: int | None = None) -> dict[str, int]:
             "alerts": Alert.objects.filter(created_at__lt=cutoff).delete()[0],
             "incidents": Incident.objects.filter(resolved_at__lt=cutoff).delete()[0],
             "runners": RunnerHeartbeat.objects.filter(last_seen__lt=cutoff).delete()[0],
+            "pnl_samples": EnginePnlSample.objects.filter(
+                at__lt=timezone.now() - PNL_SAMPLES_KEPT
+            ).delete()[0],
         }
     removed["log_files"] = len(prune_logs(Path(settings.LEVIPANEL["LOG_DIR"]), cutoff))
-    log.info("retention (%d days) removed %s", days,
-             " ".join(f"{key}={value}" for key, value in removed.items()))  # fmt: skip
+    counts = " ".join(f"{key}={value}" for key, value in removed.items())
+    log.info("retention (%d days) removed %s", days, counts)
     return removed
 
 

@@ -2,6 +2,6 @@
 engines toward the desired state, ``writer`` batches what happened into the database through
 ``store``, the runner's one boundary with the ORM."""
 
-from .lifecycle import Runner
+from .lifecycle import Runner, RunnerFailed
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "RunnerFailed"]

@@ -3,10 +3,11 @@
 from .engine import EngineConfig, TradingEngine
 from .errors import ConfigError, FatalEngineError, HeartbeatTimeout, InjectedCrash
 from .health import HealthMonitor
-from .manager import EngineManager, Status
+from .manager import ACTIVE, EngineManager, Status
 from .recovery import RecoveryPolicy, RecoverySettings
 
 __all__ = [
+    "ACTIVE",
     "ConfigError",
     "EngineConfig",
     "EngineManager",

@@ -82,9 +82,19 @@ class EngineConfig:
     feed_dead_after: float = 60.0
 
     @classmethod
-    def from_options(cls, symbol: str, cycle_interval: float, options: object) -> EngineConfig:
-        """Build a config from a per-engine options object (JSON, so anything may come):
-        not a mapping, or with unknown keys, is a ConfigError."""
+    def from_options(
+        cls,
+        symbol: str,
+        cycle_interval: float | None,
+        options: object,
+        *,
+        default_interval: float = 1.0,
+    ) -> EngineConfig:
+        """Build a config from an engine's row: its interval (None: ``default_interval``)
+        and its options object (JSON, so anything may come): not a mapping, or with
+        unknown keys, is a ConfigError. The one way from stored settings to a config."""
+        if cycle_interval is None:
+            cycle_interval = default_interval
         if not isinstance(options, Mapping):
             raise ConfigError("config must be a JSON object")
         known = {f.name for f in fields(cls)} - {"symbol", "cycle_interval"}
@@ -269,9 +279,12 @@ class TradingEngine:
         """Build the feed, strategy and limits of a validated config."""
         config, book = self.config, self.state.book
         self.feed = make_feed(
-            config.feed, config.feed_options, symbol=config.symbol,
-            seed=None if config.seed is None else config.seed + book.trade_count, mark=book.mark,
-        )  # fmt: skip
+            config.feed,
+            config.feed_options,
+            symbol=config.symbol,
+            seed=None if config.seed is None else config.seed + book.trade_count,
+            mark=book.mark,
+        )
         self.strategy = make_strategy(config.strategy, config.params)
         self.limits = config.risk_limits()
 
@@ -347,8 +360,13 @@ class TradingEngine:
         book = self.state.book
         if not book.qty or book.mark is None:
             return None
-        log.info("Closing the %s position of %g at market: %s", self.symbol, book.qty, reason,
-                 extra={"symbol": self.symbol})  # fmt: skip
+        log.info(
+            "Closing the %s position of %g at market: %s",
+            self.symbol,
+            book.qty,
+            reason,
+            extra={"symbol": self.symbol},
+        )
         return self._fill(BUY if book.qty < 0 else SELL, abs(book.qty), book.mark, self.clock())
 
     def _trade_toward(self, target: float, price: float, now: float) -> None:
@@ -364,8 +382,9 @@ class TradingEngine:
             return
         if problem := risk.order_problem(self.limits, position, delta, price):
             if problem != self.rejected:
-                log.warning("Order rejected for %s: %s", self.symbol, problem,
-                            extra={"symbol": self.symbol})  # fmt: skip
+                log.warning(
+                    "Order rejected for %s: %s", self.symbol, problem, extra={"symbol": self.symbol}
+                )
             self.rejected = problem
             return
         self.rejected = ""
@@ -375,12 +394,25 @@ class TradingEngine:
     def _fill(self, side: str, qty: float, price: float, now: float) -> Fill:
         config = self.config
         fill = execute(
-            self.state.book, symbol=config.symbol, side=side, qty=qty, price=price, at=now,
-            fee_rate=config.fee_rate, slippage=config.slippage,
-        )  # fmt: skip
+            self.state.book,
+            symbol=config.symbol,
+            side=side,
+            qty=qty,
+            price=price,
+            at=now,
+            fee_rate=config.fee_rate,
+            slippage=config.slippage,
+        )
         self.state.sync()
-        log.info("Filled %s %s %g @ %.6g fee %.6g", config.symbol, side, qty, fill.price,
-                 fill.fee, extra={"symbol": config.symbol})  # fmt: skip
+        log.info(
+            "Filled %s %s %g @ %.6g fee %.6g",
+            config.symbol,
+            side,
+            qty,
+            fill.price,
+            fill.fee,
+            extra={"symbol": config.symbol},
+        )
         if self.listener:
             self.listener.engine_filled(self, fill)
         return fill
@@ -388,7 +420,7 @@ class TradingEngine:
     def _check_daily_loss(self) -> None:
         if reason := risk.daily_loss_reason(self.limits, self.state.book):
             self.state.sync()
-            raise RiskHalt(reason)
+            raise RiskHalt(reason, code=risk.DAILY_LOSS)
 
     def _silent(self, now: float) -> None:
         """No new price: degraded after ``feed_stale_after`` cycles, hung after

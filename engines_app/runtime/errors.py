@@ -6,7 +6,7 @@ class EngineError(Exception):
 
 
 class FatalEngineError(EngineError):
-    """Retrying cannot help (bad config, invalid symbol, rejected credentials): fail at once."""
+    """Retrying cannot help (bad config, invalid symbol): fail at once."""
 
 
 class ConfigError(FatalEngineError):
@@ -15,10 +15,6 @@ class ConfigError(FatalEngineError):
 
 class InvalidSymbolError(FatalEngineError):
     """The symbol is malformed or unknown to the market."""
-
-
-class AuthError(FatalEngineError):
-    """The exchange refused the credentials."""
 
 
 class CrashError(EngineError):
@@ -42,4 +38,9 @@ class FeedSilent(CrashError):
 
 
 class RiskHalt(EngineError):
-    """A risk limit stops the engine until the next UTC day or an operator's restart."""
+    """A risk limit stops the engine until the next UTC day or an operator's restart.
+    ``code`` names the limit (``risk.DAILY_LOSS``): what alerts key on, not the message."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code

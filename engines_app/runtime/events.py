@@ -17,6 +17,8 @@ class StatusChanged:
     attempt: int = 0
     next_retry_at: float | None = None
     budget_left: int | None = None
+    # Why, for machines: alerts key on it, never on the wording of ``reason``.
+    code: str = ""
 
 
 @dataclass(slots=True)
@@ -41,8 +43,9 @@ class RestartScheduled:
 
 @dataclass(slots=True)
 class BookChanged:
-    """A fill (or a daily reset) changed an engine's book; written at once, the Trade row
-    and the engine's position/PnL in one transaction."""
+    """A fill (or a daily reset) changed an engine's book. The runner's writer batches it:
+    it rides along with the next write, or goes after ``FILL_DELAY``; the Trade row and the
+    engine's position/PnL commit in one transaction."""
 
     symbol: str
     at: float

@@ -38,10 +38,10 @@ class HealthMonitor:
         when the next heartbeat was due, so an engine whose cycle interval is longer than
         the timeout is not taken for hung while it sleeps between cycles."""
         now, hung = self.clock(), {}
-        for symbol, slot in self.manager.slots.items():
-            last = slot.engine.last_heartbeat or 0
-            if slot.is_running and now - last - slot.config.cycle_interval > self.heartbeat_timeout:
-                hung[symbol] = now - last
+        for engine in self.manager.running_engines():
+            last = engine.last_heartbeat or 0
+            if now - last - engine.config.cycle_interval > self.heartbeat_timeout:
+                hung[engine.symbol] = now - last
         for symbol, silent_for in hung.items():
             self.manager.recover_hung(symbol, silent_for)
         return list(hung)

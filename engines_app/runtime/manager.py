@@ -7,7 +7,7 @@ import enum
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 from .broker import Fill, utc_day
@@ -30,6 +30,10 @@ class Status(enum.StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+
+
+# An engine in one of these has a current run: its start time counts (uptime).
+ACTIVE = frozenset({Status.RUNNING, Status.DEGRADED, Status.STOPPING})
 
 
 class Slot:
@@ -162,14 +166,44 @@ class EngineManager:
             *(self.stop(s, reason=reason, keep_failed=keep_failed) for s in list(self.slots))
         )
 
-    async def restart(self, symbol: str, config: EngineConfig | None = None) -> None:
-        """Stop and start again, with a fresh failure budget (an operator asked for it)."""
+    async def restart(
+        self,
+        symbol: str,
+        config: EngineConfig | None = None,
+        *,
+        reason: str = "restarting",
+        reset_budget: bool = True,
+    ) -> bool:
+        """Stop the engine if it runs, then start it (with ``config`` when given): the one
+        way an engine is started again, whatever asked for it. ``reset_budget`` gives it a
+        fresh failure budget (an operator asked for it). False when it was running still."""
         slot = self.slots.get(symbol)
         if slot is None and config is None:
             raise KeyError(symbol)
-        await self.stop(symbol, reason="restarting")
-        self.policy.reset(symbol)
-        self.start(config or slot.config)
+        if slot is not None and slot.task is not None:
+            await self.stop(symbol, reason=reason)
+        if reset_budget:
+            self.policy.reset(symbol)
+        return self.start(config or self.slots[symbol].config)
+
+    def configure(self, config: EngineConfig) -> None:
+        """Keep ``config`` for the engine's next start (a retry, a new day) without
+        restarting it."""
+        slot = self.slots.get(config.symbol)
+        if slot is not None:
+            slot.config = config
+
+    def adopt_halted(self, config: EngineConfig, state: EngineState | None, day: int) -> None:
+        """Track an engine a risk limit halted on UTC ``day``: it runs again the day after."""
+        self.adopt(config, state, Status.HALTED, "", emit=False)
+        self.slots[config.symbol].halted_day = day
+
+    def cancel_all(self) -> None:
+        """Cancel every engine task now, mid-cycle or not (a forced exit)."""
+        self.stop_timeout = 0.0
+        for slot in self.slots.values():
+            if slot.task is not None:
+                slot.task.cancel()
 
     async def remove(self, symbol: str) -> None:
         await self.stop(symbol, reason="removed")
@@ -221,6 +255,36 @@ class EngineManager:
         self.changed.clear()
         return events
 
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def status_of(self, symbol: str) -> Status | None:
+        """The engine's status; None when the manager does not track it."""
+        slot = self.slots.get(symbol)
+        return None if slot is None else slot.status
+
+    def is_alive(self, symbol: str) -> bool:
+        """Whether the engine's task runs and is not being stopped."""
+        slot = self.slots.get(symbol)
+        return slot is not None and slot.task is not None and not slot.stopping
+
+    def engine_of(self, symbol: str) -> TradingEngine | None:
+        """The engine of the symbol's latest run (or the one to run next)."""
+        slot = self.slots.get(symbol)
+        return None if slot is None else slot.engine
+
+    def engines(self) -> Iterator[tuple[str, TradingEngine]]:
+        """Every tracked engine by symbol, running or not."""
+        return ((symbol, slot.engine) for symbol, slot in self.slots.items())
+
+    def running_engines(self) -> Iterator[TradingEngine]:
+        """The engines running now (degraded included)."""
+        return (slot.engine for slot in self.slots.values() if slot.is_running)
+
+    def running_count(self) -> int:
+        """How many engine tasks are alive (stopping ones included)."""
+        return sum(1 for slot in self.slots.values() if slot.task is not None)
+
     def summary(self) -> dict[str, int]:
         counts = {"total": len(self.slots)} | {status.value: 0 for status in Status}
         for slot in self.slots.values():
@@ -239,16 +303,29 @@ class EngineManager:
 
     def engine_filled(self, engine: TradingEngine, fill: Fill | None) -> None:
         state = engine.state
-        self._emit(BookChanged(engine.symbol, self.clock(), fill, state.position,
-                               state.daily_pnl, state.total_pnl, state.trade_count))  # fmt: skip
+        self._emit(
+            BookChanged(
+                engine.symbol,
+                self.clock(),
+                fill,
+                state.position,
+                state.daily_pnl,
+                state.total_pnl,
+                state.trade_count,
+            )
+        )
 
     def engine_feed(self, engine: TradingEngine, stale_for: float | None) -> None:
         slot = self.slots.get(engine.symbol)
         if slot is None or slot.engine is not engine or slot.task is None or slot.stopping:
             return
         if stale_for is not None and slot.status == Status.RUNNING:
-            log.warning("Engine %s degraded: no market data for %.1fs", engine.symbol, stale_for,
-                        extra={"symbol": engine.symbol})  # fmt: skip
+            log.warning(
+                "Engine %s degraded: no market data for %.1fs",
+                engine.symbol,
+                stale_for,
+                extra={"symbol": engine.symbol},
+            )
             self._set_status(slot, Status.DEGRADED, f"no market data for {stale_for:.1f}s")
         elif stale_for is None and slot.status == Status.DEGRADED:
             log.info(
@@ -291,7 +368,7 @@ class EngineManager:
         symbol = slot.config.symbol
         slot.halted_day = utc_day(self.clock())
         log.warning("Engine %s halted: %s", symbol, exc, extra={"symbol": symbol})
-        self._set_status(slot, Status.HALTED, str(exc))
+        self._set_status(slot, Status.HALTED, str(exc), code=exc.code)
         self._close_on_stop(slot, str(exc))
 
     def _close_on_stop(self, slot: Slot, reason: str) -> None:

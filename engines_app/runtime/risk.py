@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from .broker import Book
 
+# The code of a halt on the daily loss limit (``RiskHalt.code``, ``StatusChanged.code``).
+DAILY_LOSS = "daily_loss"
+
 
 @dataclass(frozen=True, slots=True)
 class RiskLimits:

@@ -13,27 +13,19 @@ from django.db.models import Q
 
 from ..conf import engine_settings
 from ..models import Engine, EngineCommand, EnginePnlSample
-from .engines import STATUSES, engine_status
+from ..runtime import ACTIVE
+from .engines import engine_status, epoch, status_counts
 
-COUNTED = ["running", "crashed", "stopped", "backoff", "failed"]
 LOG_TAIL_LINES = 100
 LOG_TAIL_BYTES = 256 * 1024
-
-
-def _epoch(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
 
 
 def engine_row(engine: Engine, now: float) -> dict[str, Any]:
     """The guide's status of one engine, plus what the page needs to tick and to order
     updates: ``started_at`` and ``version`` (the row's ``updated_at``)."""
     row = engine_status(engine, now)
-    running = engine.status in (
-        Engine.Status.RUNNING,
-        Engine.Status.DEGRADED,
-        Engine.Status.STOPPING,
-    )
-    row["started_at"] = _epoch(engine.started_at) if running else None
+    row["started_at"] = epoch(engine.started_at) if engine.status in ACTIVE else None
+    # Exact, not rounded: the broadcaster and the page compare versions.
     row["version"] = engine.updated_at.timestamp()
     return row
 
@@ -44,18 +36,11 @@ def command_row(command: EngineCommand) -> dict[str, Any]:
         "symbol": command.symbol,
         "action": command.action,
         "source": command.source,
-        "created_at": command.created_at.timestamp(),
-        "acked_at": _epoch(command.acked_at),
+        "created_at": epoch(command.created_at),
+        "acked_at": epoch(command.acked_at),
         "outcome": command.outcome,
         "message": command.message,
     }
-
-
-def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    found = dict.fromkeys(STATUSES, 0)
-    for row in rows:
-        found[row["status"]] = found.get(row["status"], 0) + 1
-    return {"total": len(rows), **found}
 
 
 def snapshot() -> dict[str, Any]:
@@ -65,7 +50,7 @@ def snapshot() -> dict[str, Any]:
     pending = EngineCommand.objects.filter(acked_at=None).order_by("id")[:500]
     return {
         "now": now,
-        "counts": counts(rows),
+        "counts": status_counts(row["status"] for row in rows),
         "engines": rows,
         "commands": [command_row(command) for command in pending],
     }
@@ -114,7 +99,7 @@ def pnl_chart(engine: Engine, *, width: int = 720, height: int = 200) -> dict[st
         (sample.at.timestamp(), sample.total_pnl)
         for sample in EnginePnlSample.objects.filter(engine=engine).order_by("-at")[:500]
     ][::-1]
-    points.append((_epoch(engine.updated_at) or time.time(), engine.total_pnl))
+    points.append((engine.updated_at.timestamp(), engine.total_pnl))
     (t0, t1), (v0, v1) = _span(p[0] for p in points), _span(p[1] for p in points)
     pad = 10
 

@@ -8,6 +8,7 @@ from django.db.models import Count, F, Q, Sum
 
 from ..models import Engine, Trade
 from ..services.engines import EngineNotFound
+from .engines import epoch
 
 MAX_PAGE_SIZE = 500
 
@@ -21,7 +22,7 @@ def trade_dict(trade: Trade) -> dict[str, Any]:
         "qty": trade.qty,
         "price": trade.price,
         "fee": trade.fee,
-        "time": round(trade.time.timestamp(), 3),
+        "time": epoch(trade.time),
         "realized_pnl": trade.realized_pnl,
         "position_after": trade.position_after,
     }

@@ -1,10 +1,11 @@
 """Every operator write (admin, API, dashboard, tasks, shell) goes through a service here:
-the desired state and an ``EngineCommand`` audit row change in one transaction."""
+the desired state or settings and an ``EngineCommand`` audit row change in one transaction."""
 
 from .engines import (
     EngineExists,
     EngineNotFound,
     engine_add,
+    engine_configure,
     engine_daily_reset,
     engine_remove,
     engine_restart,
@@ -16,6 +17,7 @@ __all__ = [
     "EngineExists",
     "EngineNotFound",
     "engine_add",
+    "engine_configure",
     "engine_daily_reset",
     "engine_remove",
     "engine_restart",

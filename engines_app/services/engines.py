@@ -1,9 +1,10 @@
 """Writes. The admin, the API, the dashboard and the shell steer engines only through these:
-each changes desired state in the database and records a command in one transaction; the
-runner carries the command out and acknowledges it."""
+each changes desired state or settings in the database and records a command in one
+transaction; the runner carries the command out and acknowledges it."""
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Any
 
 from django.db import transaction
@@ -89,12 +90,43 @@ def engine_add(
     if Engine.objects.filter(symbol=symbol).exists():
         raise EngineExists(symbol)
     engine = Engine(
-        symbol=symbol, cycle_interval=cycle_interval, config=config or {},
+        symbol=symbol,
+        cycle_interval=cycle_interval,
+        config=config or {},
         desired_state=desired_state,
-    )  # fmt: skip
+    )
     engine.full_clean()
     engine.save()
     return _command(engine, symbol, Action.ADD, user, source)
+
+
+@transaction.atomic
+def engine_configure(
+    *,
+    symbol: str,
+    config: dict[str, Any] | None = None,
+    cycle_interval: float | None | EllipsisType = ...,
+    user=None,
+    source: str = "shell",
+) -> EngineCommand | None:
+    """Change the engine's config and/or cycle interval (``None`` interval: the default;
+    left out: unchanged), validated like the admin form; the runner restarts a running
+    engine with them. A bad value raises ValidationError and changes nothing; an edit that
+    changes nothing records no command and returns None."""
+    engine = _engine_for_update(symbol)
+    changed = []
+    if config is not None and config != engine.config:
+        engine.config = config
+        changed.append("config")
+    if cycle_interval is not ... and cycle_interval != engine.cycle_interval:
+        engine.cycle_interval = cycle_interval
+        changed.append("cycle_interval")
+    if not changed:
+        return None
+    engine.full_clean()
+    # Only what the operator owns: status, heartbeat and PnL stay the runner's.
+    engine.save(update_fields=[*changed, "updated_at"])
+    return _command(engine, symbol, Action.CONFIGURE, user, source)
 
 
 @transaction.atomic
@@ -111,9 +143,11 @@ def engine_daily_reset(*, user=None, source: str = "schedule") -> int:
     halted by the daily loss limit run again. The runner owns the live numbers, so this
     records a command per engine for it to carry out; return how many."""
     engines = list(Engine.objects.values_list("id", "symbol"))
+    user = _user(user)
     EngineCommand.objects.bulk_create(
-        EngineCommand(engine_id=pk, symbol=symbol, action=Action.RESET_DAY, user=_user(user),
-                      source=source)
+        EngineCommand(
+            engine_id=pk, symbol=symbol, action=Action.RESET_DAY, user=user, source=source
+        )
         for pk, symbol in engines
-    )  # fmt: skip
+    )
     return len(engines)

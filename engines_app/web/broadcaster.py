@@ -66,7 +66,6 @@ class Broadcaster:
         self.group = f"engines.{uuid.uuid4().hex}"
         self.seq = 0
         self.subscribers = 0
-        self.polls = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._since = timezone.now() - OVERLAP
@@ -118,7 +117,6 @@ class Broadcaster:
 
     def changes(self) -> dict[str, Any] | None:
         """The engine and command rows not sent yet, or None when nothing changed."""
-        self.polls += 1
         now = timezone.now()
         since, self._since = self._since, now - OVERLAP
         stamps = Engine.objects.filter(updated_at__gte=since).values_list("symbol", "updated_at")

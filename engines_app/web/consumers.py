@@ -10,12 +10,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth import get_user_model
 
+from ..models import CONTROL_PERMISSION
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
 from ..services import engines as services
 from .broadcaster import Broadcaster, broadcaster
 
-CONTROL_PERMISSION = "engines_app.control_engine"
 ACTIONS = {
     "start": services.engine_start,
     "stop": services.engine_stop,

@@ -26,9 +26,21 @@ from prometheus_client.core import (
 )
 
 from ..models import Alert, Engine, EngineRestart, Incident, PrunedRestarts, RunnerHeartbeat
-from ..selectors.engines import ACTIVE
+from ..runtime import ACTIVE
+from ..selectors.engines import status_counts
 
 LOOPBACK = ["127.0.0.1", "::1"]
+ENGINE_COLUMNS = (
+    "id",
+    "symbol",
+    "status",
+    "last_heartbeat",
+    "error_count",
+    "trade_count",
+    "daily_pnl",
+    "total_pnl",
+    "position",
+)
 
 
 class FleetCollector:
@@ -36,12 +48,7 @@ class FleetCollector:
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
-        engines = list(
-            Engine.objects.values_list(
-                "id", "symbol", "status", "last_heartbeat", "error_count", "trade_count",
-                "daily_pnl", "total_pnl", "position",
-            )
-        )  # fmt: skip
+        engines = list(Engine.objects.values_list(*ENGINE_COLUMNS))
         yield self._by_status(engines)
         yield from self._per_engine(engines, now)
         yield from self._runners(now)
@@ -49,18 +56,15 @@ class FleetCollector:
 
     def _by_status(self, engines: list[tuple]) -> Metric:
         family = GaugeMetricFamily("levipanel_engines", "Engines by status.", labels=["status"])
-        counts = dict.fromkeys(Engine.Status.values, 0)
-        for row in engines:
-            counts[row[2]] = counts.get(row[2], 0) + 1
+        counts = status_counts(row[2] for row in engines)
+        del counts["total"]  # the sum of the series, not a status
         for status, count in counts.items():
             family.add_metric([status], count)
         return family
 
     def _per_engine(self, engines: list[tuple], now: float) -> Iterator[Metric]:
-        restarts = dict(
-            EngineRestart.objects.values("engine_id").annotate(n=Count("id"))
-            .values_list("engine_id", "n")
-        )  # fmt: skip
+        per_engine = EngineRestart.objects.values("engine_id").annotate(n=Count("id"))
+        restarts = dict(per_engine.values_list("engine_id", "n"))
         pruned = dict(PrunedRestarts.objects.values_list("engine_id", "count"))
         lab = ["symbol"]
         restarts_f = CounterMetricFamily(

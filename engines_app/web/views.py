@@ -9,10 +9,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from ..models import Engine
+from ..models import CONTROL_PERMISSION, Engine
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
-from .consumers import CONTROL_PERMISSION
 
 HISTORY_ROWS = 50
 

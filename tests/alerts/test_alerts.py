@@ -23,8 +23,7 @@ from engines_app.runtime import risk
 from engines_app.runtime.broker import Book
 from engines_app.runtime.recovery import RecoveryPolicy, RecoverySettings
 from engines_app.runtime.risk import RiskLimits
-from tests.conftest import wait_for
-from tests.httprecorder import Recorder
+from tests.helpers import HttpRecorder, eventually_sync
 
 TOKEN = "123456:test-token"
 SLACK = "/slack/T000/B000/hook"
@@ -36,7 +35,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def recorder():
-    server = Recorder().start()
+    server = HttpRecorder().start()
     yield server
     server.stop()
 
@@ -69,10 +68,11 @@ def make_engines(*symbols: str) -> list[Engine]:
     return [Engine.objects.create(symbol=symbol, status="running") for symbol in symbols]
 
 
-def status_row(engine: Engine, status: str, reason: str = "", attempt: int = 0):
+def status_row(engine: Engine, status: str, reason: str = "", attempt: int = 0, code: str = ""):
     started_at = time.time() if status == "running" else None  # as the runner sets it
-    return store.StatusRow(engine.id, status, reason, started_at, attempt, 4, None, 1,
-                           reason or None)  # fmt: skip
+    return store.StatusRow(
+        engine.id, status, reason, started_at, attempt, 4, None, 1, reason or None, code=code
+    )
 
 
 def write_crashes(*engines: Engine, attempt: int = 1, fail: bool = False) -> None:
@@ -80,26 +80,44 @@ def write_crashes(*engines: Engine, attempt: int = 1, fail: bool = False) -> Non
     now = datetime.now(UTC)
     errors, restarts, statuses = [], [], []
     for engine in engines:
-        errors.append(EngineError(engine=engine, at=now, type="InjectedCrash", message="boom",
-                                  crashed=True))  # fmt: skip
+        errors.append(
+            EngineError(engine=engine, at=now, type="InjectedCrash", message="boom", crashed=True)
+        )
         if fail:
             statuses.append(status_row(engine, "failed", "restart limit reached", attempt))
         else:
-            restarts.append(EngineRestart(engine=engine, at=now, reason="InjectedCrash: boom",
-                                          attempt=attempt, backoff_seconds=60.0))  # fmt: skip
+            restarts.append(
+                EngineRestart(
+                    engine=engine,
+                    at=now,
+                    reason="InjectedCrash: boom",
+                    attempt=attempt,
+                    backoff_seconds=60.0,
+                )
+            )
             statuses.append(status_row(engine, "backoff", "InjectedCrash: boom", attempt))
     store.write(statuses=statuses, errors=errors, restarts=restarts, heartbeats=[])
 
 
 def write_running(*engines: Engine) -> None:
     """Engines running again after an automatic restart, in one write."""
-    store.write(statuses=[status_row(e, "running", attempt=1) for e in engines], errors=[],
-                restarts=[], heartbeats=[])  # fmt: skip
+    store.write(
+        statuses=[status_row(e, "running", attempt=1) for e in engines],
+        errors=[],
+        restarts=[],
+        heartbeats=[],
+    )
 
 
-def write_status(engine: Engine, status: str, reason: str = "", attempt: int = 0) -> None:
-    store.write(statuses=[status_row(engine, status, reason, attempt)], errors=[], restarts=[],
-                heartbeats=[])  # fmt: skip
+def write_status(
+    engine: Engine, status: str, reason: str = "", attempt: int = 0, code: str = ""
+) -> None:
+    store.write(
+        statuses=[status_row(engine, status, reason, attempt, code)],
+        errors=[],
+        restarts=[],
+        heartbeats=[],
+    )
 
 
 # Each alert kind reaches Slack and Telegram ---------------------------------------------
@@ -119,11 +137,11 @@ def halt_reason() -> str:
         (lambda e: write_status(e, "running", attempt=2), "BTCUSDT is running again"),
         (lambda e: write_crashes(e, attempt=5, fail=True), "BTCUSDT FAILED and needs an operator"),
         (
-            lambda e: write_status(e, "stopped", "daily loss limit reached (-120.00 <= -100)"),
-            "BTCUSDT stopped on its daily loss limit: daily loss limit reached",
+            lambda e: write_status(e, "halted", "lost 120.00 today", code=risk.DAILY_LOSS),
+            "BTCUSDT stopped on its daily loss limit: lost 120.00 today",  # any wording
         ),
         (
-            lambda e: write_status(e, "halted", halt_reason()),  # what the engine says
+            lambda e: write_status(e, "halted", halt_reason(), code=risk.DAILY_LOSS),
             "BTCUSDT stopped on its daily loss limit: daily loss limit reached: lost 120.00",
         ),
     ],
@@ -310,8 +328,12 @@ def test_many_crashes_make_one_incident_then_resolved(channels, sync_tasks, reco
 def test_a_restart_that_crashes_again_does_not_resolve_the_incident(channels, sync_tasks, recorder):
     """An outage that lasts: the engines come back, crash again; one incident, one resolved."""
     engines = make_engines("AAAUSDT", "BBBUSDT", "CCCUSDT")
-    for second, write in ((0, write_crashes), (60, write_running), (65, write_crashes),
-                          (185, write_running)):  # fmt: skip
+    for second, write in (
+        (0, write_crashes),
+        (60, write_running),
+        (65, write_crashes),
+        (185, write_running),
+    ):
         with time_machine.travel(T0 + timedelta(seconds=second), tick=False):
             write(*engines)
             alerts.check_alerts()
@@ -379,8 +401,9 @@ def test_crashes_outside_the_window_stay_single(channels, sync_tasks, recorder):
 
 def test_restarts_are_staggered_when_many_fail_together():
     clock = [1000.0]
-    settings = RecoverySettings(backoff_base=60.0, jitter=0.0, stagger_window=10.0,
-                                stagger_step=2.0)  # fmt: skip
+    settings = RecoverySettings(
+        backoff_base=60.0, jitter=0.0, stagger_window=10.0, stagger_step=2.0
+    )
     policy = RecoveryPolicy(settings, clock=lambda: clock[0])
     delays = [policy.on_failure(symbol).delay for symbol in ("A1", "B1", "C1", "D1")]
     assert delays == [60.0, 62.0, 64.0, 66.0]
@@ -390,8 +413,10 @@ def test_restarts_are_staggered_when_many_fail_together():
 
 
 def test_a_single_crash_keeps_the_plain_backoff():
-    for stagger in (RecoverySettings(jitter=0.0), RecoverySettings(jitter=0.0, stagger_window=10,
-                                                                   stagger_step=1)):  # fmt: skip
+    for stagger in (
+        RecoverySettings(jitter=0.0),
+        RecoverySettings(jitter=0.0, stagger_window=10, stagger_step=1),
+    ):
         assert RecoveryPolicy(stagger, clock=lambda: 5.0).on_failure("A1").delay == 60.0
 
 
@@ -401,31 +426,30 @@ def test_the_runner_staggers_by_default():
 
 
 def test_stagger_is_capped():
-    settings = RecoverySettings(backoff_base=1.0, backoff_cap=5.0, jitter=0.0,
-                                stagger_window=10.0, stagger_step=4.0)  # fmt: skip
+    settings = RecoverySettings(
+        backoff_base=1.0, backoff_cap=5.0, jitter=0.0, stagger_window=10.0, stagger_step=4.0
+    )
     policy = RecoveryPolicy(settings, clock=lambda: 0.0)
     delays = [policy.on_failure(f"S{i}").delay for i in range(4)]
     assert delays == [1.0, 5.0, 6.0, 6.0]
 
 
-# The one place that reads "daily loss limit" ------------------------------------------
+# A daily-loss stop is known by its code, never by its wording ---------------------------
 
 
 @pytest.mark.parametrize(
-    ("status", "reason", "expected"),
+    ("status", "reason", "code", "kind"),
     [
-        ("stopped", "daily loss limit reached: -120.0 <= -100.0", True),
-        ("stopped", "DAILY_LOSS_LIMIT", True),
-        ("failed", "daily loss limit hit", True),
-        ("halted", "daily loss limit", True),
-        ("paused", "Daily loss limit -100 reached", True),
-        ("stopping", "daily loss limit reached", False),  # the stopped row follows
-        ("stopped", "stopped by operator", False),
-        ("running", "daily loss limit reset", False),
+        ("halted", "Tageslimit erreicht", risk.DAILY_LOSS, Alert.Kind.DAILY_LOSS),
+        ("halted", "daily loss limit reached", risk.DAILY_LOSS, Alert.Kind.DAILY_LOSS),
+        ("stopped", "daily loss limit reached", "", None),  # the words alone are not it
+        ("failed", "daily loss limit hit", "", Alert.Kind.FAILED),
     ],
 )
-def test_daily_loss_stop_matching(status, reason, expected):
-    assert alerts.is_daily_loss_stop(status, reason) is expected
+def test_a_daily_loss_stop_is_known_by_its_code(status, reason, code, kind):
+    (engine,) = make_engines("BTCUSDT")
+    events = alerts.engine_events([status_row(engine, status, reason, code=code)], [], [])
+    assert [event["kind"] for event in events] == ([kind] if kind else [])
 
 
 # Schedules and settings ---------------------------------------------------------------
@@ -468,8 +492,10 @@ def test_runner_crash_reaches_slack_through_a_real_qcluster(project, recorder):
         LEVIPANEL_RUNNER_NAME="runner-e2e",
         ALERT_RETRY_DELAY="0",
     )
-    create = ("from engines_app.models import Engine; Engine.objects.create(symbol='BTCUSDT', "
-              "cycle_interval=0.05, config={'crash_after_cycles': 3})")  # fmt: skip
+    create = (
+        "from engines_app.models import Engine; Engine.objects.create(symbol='BTCUSDT', "
+        "cycle_interval=0.05, config={'crash_after_cycles': 3})"
+    )
     project.manage("shell", "-c", create)
     runner = project.start("manage.py", "runengines", "--symbols", "BTCUSDT", log_name="runner")
     cluster = project.start("manage.py", "qcluster", log_name="qcluster")
@@ -478,17 +504,19 @@ def test_runner_crash_reaches_slack_through_a_real_qcluster(project, recorder):
         return [text for text in recorder.texts(SLACK) if part in text]
 
     # Two workers: the crash and the restart alerts may arrive in either order.
-    wait_for(
+    eventually_sync(
         lambda: received("BTCUSDT is running again") and received("BTCUSDT crashed"),
         timeout=30,
         message=f"no alerts; runner/qcluster logs in {runner.log_path}, {cluster.log_path}",
     )
-    assert any("InjectedCrash: injected crash after 3 cycles (restart 1 in" in text
-               for text in received("BTCUSDT crashed"))  # fmt: skip
+    assert any(
+        "InjectedCrash: injected crash after 3 cycles (restart 1 in" in text
+        for text in received("BTCUSDT crashed")
+    )
     db = sqlite3.connect(project.data_dir / "levipanel.sqlite3")
     sent = "SELECT COUNT(*) FROM engines_app_alert WHERE outcome = 'sent'"
     # The server has the text a moment before the task records the delivery.
-    wait_for(lambda: db.execute(sent).fetchone()[0] >= 2, message="deliveries not recorded")
+    eventually_sync(lambda: db.execute(sent).fetchone()[0] >= 2, message="deliveries not recorded")
     (engines,) = db.execute(
         "SELECT engines FROM engines_app_runnerheartbeat WHERE name = 'runner-e2e'"
     ).fetchone()
@@ -497,8 +525,14 @@ def test_runner_crash_reaches_slack_through_a_real_qcluster(project, recorder):
 
 
 def test_operators_read_alerts_in_the_admin(admin_client):
-    Alert.objects.create(key="BTCUSDT", kind="crashed", text="boom", created_at=T0,
-                         outcome="failed", error="slack: refused: HTTP 404")  # fmt: skip
+    Alert.objects.create(
+        key="BTCUSDT",
+        kind="crashed",
+        text="boom",
+        created_at=T0,
+        outcome="failed",
+        error="slack: refused: HTTP 404",
+    )
     page = admin_client.get("/admin/engines_app/alert/")
     assert page.status_code == 200 and b"slack: refused: HTTP 404" in page.content
     assert admin_client.get("/admin/engines_app/alert/add/").status_code == 403

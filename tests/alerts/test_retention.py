@@ -14,13 +14,14 @@ from engines_app.models import (
     Engine,
     EngineCommand,
     EngineError,
+    EnginePnlSample,
     EngineRestart,
     Incident,
     PrunedRestarts,
     RunnerHeartbeat,
 )
 from engines_app.web.metrics import render
-from tests.web.test_metrics import samples
+from tests.helpers import samples
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 3, 20, 15, 30, tzinfo=UTC)
@@ -40,12 +41,19 @@ def history(engine: Engine, at: datetime, tag: str) -> None:
     """One row of each kind retention looks at, dated ``at``."""
     EngineRestart.objects.create(engine=engine, at=at, reason=tag, attempt=1, backoff_seconds=60)
     EngineError.objects.create(engine=engine, at=at, type="InjectedCrash", message=tag)
-    done = EngineCommand.objects.create(engine=engine, symbol=engine.symbol, action="start",
-                                        message=tag, acked_at=at, outcome="done")  # fmt: skip
+    done = EngineCommand.objects.create(
+        engine=engine,
+        symbol=engine.symbol,
+        action="start",
+        message=tag,
+        acked_at=at,
+        outcome="done",
+    )
     EngineCommand.objects.filter(id=done.id).update(created_at=at)
     Alert.objects.create(key=engine.symbol, kind="crashed", text=tag, created_at=at)
     Incident.objects.create(opened_at=at, resolved_at=at, symbols=[engine.symbol])
     RunnerHeartbeat.objects.create(name=f"runner-{tag}", started_at=at, last_seen=at)
+    EnginePnlSample.objects.create(engine=engine, at=at, daily_pnl=1.0, total_pnl=1.0)
 
 
 def test_retention_removes_exactly_the_old_rows_and_files(log_dir):
@@ -69,8 +77,16 @@ def test_retention_removes_exactly_the_old_rows_and_files(log_dir):
     with time_machine.travel(NOW, tick=False):
         report = run_retention()
 
-    assert report == {"restarts": 1, "errors": 1, "commands": 1, "alerts": 1, "incidents": 1,
-                      "runners": 1, "log_files": 2}  # fmt: skip
+    assert report == {
+        "restarts": 1,
+        "errors": 1,
+        "commands": 1,
+        "alerts": 1,
+        "incidents": 1,
+        "runners": 1,
+        "pnl_samples": 1,  # kept a week, whatever RETENTION_DAYS says
+        "log_files": 2,
+    }
     assert sorted(p.name for p in log_dir.iterdir()) == sorted(names[2:])
     for model, field in ((EngineRestart, "reason"), (EngineError, "message"), (Alert, "text")):
         assert list(model.objects.values_list(field, flat=True)) == ["new"]
@@ -78,6 +94,7 @@ def test_retention_removes_exactly_the_old_rows_and_files(log_dir):
     assert EngineCommand.objects.filter(id=pending.id).exists()
     assert Incident.objects.filter(resolved_at=None).count() == 1
     assert list(RunnerHeartbeat.objects.values_list("name", flat=True)) == ["runner-new"]
+    assert list(EnginePnlSample.objects.values_list("at", flat=True)) == [NEW]
 
 
 def test_the_restart_counter_survives_retention(log_dir):
@@ -120,3 +137,12 @@ def test_bad_days_change_nothing(log_dir):
 def test_a_missing_log_dir_is_not_an_error(log_dir):
     log_dir.rmdir()
     assert run_retention()["log_files"] == 0
+
+
+def test_pnl_samples_are_kept_a_week_whatever_retention_days_says(log_dir):
+    btc = Engine.objects.create(symbol="BTCUSDT")
+    for at in (OLD, NEW):
+        EnginePnlSample.objects.create(engine=btc, at=at, daily_pnl=1.0, total_pnl=1.0)
+    with time_machine.travel(NOW, tick=False):
+        assert run_retention(days=30)["pnl_samples"] == 1
+    assert list(EnginePnlSample.objects.values_list("at", flat=True)) == [NEW]

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from datetime import UTC, datetime
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.test import Client
 
 from engines_app.api.tokens import api_token_create
 from engines_app.models import Engine, EngineCommand
-from tests.conftest import free_port, wait_for
+from engines_app.runtime import Status as RuntimeStatus
+from tests.helpers import bearer, eventually_sync, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -60,13 +60,6 @@ def engines(db):
     ]
 
 
-def make_user(django_user_model, name: str, *, control: bool = False):
-    user = django_user_model.objects.create_user(name)  # no password: tests log in directly
-    if control:
-        user.user_permissions.add(Permission.objects.get(codename="control_engine"))
-    return user
-
-
 @pytest.fixture
 def operator(django_user_model):
     return make_user(django_user_model, "operator", control=True)
@@ -75,11 +68,6 @@ def operator(django_user_model):
 @pytest.fixture
 def viewer(django_user_model):
     return make_user(django_user_model, "viewer")
-
-
-def bearer(user) -> dict[str, str]:
-    _, key = api_token_create(user=user, name="test")
-    return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
 
 
 @pytest.fixture
@@ -108,6 +96,14 @@ def test_fleet_status_has_the_guides_shape_and_counts_every_status(client, engin
     assert body["engines"][1]["last_error"] == "boom"
 
 
+def test_the_statuses_counted_are_the_runtimes_and_migrated():
+    statuses = [(status.name, status.value) for status in RuntimeStatus]
+    assert [(status.name, status.value) for status in Engine.Status] == statuses
+    assert max(map(len, Engine.Status.values)) <= Engine._meta.get_field("status").max_length
+    # A status added to the runtime needs a migration of the status field's choices.
+    call_command("makemigrations", "engines_app", "--check", "--dry-run", verbosity=0)
+
+
 def test_one_engine_status_has_the_guides_shape(client, engines, token):
     response = client.get("/engines/status/BTCUSDT", **token)
     assert response.status_code == 200
@@ -119,8 +115,9 @@ def test_one_engine_status_has_the_guides_shape(client, engines, token):
 @pytest.mark.parametrize(
     ("action", "desired"), [("start", "running"), ("stop", "stopped"), ("restart", "running")]
 )
-def test_control_records_a_command_and_answers_202(client, engines, token, operator, action,
-                                                   desired):  # fmt: skip
+def test_control_records_a_command_and_answers_202(
+    client, engines, token, operator, action, desired
+):
     response = client.post(f"/engines/{action}/SOLUSDT", **token)
     assert response.status_code == 202
     body = response.json()
@@ -134,9 +131,8 @@ def test_control_records_a_command_and_answers_202(client, engines, token, opera
         "status": "stopped",
         "message": f"{action} SOLUSDT requested; the runner carries it out",
     }
-    assert (command.symbol, command.action, command.user, command.source) == (
-        "SOLUSDT", action, operator, "api",
-    )  # fmt: skip
+    recorded = (command.symbol, command.action, command.user, command.source)
+    assert recorded == ("SOLUSDT", action, operator, "api")
     assert Engine.objects.get(symbol="SOLUSDT").desired_state == desired
 
 
@@ -244,9 +240,17 @@ def test_a_bad_token_is_refused_even_with_a_valid_session(client, engines, opera
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer", "Bearer ", "Token lvp_abc", "Basic dXNlcjpwdw==", "bearer lvp_short",
-     "Bearer lvp_" + "é" * 43, "Bearer " + "x" * 5000, "lvp_" + "x" * 43],
-)  # fmt: skip
+    [
+        "Bearer",
+        "Bearer ",
+        "Token lvp_abc",
+        "Basic dXNlcjpwdw==",
+        "bearer lvp_short",
+        "Bearer lvp_" + "é" * 43,
+        "Bearer " + "x" * 5000,
+        "lvp_" + "x" * 43,
+    ],
+)
 def test_a_malformed_token_is_a_json_401(client, engines, header):
     response = client.get("/engines/status", HTTP_AUTHORIZATION=header)
     assert response.status_code == 401
@@ -320,9 +324,16 @@ def test_a_wrong_method_is_a_json_405(client, engines, token, method, url, allow
 
 @pytest.mark.parametrize(
     "url",
-    ["/engines", "/engines/", "/engines/status/", "/engines/pause/BTCUSDT",
-     "/engines/start/BTC/USDT", "/engines/start", "/engines/status/BTCUSDT/extra"],
-)  # fmt: skip
+    [
+        "/engines",
+        "/engines/",
+        "/engines/status/",
+        "/engines/pause/BTCUSDT",
+        "/engines/start/BTC/USDT",
+        "/engines/start",
+        "/engines/status/BTCUSDT/extra",
+    ],
+)
 def test_an_unknown_path_under_engines_is_a_json_404(client, token, url):
     response = client.get(url, **token)
     assert response.status_code == 404
@@ -359,11 +370,9 @@ ACKED = (
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
 def test_the_guides_curl_examples_work_against_the_running_panel(project):
     key = project.manage("shell", "-c", MAKE_TOKEN).stdout.split()[-1]
-    port = free_port()
     project.start("manage.py", "runengines", log_name="runner")
-    project.start("-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                  "levipanel.asgi:application", log_name="web")  # fmt: skip
-    wait_for(lambda: _listening(port), timeout=20, message="the web server did not start")
+    project.serve()
+    port = project.port
     auth = f' -H "Authorization: Bearer {key}"'
 
     def curl(example: str) -> dict:
@@ -376,8 +385,11 @@ def test_the_guides_curl_examples_work_against_the_running_panel(project):
         assert done.returncode == 0 and done.stdout, (command, done.stdout, done.stderr)
         return json.loads(done.stdout)
 
-    fleet = wait_for(lambda: (f := curl("curl -s http://localhost:8000/engines/status | jq"))
-                     ["running"] == 3 and f, message="the three engines did not start")  # fmt: skip
+    def all_three_running() -> dict | None:
+        fleet = curl("curl -s http://localhost:8000/engines/status | jq")
+        return fleet if fleet["running"] == 3 else None
+
+    fleet = eventually_sync(all_three_running, message="the three engines did not start")
     assert fleet["total"] == 3 and fleet["crashed"] == fleet["stopped"] == 0
     assert [e["symbol"] for e in fleet["engines"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     for engine in fleet["engines"]:
@@ -388,22 +400,19 @@ def test_the_guides_curl_examples_work_against_the_running_panel(project):
         return curl(f"curl -s http://localhost:8000/engines/status/{symbol} | jq")["status"]
 
     assert curl("curl -X POST http://localhost:8000/engines/stop/SOLUSDT")["action"] == "stop"
-    wait_for(lambda: status("SOLUSDT") == "stopped", message="SOLUSDT did not stop")
+    eventually_sync(lambda: status("SOLUSDT") == "stopped", message="SOLUSDT did not stop")
     assert curl("curl -X POST http://localhost:8000/engines/start/SOLUSDT")["action"] == "start"
-    wait_for(lambda: status("SOLUSDT") == "running", message="SOLUSDT did not start")
+    eventually_sync(lambda: status("SOLUSDT") == "running", message="SOLUSDT did not start")
     restart = curl("curl -X POST http://localhost:8000/engines/restart/BTCUSDT")
     assert restart["action"] == "restart"
-    wait_for(lambda: project.manage("shell", "-c", ACKED % restart["command_id"]).stdout
-             .split()[-1] == "done", message="the restart was not carried out")  # fmt: skip
+
+    def outcome(command_id: int) -> str:
+        return project.manage("shell", "-c", ACKED % command_id).stdout.split()[-1]
+
+    eventually_sync(
+        lambda: outcome(restart["command_id"]) == "done", message="the restart was not carried out"
+    )
     assert status("BTCUSDT") == "running"
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("page", ["1000001", "99999999999999999999"])

@@ -8,9 +8,7 @@ import pytest
 from engines_app.models import Engine, Trade
 from engines_app.runner import store
 from engines_app.runtime.broker import BUY, SELL
-from tests.api.test_api import bearer, make_user
-from tests.trading.test_store import book_rows
-from tests.trading_support import T0
+from tests.helpers import T0, bearer, book_rows, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -36,8 +34,9 @@ def test_trades_newest_first_in_pages(client, traded, viewer_token):
     body = response.json()
     assert (body["total"], body["page"], body["page_size"]) == (3, 1, 2)
     assert [(t["seq"], t["side"], t["price"]) for t in body["trades"]] == [
-        (3, "sell", 90.0), (2, "sell", 110.0),
-    ]  # fmt: skip
+        (3, "sell", 90.0),
+        (2, "sell", 110.0),
+    ]
     assert body["trades"][0]["id"] == Trade.objects.get(seq=3).fill_id
     second = client.get("/engines/trades/BTCUSDT?page=2&page_size=2", **viewer_token).json()
     assert [t["seq"] for t in second["trades"]] == [1]
@@ -74,3 +73,26 @@ def test_anonymous_clients_are_refused(client, traded):
         response = client.get(path)
         assert response.status_code == 401
         assert "detail" in response.json()
+
+
+@pytest.mark.parametrize(
+    ("page", "code"),
+    [
+        ("3", 200),
+        ("1000000", 200),
+        ("1000001", 400),
+        ("922337203685477580", 400),
+        ("100000000000000000000", 400),
+    ],
+)
+def test_a_page_past_the_end_is_empty_not_a_database_error(client, django_user_model, page, code):
+    engine = Engine.objects.create(symbol="BTCUSDT")
+    _, rows = book_rows(engine, [(BUY, 1, 100.0, T0), (SELL, 1, 101.0, T0 + 1)])
+    store.write(statuses=[], errors=[], restarts=[], heartbeats=[], books=rows)
+    token = bearer(make_user(django_user_model, "viewer"))
+    response = client.get(f"/engines/trades/BTCUSDT?page={page}&page_size=500", **token)
+    assert response.status_code == code, response.content
+    if code == 200:  # past the end: empty, not a database error
+        assert (response.json()["total"], response.json()["trades"]) == (2, [])
+    else:  # beyond any real page: a clear 400
+        assert "page" in response.json()["detail"]

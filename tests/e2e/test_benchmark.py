@@ -35,10 +35,19 @@ def is_number(value) -> bool:
 def test_tiny_run_prints_every_figure_beside_a_baseline(project):
     out = project.data_dir / "bench.json"
     done = project.manage(
-        "benchmark", "--engines", str(ENGINES), "--seconds", "1",
-        "--only", "startup", "steady", "crash", "--json", str(out),
+        "benchmark",
+        "--engines",
+        str(ENGINES),
+        "--seconds",
+        "1",
+        "--only",
+        "startup",
+        "steady",
+        "crash",
+        "--json",
+        str(out),
         timeout=120,
-    )  # fmt: skip
+    )
     rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
     for figure in FIGURES:
         row = next((r for name, r in rows.items() if name.startswith(figure)), None)

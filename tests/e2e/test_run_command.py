@@ -12,57 +12,76 @@ import sys
 import httpx
 import psutil
 
-from tests.conftest import ROOT, free_port, wait_for
+from engines_app.testing import ROOT, environment, free_port
+from tests.helpers import eventually_sync
 
 
 def test_serve_runs_web_runner_and_tasks_and_ctrl_c_stops_all_three(tmp_path):
     port = free_port()
     data_dir = tmp_path / "data"
-    env = {
-        **os.environ,
-        "LEVIPANEL_DATA_DIR": str(data_dir),
-        "LEVIPANEL_PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        env.pop(name, None)
+    env = environment(
+        data_dir,
+        {
+            "LEVIPANEL_PORT": str(port),
+            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+    )
     out_path = tmp_path / "serve.log"
     with out_path.open("w") as out:
         serve = subprocess.Popen(
-            [sys.executable, "dev.py", "serve"], cwd=ROOT, env=env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "dev.py", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     groups: list[int] = []
     try:
         output = lambda: out_path.read_text()  # noqa: E731
-        wait_for(lambda: "LeviPanel engine runner ready" in output(), timeout=30,
-                 message="the runner did not start")  # fmt: skip
-        wait_for(lambda: "running." in output(), timeout=30, message="qcluster did not start")
+        eventually_sync(
+            lambda: "LeviPanel engine runner ready" in output(),
+            timeout=30,
+            message="the runner did not start",
+        )
+        eventually_sync(
+            lambda: "running." in output(), timeout=30, message="qcluster did not start"
+        )
         text = output()
         assert f"LeviPanel: http://127.0.0.1:{port}/" in text
         assert re.search(r"Demo login: username admin  password \S+", text)
         groups = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", text)]
         assert len(groups) == 3
-        login = wait_for(lambda: _get(f"http://127.0.0.1:{port}/login/"), timeout=15)
+        login = eventually_sync(lambda: _get(f"http://127.0.0.1:{port}/login/"), timeout=15)
         assert login.status_code == 200
 
         # A runner that dies is started again; the web server and the tasks stay up.
-        (runner,) = [p for p in psutil.process_iter(["cmdline"])
-                     if (p.info["cmdline"] or [])[-2:] == ["manage.py", "runengines"]
-                     and os.getpgid(p.pid) in groups]  # fmt: skip
+        (runner,) = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [])[-2:] == ["manage.py", "runengines"]
+            and os.getpgid(p.pid) in groups
+        ]
         runner.kill()
-        wait_for(lambda: "runner exited with status 137" in output(), timeout=10,
-                 message="the runner's death went unnoticed")  # fmt: skip
-        wait_for(lambda: output().count("LeviPanel engine runner ready") == 2, timeout=30,
-                 message="the runner was not started again")  # fmt: skip
+        eventually_sync(
+            lambda: "runner exited with status 137" in output(),
+            timeout=10,
+            message="the runner's death went unnoticed",
+        )
+        eventually_sync(
+            lambda: output().count("LeviPanel engine runner ready") == 2,
+            timeout=30,
+            message="the runner was not started again",
+        )
         assert _get(f"http://127.0.0.1:{port}/login/").status_code == 200
 
         serve.send_signal(signal.SIGINT)  # what Ctrl-C does to the foreground process
         assert serve.wait(20) == 0
         assert "SIGINT received" in output()
         # SIGKILLed stragglers are reaped by init a moment later.
-        wait_for(lambda: not _left(groups), timeout=5, message=f"left running: {_left(groups)}")
+        eventually_sync(
+            lambda: not _left(groups), timeout=5, message=f"left running: {_left(groups)}"
+        )
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
@@ -93,12 +112,19 @@ def _left(groups: list[int]) -> list[str]:
 
 
 def test_serve_with_a_bad_setting_says_why_without_a_traceback(tmp_path):
-    env = {**os.environ, "LEVIPANEL_DATA_DIR": str(tmp_path / "data"),
-           "LEVIPANEL_CYCLE_INTERVAL": "soon"}  # fmt: skip
+    env = {
+        **os.environ,
+        "LEVIPANEL_DATA_DIR": str(tmp_path / "data"),
+        "LEVIPANEL_CYCLE_INTERVAL": "soon",
+    }
     done = subprocess.run(
-        [sys.executable, "dev.py", "serve"], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "dev.py", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 1
     assert "LEVIPANEL_CYCLE_INTERVAL: Not a valid number." in output

@@ -19,7 +19,8 @@ from engines_app.services.engines import (
     engine_start,
     engine_stop,
 )
-from tests.conftest import Project, wait_for
+from engines_app.testing import Installation
+from tests.helpers import eventually_sync
 
 READY = "LeviPanel engine runner ready"
 
@@ -31,11 +32,14 @@ class Runner:
         data_dir = tmp_path / "data"
         data_dir.mkdir(exist_ok=True)
         database = connection.settings_dict["NAME"]
-        self.project = Project(data_dir, extra_env={
-            "DATABASE_URL": f"sqlite:///{database}",
-            "LEVIPANEL_CYCLE_INTERVAL": "0.05",
-            "LEVIPANEL_FLUSH_INTERVAL": "0.2",
-        })  # fmt: skip
+        self.project = Installation(
+            data_dir,
+            extra_env={
+                "DATABASE_URL": f"sqlite:///{database}",
+                "LEVIPANEL_CYCLE_INTERVAL": "0.05",
+                "LEVIPANEL_FLUSH_INTERVAL": "0.2",
+            },
+        )
         self.runs = 0
         self.process = None
 
@@ -43,7 +47,7 @@ class Runner:
         self.runs += 1
         name = f"runner-{self.runs}"
         self.process = self.project.start("manage.py", "runengines", log_name=name)
-        wait_for(
+        eventually_sync(
             lambda: READY in self.log(), timeout=20, message=f"runner not ready:\n{self.log()}"
         )
 
@@ -59,7 +63,7 @@ class Runner:
 def runner(transactional_db, tmp_path):
     runner = Runner(tmp_path)
     yield runner
-    runner.project.stop_all()  # before the test database is flushed
+    runner.project.stop()  # before the test database is flushed
 
 
 def statuses() -> dict[str, str]:
@@ -67,8 +71,11 @@ def statuses() -> dict[str, str]:
 
 
 def wait_statuses(expected: dict[str, str], timeout: float = 10) -> None:
-    wait_for(lambda: statuses() == expected, timeout=timeout,
-             message=f"wanted {expected}, have {statuses()}")  # fmt: skip
+    eventually_sync(
+        lambda: statuses() == expected,
+        timeout=timeout,
+        message=f"wanted {expected}, have {statuses()}",
+    )
 
 
 def all_acked() -> bool:
@@ -101,13 +108,15 @@ def test_commands_given_while_no_runner_runs_are_applied_in_order_once(runner):
     assert len(given) == 13 and not EngineCommand.objects.exclude(acked_at=None).exists()
 
     runner.start()
-    wait_for(all_acked, message="not every command was acknowledged")
-    final = {"BTCUSDT": "running", "ETHUSDT": "stopped", "SOLUSDT": "stopped",
-             "ADAUSDT": "running"}  # fmt: skip
+    eventually_sync(all_acked, message="not every command was acknowledged")
+    final = {"BTCUSDT": "running", "ETHUSDT": "stopped", "SOLUSDT": "stopped", "ADAUSDT": "running"}
     wait_statuses(final)
     # The runner reports each command as it carries it out: all of them, in order.
-    done = [line.split(":")[0].split()[1:] for line in runner.log().splitlines()
-            if line.startswith("Command ")]  # fmt: skip
+    done = [
+        line.split(":")[0].split()[1:]
+        for line in runner.log().splitlines()
+        if line.startswith("Command ")
+    ]
     assert done == [[str(pk), action, symbol] for pk, action, symbol in given]
     outcomes = list(EngineCommand.objects.order_by("id").values_list("outcome", "message"))
     assert outcomes == [
@@ -148,21 +157,21 @@ def test_commands_given_while_the_runner_runs_change_the_engine(runner):
     for service, wanted in [(engine_stop, "stopped"), (engine_start, "running")] * 3:
         command = service(symbol="BTCUSDT", source="api")
         wait_statuses({"BTCUSDT": wanted}, timeout=5)
-        wait_for(lambda c=command: EngineCommand.objects.get(pk=c.pk).acked_at, timeout=5)
+        eventually_sync(lambda c=command: EngineCommand.objects.get(pk=c.pk).acked_at, timeout=5)
     assert engine_starts(runner, "BTCUSDT") == 4
     engine_stop(symbol="BTCUSDT")
     wait_statuses({"BTCUSDT": "stopped"})
     command = engine_restart(symbol="BTCUSDT")  # a stopped engine: one start, not two
-    wait_for(lambda: EngineCommand.objects.get(pk=command.pk).acked_at, timeout=5)
+    eventually_sync(lambda: EngineCommand.objects.get(pk=command.pk).acked_at, timeout=5)
     wait_statuses({"BTCUSDT": "running"})
     command.refresh_from_db()
     assert command.message == "restarted: started after the command was given"
     assert engine_starts(runner, "BTCUSDT") == 5
     command = engine_restart(symbol="BTCUSDT")  # a running engine: stopped, started again
-    wait_for(lambda: EngineCommand.objects.get(pk=command.pk).acked_at, timeout=5)
+    eventually_sync(lambda: EngineCommand.objects.get(pk=command.pk).acked_at, timeout=5)
     command.refresh_from_db()
     assert command.message == "restarted"
-    wait_for(lambda: engine_starts(runner, "BTCUSDT") == 6, timeout=5)
+    eventually_sync(lambda: engine_starts(runner, "BTCUSDT") == 6, timeout=5)
 
 
 def test_restarting_a_failed_engine_clears_its_failure_budget(runner):
@@ -181,7 +190,7 @@ def test_restarting_a_failed_engine_clears_its_failure_budget(runner):
     assert statuses() == {"BTCUSDT": "failed"}
     engine_restart(symbol="BTCUSDT", source="api")
     wait_statuses({"BTCUSDT": "running"})
-    wait_for(lambda: Engine.objects.get().restart_budget_left == 5, timeout=5)
+    eventually_sync(lambda: Engine.objects.get().restart_budget_left == 5, timeout=5)
 
 
 def test_a_config_edit_in_the_admin_restarts_just_that_engine(runner, django_user_model):
@@ -200,13 +209,14 @@ def test_a_config_edit_in_the_admin_restarts_just_that_engine(runner, django_use
         {"desired_state": "running", "cycle_interval": "0.02", "config": '{"seed": 5}'},
     )
     assert response.status_code == 302
-    wait_for(lambda: "Engine BTCUSDT config changed: restarting it" in runner.log(), timeout=5)
+    changed = "Engine BTCUSDT config changed: restarting it"
+    eventually_sync(lambda: changed in runner.log(), timeout=5)
 
     def restarted() -> bool:
         started = Engine.objects.get(symbol="BTCUSDT").started_at  # None while it restarts
         return started is not None and started > before["BTCUSDT"]
 
-    wait_for(restarted, timeout=5, message="BTCUSDT was not restarted")
+    eventually_sync(restarted, timeout=5, message="BTCUSDT was not restarted")
     wait_statuses({"BTCUSDT": "running", "ETHUSDT": "running"})
     assert Engine.objects.get(symbol="ETHUSDT").started_at == before["ETHUSDT"]
     assert "ETHUSDT config changed" not in runner.log()

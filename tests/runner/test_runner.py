@@ -10,14 +10,14 @@ from asgiref.sync import sync_to_async
 from engines_app.models import Engine, EngineCommand, EngineError, EngineRestart
 from engines_app.runner.lifecycle import Runner
 from engines_app.services import engines as services
+from engines_app.testing import TransactionCounter
 from tests.helpers import (
     ShiftedClock,
-    WriteTransactionCounter,
     close_db_thread_connection,
     db,
+    eventually,
     fast_settings,
     running,
-    until,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,12 +39,15 @@ def make_runner(tmp_path, **overrides) -> Runner:
 
 async def test_fresh_database_runs_the_configured_symbols(tmp_path):
     async with running(make_runner(tmp_path)):
-        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
+        await eventually(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
         rows = await db(lambda: list(Engine.objects.values_list("symbol", "desired_state")))
         assert sorted(rows) == [(s, "running") for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
-        first = await until(lambda: _heartbeat("BTCUSDT"))
-        await asyncio.sleep(0.3)
-        assert (await engine("BTCUSDT")).last_heartbeat > first  # heartbeats are flushed
+        first = await eventually(lambda: _heartbeat("BTCUSDT"))
+
+        async def newer_heartbeat() -> bool:
+            return await _heartbeat("BTCUSDT") > first
+
+        await eventually(newer_heartbeat, timeout=2)  # heartbeats are flushed
     statuses = await db(lambda: set(Engine.objects.values_list("status", flat=True)))
     desired = await db(lambda: set(Engine.objects.values_list("desired_state", flat=True)))
     assert statuses == {"stopped"}
@@ -55,22 +58,22 @@ async def test_symbols_subset_runs_only_those(tmp_path):
     await db(Engine.objects.bulk_create, [Engine(symbol="BTCUSDT"), Engine(symbol="ETHUSDT")])
     runner = Runner(symbols=["ETHUSDT", "XRPUSDT"], settings=fast_settings(tmp_path / "logs"))
     async with running(runner):
-        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 2))
+        await eventually(lambda: db(lambda: Engine.objects.filter(status="running").count() == 2))
         assert await status_of("BTCUSDT") == "stopped"
         assert await status_of("XRPUSDT") == "running"
 
 
 async def test_desired_state_changed_in_the_database_is_applied(tmp_path):
     async with running(make_runner(tmp_path)) as runner:
-        await until(lambda: _is("ETHUSDT", "running"))
+        await eventually(lambda: _is("ETHUSDT", "running"))
         await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="stopped"))
-        await until(lambda: _is("ETHUSDT", "stopped"), timeout=1)
+        await eventually(lambda: _is("ETHUSDT", "stopped"), timeout=1)
         await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="running"))
-        await until(lambda: _is("ETHUSDT", "running"), timeout=1)
+        await eventually(lambda: _is("ETHUSDT", "running"), timeout=1)
         await db(Engine.objects.create, symbol="XRPUSDT")
-        await until(lambda: _is("XRPUSDT", "running"), timeout=1)
+        await eventually(lambda: _is("XRPUSDT", "running"), timeout=1)
         await db(lambda: Engine.objects.filter(symbol="XRPUSDT").delete())
-        await until(lambda: "XRPUSDT" not in runner.manager.slots, timeout=1)
+        await eventually(lambda: runner.manager.status_of("XRPUSDT") is None, timeout=1)
 
 
 async def _is(symbol, status):
@@ -84,7 +87,7 @@ async def _heartbeat(symbol):
 async def test_crash_is_written_and_restarted_after_backoff(tmp_path):
     await db(Engine.objects.create, symbol="BTCUSDT", config={"crash_after_cycles": 2})
     async with running(make_runner(tmp_path, backoff_base=0.3)):
-        await until(lambda: _is("BTCUSDT", "backoff"), timeout=2)
+        await eventually(lambda: _is("BTCUSDT", "backoff"), timeout=2)
         row = await engine("BTCUSDT")
         assert row.restart_attempt == 1 and row.restart_budget_left == 4
         assert row.next_retry_at is not None
@@ -93,37 +96,39 @@ async def test_crash_is_written_and_restarted_after_backoff(tmp_path):
         assert restart.attempt == 1 and restart.backoff_seconds == pytest.approx(0.3)
         error = await db(EngineError.objects.get)
         assert error.type == "InjectedCrash" and error.crashed and "Traceback" in error.traceback
-        await until(lambda: _is("BTCUSDT", "running"), timeout=2)
+        await eventually(lambda: _is("BTCUSDT", "running"), timeout=2)
 
 
 async def test_restart_limit_survives_a_runner_restart(tmp_path):
     await db(Engine.objects.create, symbol="BTCUSDT", config={"crash_after_cycles": 1})
     settings = dict(backoff_base=0.02, backoff_cap=0.02)
     async with running(make_runner(tmp_path, **settings)):
-        await until(lambda: db(lambda: EngineRestart.objects.count() >= 3), timeout=3)
+        await eventually(lambda: db(lambda: EngineRestart.objects.count() >= 3), timeout=3)
     before = await db(EngineRestart.objects.count)
     assert 3 <= before < 5
     # A new runner, a new manager: the hourly budget is read back from the database.
     async with running(make_runner(tmp_path, **settings)):
-        await until(lambda: _is("BTCUSDT", "failed"), timeout=3)
+        await eventually(lambda: _is("BTCUSDT", "failed"), timeout=3)
     assert await db(EngineRestart.objects.count) == 5
     row = await engine("BTCUSDT")
     assert "restart limit reached" in row.status_reason
     # Failed stays failed across runner restarts until an operator acts.
     async with running(make_runner(tmp_path, **settings)) as runner:
+        # Nothing happens over a few reconcile polls: a real wait, as the polls are paced by
+        # the event loop, which no fake clock moves.
         await asyncio.sleep(0.2)
-        assert runner.manager.slots["BTCUSDT"].task is None
+        assert not runner.manager.is_alive("BTCUSDT")
         assert await status_of("BTCUSDT") == "failed"
         await db(services.engine_restart, symbol="BTCUSDT")
-        await until(lambda: db(lambda: EngineRestart.objects.count() > 5), timeout=3)
+        await eventually(lambda: db(lambda: EngineRestart.objects.count() > 5), timeout=3)
 
 
 async def test_fatal_config_fails_at_once(tmp_path):
     await db(Engine.objects.create, symbol="BTCUSDT", config={"cycle_every": 3})
     await db(Engine.objects.create, symbol="ETHUSDT", config={"fatal_after_cycles": 1})
     async with running(make_runner(tmp_path)):
-        await until(lambda: _is("BTCUSDT", "failed"), timeout=2)
-        await until(lambda: _is("ETHUSDT", "failed"), timeout=2)
+        await eventually(lambda: _is("BTCUSDT", "failed"), timeout=2)
+        await eventually(lambda: _is("ETHUSDT", "failed"), timeout=2)
         assert "unknown engine option(s): cycle_every" in (await engine("BTCUSDT")).status_reason
     assert await db(EngineRestart.objects.count) == 0
     errors = await db(lambda: list(EngineError.objects.values_list("fatal", flat=True)))
@@ -134,42 +139,56 @@ async def test_hung_engine_is_detected_and_restarted(tmp_path):
     await db(Engine.objects.create, symbol="BTCUSDT", config={"hang_after_cycles": 2})
     async with running(make_runner(tmp_path, heartbeat_timeout=0.3)):
         hang = EngineError.objects.filter(type="HeartbeatTimeout")
-        await until(lambda: db(hang.exists), timeout=3)
-        await until(lambda: db(lambda: EngineRestart.objects.exists()), timeout=1)
-        await until(lambda: _is("BTCUSDT", "running"), timeout=2)
+        await eventually(lambda: db(hang.exists), timeout=3)
+        await eventually(lambda: db(lambda: EngineRestart.objects.exists()), timeout=1)
+        await eventually(lambda: _is("BTCUSDT", "running"), timeout=2)
 
 
 async def test_config_change_restarts_just_that_engine(tmp_path):
     async with running(make_runner(tmp_path)) as runner:
-        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
-        btc, eth = runner.manager.slots["BTCUSDT"].engine, runner.manager.slots["ETHUSDT"].engine
-        await db(lambda: Engine.objects.filter(symbol="BTCUSDT").update(cycle_interval=0.02))
-        await until(lambda: runner.manager.slots["BTCUSDT"].engine is not btc, timeout=1)
-        assert runner.manager.slots["BTCUSDT"].engine.config.cycle_interval == 0.02
-        assert runner.manager.slots["ETHUSDT"].engine is eth
+        await eventually(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
+        manager = runner.manager
+        btc, eth = manager.engine_of("BTCUSDT"), manager.engine_of("ETHUSDT")
+        command = await db(services.engine_configure, symbol="BTCUSDT", cycle_interval=0.02)
+        await eventually(lambda: manager.engine_of("BTCUSDT") is not btc, timeout=1)
+        assert manager.engine_of("BTCUSDT").config.cycle_interval == 0.02
+        assert manager.engine_of("ETHUSDT") is eth
+        await eventually(lambda: db(lambda: _acked(command.pk)), timeout=1)
+        assert await db(lambda: EngineCommand.objects.get(pk=command.pk).message) == "configured"
+
+
+def _acked(pk: int) -> bool:
+    return EngineCommand.objects.filter(pk=pk).exclude(acked_at=None).exists()
 
 
 async def test_commands_are_carried_out_in_order_and_acknowledged(tmp_path):
     async with running(make_runner(tmp_path)):
-        await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
+        await eventually(lambda: db(lambda: Engine.objects.filter(status="running").count() == 3))
         await db(services.engine_stop, symbol="SOLUSDT", source="test")
         await db(services.engine_restart, symbol="BTCUSDT", source="test")
-        await until(lambda: db(lambda: not EngineCommand.objects.filter(acked_at=None).exists()))
-        commands = await db(lambda: list(EngineCommand.objects.order_by("id")
-                                         .values_list("action", "outcome", "message")))  # fmt: skip
+        unacked = EngineCommand.objects.filter(acked_at=None)
+        await eventually(lambda: db(lambda: not unacked.exists()))
+        commands = await db(
+            lambda: list(
+                EngineCommand.objects.order_by("id").values_list("action", "outcome", "message")
+            )
+        )
         assert commands == [("stop", "done", "stopped"), ("restart", "done", "restarted")]
-        await until(lambda: _is("SOLUSDT", "stopped"))
+        await eventually(lambda: _is("SOLUSDT", "stopped"))
 
 
 async def test_write_transactions_are_batched_not_per_engine(tmp_path):
     symbols = [f"T{i:03d}USDT" for i in range(200)]
     await db(Engine.objects.bulk_create, [Engine(symbol=s) for s in symbols])
     await close_db_thread_connection()
-    with WriteTransactionCounter() as counter:
+    with TransactionCounter() as counter:
         async with running(make_runner(tmp_path, cycle_interval=0.05, flush_interval=0.2)):
-            await until(lambda: db(lambda: Engine.objects.filter(status="running").count() == 200))
+            up = Engine.objects.filter(status="running")
+            await eventually(lambda: db(lambda: up.count() == 200))
             start = counter.count
-            await asyncio.sleep(1.0)  # 20 cycles of 200 engines = 4,000 engine-cycles
+            # A window of real time, not a wait for a condition: the figure is transactions
+            # per second. 20 cycles of 200 engines = 4,000 engine-cycles.
+            await asyncio.sleep(1.0)
             steady = counter.count - start
     # One transaction per flush interval (5 in a second), not one per engine per cycle.
     assert 3 <= steady <= 7, steady
@@ -183,7 +202,7 @@ async def test_database_outage_is_survived(tmp_path, monkeypatch):
     from engines_app.runner import store
 
     async with running(make_runner(tmp_path)) as runner:
-        await until(lambda: _is("BTCUSDT", "running"))
+        await eventually(lambda: _is("BTCUSDT", "running"))
         real_write = store.write
         calls = {"n": 0}
 
@@ -193,17 +212,17 @@ async def test_database_outage_is_survived(tmp_path, monkeypatch):
 
         monkeypatch.setattr(store, "write", broken)
         await db(lambda: None)
-        await until(lambda: calls["n"] >= 1, timeout=2)
+        await eventually(lambda: calls["n"] >= 1, timeout=2)
         await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="stopped"))
-        await asyncio.sleep(0.3)
-        assert runner.manager.slots["BTCUSDT"].task is not None  # engines keep running
+        await eventually(lambda: calls["n"] >= 2, timeout=5)  # a retry failed too
+        assert runner.manager.is_alive("BTCUSDT")  # engines keep running
         monkeypatch.setattr(store, "write", real_write)
-        await until(lambda: _is("ETHUSDT", "stopped"), timeout=5)  # the queued change lands
+        await eventually(lambda: _is("ETHUSDT", "stopped"), timeout=5)  # the queued change lands
 
 
 async def test_jsonl_log_lines_carry_the_fields(tmp_path):
     async with running(make_runner(tmp_path)):
-        await until(lambda: _is("BTCUSDT", "running"))
+        await eventually(lambda: _is("BTCUSDT", "running"))
     files = sorted(p.name for p in (tmp_path / "logs").iterdir())
     assert any(name.startswith("engine-BTCUSDT-") and name.endswith(".jsonl") for name in files)
     path = next((tmp_path / "logs").glob("engine-BTCUSDT-*.jsonl"))
@@ -217,10 +236,13 @@ async def test_jsonl_log_lines_carry_the_fields(tmp_path):
 async def test_attempt_and_budget_follow_the_sliding_hour_while_running(tmp_path):
     btc = await db(Engine.objects.create, symbol="BTCUSDT")
     then = datetime.now(UTC) - timedelta(seconds=3570)  # inside the hour, for 30 s more
-    await db(EngineRestart.objects.bulk_create, [
-        EngineRestart(engine=btc, at=then, reason="x", attempt=n, backoff_seconds=60)
-        for n in (1, 2)
-    ])  # fmt: skip
+    await db(
+        EngineRestart.objects.bulk_create,
+        [
+            EngineRestart(engine=btc, at=then, reason="x", attempt=n, backoff_seconds=60)
+            for n in (1, 2)
+        ],
+    )
     clock = ShiftedClock()
     runner = Runner(settings=fast_settings(tmp_path / "logs"), clock=clock)
 
@@ -229,11 +251,33 @@ async def test_attempt_and_budget_follow_the_sliding_hour_while_running(tmp_path
         return row.restart_attempt, row.restart_budget_left
 
     async with running(runner):
-        await until(lambda: _is("BTCUSDT", "running"))
-        assert await until(lambda: _equals(recovery_view, (2, 3)))  # read back from the rows
+        await eventually(lambda: _is("BTCUSDT", "running"))
+        assert await eventually(lambda: _equals(recovery_view, (2, 3)))  # read back from the rows
         clock.offset = 700.0  # both restarts leave the hour; a stable run forgives the streak
-        assert await until(lambda: _equals(recovery_view, (0, 5)), timeout=3)
+        assert await eventually(lambda: _equals(recovery_view, (0, 5)), timeout=3)
 
 
 async def _equals(read, expected):
     return await read() == expected
+
+
+@pytest.mark.parametrize("by", ["settings", "--symbols"])
+async def test_a_symbol_listed_twice_is_one_engine(tmp_path, by):
+    twice = ["ETHUSDT", "BTCUSDT", "ETHUSDT"]
+    if by == "settings":
+        runner = Runner(settings=fast_settings(tmp_path, symbols=twice))
+    else:
+        runner = Runner(symbols=twice, settings=fast_settings(tmp_path))
+    async with running(runner):
+        await eventually(lambda: _all_running(2))
+    assert [symbol for symbol, _ in await _engine_rows()] == ["BTCUSDT", "ETHUSDT"]
+
+
+@sync_to_async
+def _engine_rows():
+    return sorted(Engine.objects.values_list("symbol", "status"))
+
+
+async def _all_running(n):
+    rows = await _engine_rows()
+    return len(rows) == n and {status for _, status in rows} == {"running"}

@@ -6,24 +6,14 @@ import pytest
 
 from engines_app.runtime import ConfigError, EngineConfig, FatalEngineError, TradingEngine
 from engines_app.runtime.engine import symbol_problem
-
-
-class Recorder:
-    def __init__(self):
-        self.started, self.errors = [], []
-
-    def engine_started(self, engine):
-        self.started.append(engine.symbol)
-
-    def engine_error(self, engine, exc):
-        self.errors.append(exc)
+from tests.helpers import EngineRecorder, eventually
 
 
 async def test_engine_starts_and_reports_started():
-    listener = Recorder()
+    listener = EngineRecorder()
     engine = TradingEngine(EngineConfig("BTCUSDT", 0.01), listener=listener)
     task = asyncio.create_task(engine.run())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: listener.started)
     assert listener.started == ["BTCUSDT"]
     assert engine.started_at is not None
     engine.request_stop()
@@ -34,29 +24,30 @@ async def test_engine_starts_and_reports_started():
 async def test_heartbeat_advances_every_cycle():
     engine = TradingEngine(EngineConfig("ETHUSDT", 0.01))
     task = asyncio.create_task(engine.run())
-    await asyncio.sleep(0.03)
+    await eventually(lambda: engine.cycles >= 1)
     first, cycles = engine.last_heartbeat, engine.cycles
-    await asyncio.sleep(0.06)
-    assert engine.cycles > cycles
+    await eventually(lambda: engine.cycles > cycles)
     assert engine.last_heartbeat > first
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_stop_lets_the_current_cycle_finish():
-    finished = []
+    inside, release, finished = asyncio.Event(), asyncio.Event(), []
 
     class SlowEngine(TradingEngine):
         __slots__ = ()
 
         async def cycle(self):
-            await asyncio.sleep(0.05)
+            inside.set()
+            await release.wait()
             finished.append(self.cycles)
 
     engine = SlowEngine(EngineConfig("SOLUSDT", 0.001))
     task = asyncio.create_task(engine.run())
-    await asyncio.sleep(0.01)  # inside the first cycle
+    await asyncio.wait_for(inside.wait(), 1)  # inside the first cycle
     assert engine.request_stop() is False  # busy: not to be cancelled
+    release.set()
     await asyncio.wait_for(task, 1)  # ends by itself after the cycle
     assert finished == [0]
     assert engine.cycles == 1
@@ -70,7 +61,7 @@ async def test_bad_config_raises_a_fatal_error_before_any_cycle():
 
 
 async def test_cycle_errors_are_counted_and_the_engine_keeps_running():
-    listener = Recorder()
+    listener = EngineRecorder()
     failures = iter([True, False, True, False])
 
     class Flaky(TradingEngine):
@@ -82,7 +73,7 @@ async def test_cycle_errors_are_counted_and_the_engine_keeps_running():
 
     engine = Flaky(EngineConfig("BTCUSDT", 0.001), listener=listener)
     task = asyncio.create_task(engine.run())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(listener.errors) == 2 and engine.cycles >= 4)
     assert not task.done()
     assert engine.state.error_count == 2
     assert engine.state.last_error == "ValueError: bad tick"
@@ -106,9 +97,16 @@ async def test_consecutive_cycle_errors_crash_the_engine():
 
 @pytest.mark.parametrize(
     "symbol, problem",
-    [("BTCUSDT", None), ("1000SHIBUSDT", None), ("", "required"), ("btcusdt", "upper-case"),
-     ("BTC/USDT", "upper-case"), ("B" * 21, "longer than 20"), (None, "required")],
-)  # fmt: skip
+    [
+        ("BTCUSDT", None),
+        ("1000SHIBUSDT", None),
+        ("", "required"),
+        ("btcusdt", "upper-case"),
+        ("BTC/USDT", "upper-case"),
+        ("B" * 21, "longer than 20"),
+        (None, "required"),
+    ],
+)
 def test_symbol_rules(symbol, problem):
     found = symbol_problem(symbol)
     assert (found is None) if problem is None else (problem in found)

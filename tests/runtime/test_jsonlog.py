@@ -24,8 +24,12 @@ def test_lines_parse_and_carry_the_fields(tmp_path):
         except RuntimeError:
             log.exception("Engine BTCUSDT crashed", extra={"symbol": "BTCUSDT"})
     first, second = read(tmp_path / "engine-BTCUSDT-20251013.jsonl")[0], None
-    assert first == {"ts": "2025-10-13 14:30:45,500", "level": "INFO", "symbol": "BTCUSDT",
-                     "msg": "Starting engine for BTCUSDT"}  # fmt: skip
+    assert first == {
+        "ts": "2025-10-13 14:30:45,500",
+        "level": "INFO",
+        "symbol": "BTCUSDT",
+        "msg": "Starting engine for BTCUSDT",
+    }
     (today,) = [p for p in tmp_path.iterdir() if not p.name.endswith("20251013.jsonl")]
     second = read(today)[0]
     assert second["level"] == "ERROR"
@@ -40,9 +44,10 @@ def test_a_new_file_each_utc_day_and_one_per_symbol(tmp_path):
         with time_machine.travel(datetime(2025, 10, 14, 0, 0, 1, tzinfo=UTC)):
             log.info("after midnight", extra={"symbol": "BTCUSDT"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "engine-BTCUSDT-20251013.jsonl", "engine-BTCUSDT-20251014.jsonl",
+        "engine-BTCUSDT-20251013.jsonl",
+        "engine-BTCUSDT-20251014.jsonl",
         "engine-ETHUSDT-20251013.jsonl",
-    ]  # fmt: skip
+    ]
     assert read(tmp_path / "engine-BTCUSDT-20251014.jsonl")[0]["msg"] == "after midnight"
 
 

@@ -26,8 +26,11 @@ def test_backoff_is_capped():
 
 
 def test_jitter_stays_within_its_band_and_under_the_cap():
-    p = RecoveryPolicy(RecoverySettings(jitter=0.1, max_restarts_per_hour=100), clock=FakeClock(),
-                       rng=random.Random(1))  # fmt: skip
+    p = RecoveryPolicy(
+        RecoverySettings(jitter=0.1, max_restarts_per_hour=100),
+        clock=FakeClock(),
+        rng=random.Random(1),
+    )
     first = [p.on_failure(f"S{i}").delay for i in range(50)]
     assert all(54 <= d <= 66 for d in first)
     assert len({round(d, 3) for d in first}) > 40  # engines crashing together spread out
@@ -99,3 +102,14 @@ def test_operator_reset_restores_the_budget():
     p.reset("BTCUSDT")
     assert p.budget_left("BTCUSDT") == 5
     assert p.on_failure("BTCUSDT").delay == 60
+
+
+def test_engines_whose_backoff_reached_the_cap_do_not_restart_in_lockstep():
+    settings = RecoverySettings(backoff_cap=900, jitter=0.1, max_restarts_per_hour=100)
+    policy = RecoveryPolicy(settings, clock=FakeClock(), rng=random.Random(3))
+    symbols = [f"S{i:02d}USDT" for i in range(40)]
+    for symbol in symbols:
+        policy.load(symbol, [], attempt=6)  # 60 s * 2**6 is far past the cap
+    delays = [policy.on_failure(symbol).delay for symbol in symbols]
+    assert all(810 <= delay <= 900 for delay in delays)
+    assert len({round(delay, 3) for delay in delays}) == len(delays)  # none at the same moment

@@ -13,20 +13,26 @@ from engines_app.models import Engine, EngineCommand
 from engines_app.runner.lifecycle import Runner
 from engines_app.services import engines as services
 from engines_app.signals import engines_written
-from tests.helpers import ShiftedClock, db, fast_settings, running, until
+from tests.helpers import ShiftedClock, db, eventually, fast_settings, running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LOSING = {
-    "feed": "prices", "feed_options": {"prices": [100, 101, 95, 96]}, "daily_loss_limit": 5,
-    "fee_rate": 0.0, "slippage": 0.0, "params": {"fast": 1, "slow": 2}, "on_stop": "close",
-}  # fmt: skip
+    "feed": "prices",
+    "feed_options": {"prices": [100, 101, 95, 96]},
+    "daily_loss_limit": 5,
+    "fee_rate": 0.0,
+    "slippage": 0.0,
+    "params": {"fast": 1, "slow": 2},
+    "on_stop": "close",
+}
 
 
 @sync_to_async
 def row(symbol: str) -> tuple:
-    return Engine.objects.values_list("status", "status_reason", "daily_pnl", "total_pnl",
-                                      "trade_count").get(symbol=symbol)  # fmt: skip
+    return Engine.objects.values_list(
+        "status", "status_reason", "daily_pnl", "total_pnl", "trade_count"
+    ).get(symbol=symbol)
 
 
 async def test_the_next_utc_day_resumes_halted_engines_and_the_reset_is_carried_out(tmp_path):
@@ -34,21 +40,24 @@ async def test_the_next_utc_day_resumes_halted_engines_and_the_reset_is_carried_
     clock = ShiftedClock()
     runner = Runner(settings=fast_settings(tmp_path / "logs", symbols=[]), clock=clock)
     async with running(runner):
-        await until(lambda: _status("BTCUSDT", "halted"))
+        await eventually(lambda: _status("BTCUSDT", "halted"))
         status, reason, daily, total, trades = await row("BTCUSDT")
         assert reason == "daily loss limit reached: lost 6.00 today (limit 5)"
-        await until(lambda: _trades("BTCUSDT", 2))  # closed at market after the halt
+        await eventually(lambda: _trades("BTCUSDT", 2))  # closed at market after the halt
         assert (await row("BTCUSDT"))[2:4] == (-6.0, -6.0)
 
         clock.offset = 86_400.0  # the next UTC day
         assert await db(tasks.daily_reset) == 1
-        await until(lambda: _trades("BTCUSDT", 4))  # it runs, and trades, again
-        acks = await db(lambda: list(EngineCommand.objects.filter(action="reset_day")
-                                     .values_list("outcome", "message")))  # fmt: skip
+        await eventually(lambda: _trades("BTCUSDT", 4))  # it runs, and trades, again
+        acks = await db(
+            lambda: list(
+                EngineCommand.objects.filter(action="reset_day").values_list("outcome", "message")
+            )
+        )
         assert acks[0][0] == "done" and acks[0][1].startswith("new day")
         # The same prices lose 6 again: halted again, counted from the new day only.
-        await until(lambda: _status("BTCUSDT", "halted"))
-        await until(lambda: _trades("BTCUSDT", 4))
+        await eventually(lambda: _status("BTCUSDT", "halted"))
+        await eventually(lambda: _trades("BTCUSDT", 4))
         status, reason, daily, total, trades = await row("BTCUSDT")
         assert (daily, total) == (-6.0, -12.0)
 
@@ -65,7 +74,7 @@ async def test_a_halt_holds_across_a_runner_restart_until_the_next_day(tmp_path)
     await db(services.engine_add, symbol="BTCUSDT", config=LOSING | {"on_stop": "hold"})
     settings = fast_settings(tmp_path / "logs", symbols=[])
     async with running(Runner(settings=settings)):
-        await until(lambda: _status("BTCUSDT", "halted"))
+        await eventually(lambda: _status("BTCUSDT", "halted"))
     trades = (await row("BTCUSDT"))[4]
 
     written: list[str] = []
@@ -78,17 +87,18 @@ async def test_a_halt_holds_across_a_runner_restart_until_the_next_day(tmp_path)
         clock = ShiftedClock()
         runner = Runner(settings=settings, clock=clock)
         async with running(runner):  # a deploy or a crash of the runner, the same UTC day
+            # Nothing happens for a while: a real wait, as the runner's polls are paced by the
+            # event loop, which no fake clock moves.
             await asyncio.sleep(0.5)
             assert not {"starting", "running"} & set(written), (
                 written
             )  # never ran, not even briefly
             assert (await row("BTCUSDT"))[0] == "halted"
             assert (await row("BTCUSDT"))[4] == trades  # no trading past the limit today
-            slot = runner.manager.slots["BTCUSDT"]
-            assert slot.task is None
-            held = slot.engine
+            assert not runner.manager.is_alive("BTCUSDT")
+            held = runner.manager.engine_of("BTCUSDT")
 
             clock.offset = 86_400.0  # the next UTC day: it runs again
-            await until(lambda: runner.manager.slots["BTCUSDT"].engine is not held)
+            await eventually(lambda: runner.manager.engine_of("BTCUSDT") is not held)
     finally:
         engines_written.disconnect(record)

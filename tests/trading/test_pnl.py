@@ -5,13 +5,22 @@ from __future__ import annotations
 import pytest
 
 from engines_app.runtime.broker import BUY, SELL, Book, execute, replay, utc_day
-from tests.trading_support import DAY, T0
+from tests.helpers import DAY, T0
 
 
-def fill(book: Book, side: str, qty: float, price: float, *, at: float = T0, fee_rate=0.0,
-         slippage=0.0):  # fmt: skip
-    return execute(book, symbol="BTCUSDT", side=side, qty=qty, price=price, at=at,
-                   fee_rate=fee_rate, slippage=slippage)  # fmt: skip
+def fill(
+    book: Book, side: str, qty: float, price: float, *, at: float = T0, fee_rate=0.0, slippage=0.0
+):
+    return execute(
+        book,
+        symbol="BTCUSDT",
+        side=side,
+        qty=qty,
+        price=price,
+        at=at,
+        fee_rate=fee_rate,
+        slippage=slippage,
+    )
 
 
 def test_long_round_trip_with_a_partial_close_and_fees():
@@ -88,8 +97,12 @@ def test_daily_pnl_counts_today_only_and_the_roll_is_idempotent():
 
 def test_replaying_the_fills_rebuilds_the_same_book():
     live = Book()
-    steps = [(BUY, 2, 100.0, T0), (SELL, 3, 104.0, T0 + 5), (BUY, 1, 101.0, T0 + DAY),
-             (BUY, 1, 99.0, T0 + DAY + 1)]  # fmt: skip
+    steps = [
+        (BUY, 2, 100.0, T0),
+        (SELL, 3, 104.0, T0 + 5),
+        (BUY, 1, 101.0, T0 + DAY),
+        (BUY, 1, 99.0, T0 + DAY + 1),
+    ]
     fills = [fill(live, side, qty, price, at=at, fee_rate=0.002) for side, qty, price, at in steps]
     rebuilt = replay(
         [(f.side, f.qty, f.price, f.fee, f.at) for f in fills], today=utc_day(T0 + DAY)

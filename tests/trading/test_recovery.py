@@ -4,13 +4,11 @@ position, PnL and trade count its Trade rows say — no fill lost, none doubled.
 from __future__ import annotations
 
 import signal
-import sqlite3
-from contextlib import closing
 
 import pytest
 
 from engines_app.runtime.broker import replay, utc_day
-from tests.conftest import wait_for
+from tests.helpers import engine_row, eventually_sync, query
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 ADD = (
@@ -18,11 +16,6 @@ ADD = (
     "for s in {symbols!r}:\n"
     "    services.engine_add(symbol=s, cycle_interval=0.02, config={config!r})\n"
 )
-
-
-def query(project, sql: str, *args) -> list[tuple]:
-    with closing(sqlite3.connect(project.data_dir / "levipanel.sqlite3", timeout=20)) as db:
-        return db.execute(sql, args).fetchall()
 
 
 def trades(project, symbol: str) -> list[tuple]:
@@ -34,14 +27,6 @@ def trades(project, symbol: str) -> list[tuple]:
     )
 
 
-def engine_row(project, symbol: str) -> tuple:
-    return query(
-        project,
-        "SELECT position, trade_count, total_pnl, status FROM engines_app_engine WHERE symbol = ?",
-        symbol,
-    )[0]
-
-
 def counts(project) -> dict[str, int]:
     rows = query(project, "SELECT symbol, COUNT(*) FROM engines_app_trade GROUP BY symbol")
     return dict.fromkeys(SYMBOLS, 0) | dict(rows)
@@ -51,7 +36,7 @@ def test_kill_9_while_trading_then_restart_loses_and_doubles_no_fill(project):
     config = {"params": {"fast": 1, "slow": 2}, "feed_options": {"volatility": 0.01}}
     project.manage("shell", "-c", ADD.format(symbols=SYMBOLS, config=config))
     runner = project.start("manage.py", "runengines", log_name="runner1")
-    wait_for(lambda: min(counts(project).values()) >= 30, timeout=30, message="no trading")
+    eventually_sync(lambda: min(counts(project).values()) >= 30, timeout=30, message="no trading")
     runner.send_signal(signal.SIGKILL)
     runner.wait(10)
 
@@ -65,7 +50,7 @@ def test_kill_9_while_trading_then_restart_loses_and_doubles_no_fill(project):
         before[symbol] = rows
 
     again = project.start("manage.py", "runengines", log_name="runner2")
-    wait_for(
+    eventually_sync(
         lambda: all(counts(project)[s] >= len(before[s]) + 30 for s in SYMBOLS),
         timeout=30,
         message="no trading after the restart",

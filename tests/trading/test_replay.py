@@ -5,7 +5,7 @@ from __future__ import annotations
 from engines_app.runtime.engine import EngineConfig
 from engines_app.runtime.feeds import make_feed
 from engines_app.runtime.feeds.replay import load_csv
-from tests.trading_support import ticking_engine
+from tests.helpers import ticking_engine
 
 
 async def replay_sample(**options) -> list[tuple]:

@@ -7,11 +7,22 @@ import logging
 import pytest
 
 from engines_app.runtime import EngineManager
+from engines_app.runtime.broker import BUY, SELL
 from engines_app.runtime.engine import EngineConfig
 from engines_app.runtime.errors import RiskHalt
 from engines_app.runtime.events import StatusChanged
 from engines_app.runtime.manager import Status
-from tests.trading_support import DAY, T0, Clock, ticking_engine, trades, until
+from engines_app.runtime.risk import DAILY_LOSS
+from tests.helpers import DAY, T0, FakeClock, eventually, ticking_engine, trades
+
+
+def status(manager: EngineManager) -> Status | None:
+    return manager.status_of("BTCUSDT")
+
+
+def live(manager: EngineManager):
+    """BTCUSDT's engine: the one of its latest run."""
+    return manager.engine_of("BTCUSDT")
 
 
 def feed(engine, prices):
@@ -76,76 +87,133 @@ def test_stop_entries_keeps_managing_the_open_position_but_opens_nothing():
 
 
 async def test_halted_engine_shows_its_reason_and_runs_again_the_next_utc_day():
-    clock = Clock(T0 + 23 * 3600)  # 23:00 UTC
+    clock = FakeClock(T0 + 23 * 3600)  # 23:00 UTC
     manager = EngineManager(clock=clock)
     prices = [100, 101, 99, 100, 97] + [97] * 5
     config = EngineConfig(
-        "BTCUSDT", 0.001, feed="prices", feed_options={"prices": prices}, daily_loss_limit=5,
-        fee_rate=0.0, slippage=0.0, params={"fast": 1, "slow": 2}, on_stop="close",
-    )  # fmt: skip
+        "BTCUSDT",
+        0.001,
+        feed="prices",
+        feed_options={"prices": prices},
+        daily_loss_limit=5,
+        fee_rate=0.0,
+        slippage=0.0,
+        params={"fast": 1, "slow": 2},
+        on_stop="close",
+    )
     manager.start(config)
-    slot = manager.slots["BTCUSDT"]
-    await until(lambda: slot.status == Status.HALTED)
+    await eventually(lambda: status(manager) == Status.HALTED)
     halted = [e for e in manager.drain_events() if isinstance(e, StatusChanged)][-1]
     assert halted.status == "halted"
     assert halted.reason == "daily loss limit reached: lost 5.00 today (limit 5)"
-    book = slot.engine.state.book
+    assert halted.code == DAILY_LOSS  # what alerts key on
+    book = live(manager).state.book
     # Marked at 97 the open long made today's loss 5 before the strategy could sell:
     # halted, then closed at market (on_stop: close).
     assert (book.trade_count, book.qty) == (4, 0.0)
-    assert slot.engine.state.daily_pnl == pytest.approx(-5)
+    assert live(manager).state.daily_pnl == pytest.approx(-5)
 
     clock.now += 30 * 60  # 23:30: still the same day
     assert manager.resume_halted(clock()) == []
     clock.now = T0 + DAY + 60  # 00:01 the next day
     assert manager.resume_halted(clock()) == ["BTCUSDT"]
-    assert slot.engine.state.daily_pnl == 0.0  # a new day's count
+    assert live(manager).state.daily_pnl == 0.0  # a new day's count
     # The same prices replay: the limit holds again, counted from the new day only.
-    await until(lambda: slot.status == Status.HALTED and book.trade_count == 8)
+    await eventually(lambda: status(manager) == Status.HALTED and book.trade_count == 8)
     statuses = [e.status for e in manager.drain_events() if isinstance(e, StatusChanged)]
     assert statuses == ["starting", "running", "halted"]
-    assert slot.engine.state.daily_pnl == pytest.approx(-5)
-    assert slot.engine.state.total_pnl == pytest.approx(-10)
+    assert live(manager).state.daily_pnl == pytest.approx(-5)
+    assert live(manager).state.total_pnl == pytest.approx(-10)
 
 
 async def test_an_operator_restart_lifts_the_halt_for_the_rest_of_the_day():
-    manager = EngineManager(clock=Clock())
+    manager = EngineManager(clock=FakeClock())
     config = EngineConfig(
-        "BTCUSDT", 0.001, feed="prices", feed_options={"prices": [100, 101, 95, 96, 97]},
-        daily_loss_limit=5, fee_rate=0.0, slippage=0.0, params={"fast": 1, "slow": 2},
-    )  # fmt: skip
+        "BTCUSDT",
+        0.001,
+        feed="prices",
+        feed_options={"prices": [100, 101, 95, 96, 97]},
+        daily_loss_limit=5,
+        fee_rate=0.0,
+        slippage=0.0,
+        params={"fast": 1, "slow": 2},
+    )
     manager.start(config)
-    slot = manager.slots["BTCUSDT"]
-    await until(lambda: slot.status == Status.HALTED)
+    await eventually(lambda: status(manager) == Status.HALTED)
     assert manager.lift_halt("BTCUSDT") is True
     manager.start(config)
-    await until(lambda: slot.engine.state.trade_count == 3)  # it trades again today
-    assert slot.status == Status.RUNNING
+    await eventually(lambda: live(manager).state.trade_count == 3)  # it trades again today
+    assert status(manager) == Status.RUNNING
     await manager.stop_all()
 
 
 async def test_on_stop_close_flattens_the_position_when_an_operator_stops_the_engine():
-    manager = EngineManager(clock=Clock())
+    manager = EngineManager(clock=FakeClock())
     config = EngineConfig(
-        "BTCUSDT", 0.001, feed="prices", feed_options={"prices": [100, 101, 102]},
-        fee_rate=0.0, slippage=0.0, params={"fast": 1, "slow": 2}, on_stop="close",
-    )  # fmt: skip
+        "BTCUSDT",
+        0.001,
+        feed="prices",
+        feed_options={"prices": [100, 101, 102]},
+        fee_rate=0.0,
+        slippage=0.0,
+        params={"fast": 1, "slow": 2},
+        on_stop="close",
+    )
     manager.start(config)
-    state = manager.slots["BTCUSDT"].engine.state
-    await until(lambda: state.position == 1 and state.book.mark == 102)
+    state = live(manager).state
+    await eventually(lambda: state.position == 1 and state.book.mark == 102)
     await manager.stop("BTCUSDT", reason="stopped by operator", close=True)
     assert state.position is None and state.trade_count == 2
     assert state.total_pnl == pytest.approx(1.0)  # bought at 101, closed at the mark 102
 
 
 async def test_on_stop_hold_keeps_the_position():
-    manager = EngineManager(clock=Clock())
+    manager = EngineManager(clock=FakeClock())
     config = EngineConfig(
-        "BTCUSDT", 0.001, feed="prices", feed_options={"prices": [100, 101, 102]},
+        "BTCUSDT",
+        0.001,
+        feed="prices",
+        feed_options={"prices": [100, 101, 102]},
         params={"fast": 1, "slow": 2},
-    )  # fmt: skip
+    )
     manager.start(config)
-    state = manager.slots["BTCUSDT"].engine.state
-    await until(lambda: state.position == 1)
+    state = live(manager).state
+    await eventually(lambda: state.position == 1)
     await manager.stop("BTCUSDT", reason="stopped by operator", close=True)
     assert state.position == 1 and state.trade_count == 1
+
+
+def failing_config(on_stop: str) -> EngineConfig:
+    """Long 1 at 101, marked at 102 on the third cycle; the fourth raises a fatal error."""
+    return EngineConfig(
+        "BTCUSDT",
+        0.001,
+        feed="prices",
+        feed_options={"prices": [100, 101, 102, 103]},
+        fee_rate=0.0,
+        slippage=0.0,
+        params={"fast": 1, "slow": 2},
+        fatal_after_cycles=3,
+        on_stop=on_stop,
+    )
+
+
+async def test_on_stop_close_flattens_the_position_when_the_engine_fails():
+    manager = EngineManager(clock=FakeClock())
+    manager.start(failing_config("close"))
+    await eventually(lambda: status(manager) == Status.FAILED)
+    state = live(manager).state
+    assert (state.position, state.trade_count) == (None, 2)
+    sides = [
+        (e.fill.side, e.fill.qty, e.fill.price)
+        for e in manager.drain_events()
+        if getattr(e, "fill", None) is not None
+    ]
+    assert sides == [(BUY, 1.0, 101.0), (SELL, 1.0, 102.0)]  # closed at the last price
+
+
+async def test_on_stop_hold_keeps_the_position_of_a_failed_engine():
+    manager = EngineManager(clock=FakeClock())
+    manager.start(failing_config("hold"))
+    await eventually(lambda: status(manager) == Status.FAILED)
+    assert (live(manager).state.position, live(manager).state.trade_count) == (1.0, 1)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.conftest import wait_for
-from tests.trading.test_recovery import engine_row, query
+from tests.helpers import engine_row, eventually_sync, query
 
 SETUP = """
 from engines_app.services import engines as services
@@ -21,13 +20,18 @@ services.engine_add(symbol="ETHUSDT", cycle_interval=0.02, config=common | {
 
 
 def reason(project, symbol: str) -> str:
-    return query(project, "SELECT status_reason FROM engines_app_engine WHERE symbol = ?",
-                 symbol)[0][0]  # fmt: skip
+    return query(project, "SELECT status_reason FROM engines_app_engine WHERE symbol = ?", symbol)[
+        0
+    ][0]
 
 
 def commands(project, action: str) -> list[tuple]:
-    return query(project, "SELECT symbol, outcome, message FROM engines_app_enginecommand "
-                 "WHERE action = ? ORDER BY symbol", action)  # fmt: skip
+    return query(
+        project,
+        "SELECT symbol, outcome, message FROM engines_app_enginecommand "
+        "WHERE action = ? ORDER BY symbol",
+        action,
+    )
 
 
 def test_halt_reason_operator_restart_daily_reset_and_degraded_through_the_runner(project):
@@ -35,23 +39,27 @@ def test_halt_reason_operator_restart_daily_reset_and_degraded_through_the_runne
     runner = project.start("manage.py", "runengines", log_name="runner")
 
     # 101 bought; marked at 95 the open loss is 6: halted, and closed at market.
-    wait_for(lambda: engine_row(project, "BTCUSDT")[3] == "halted", message="not halted")
+    eventually_sync(lambda: engine_row(project, "BTCUSDT")[3] == "halted", message="not halted")
     assert reason(project, "BTCUSDT") == "daily loss limit reached: lost 6.00 today (limit 5)"
-    wait_for(lambda: engine_row(project, "BTCUSDT")[:2] == (None, 2), message="not closed")
+    eventually_sync(lambda: engine_row(project, "BTCUSDT")[:2] == (None, 2), message="not closed")
     # The other engine's feed ran dry: alive, degraded, and saying why.
-    wait_for(lambda: engine_row(project, "ETHUSDT")[3] == "degraded", message="not degraded")
+    eventually_sync(lambda: engine_row(project, "ETHUSDT")[3] == "degraded", message="not degraded")
     assert reason(project, "ETHUSDT").startswith("no market data for ")
 
     # The scheduled reset on the same UTC day changes nothing: still halted.
-    project.manage("shell", "-c", "from engines_app import tasks; tasks.daily_reset()")
-    wait_for(lambda: [c[1] for c in commands(project, "reset_day")] == ["done", "done"])
+    project.manage("shell", "-c", "from engines_app.jobs import tasks; tasks.daily_reset()")
+    eventually_sync(lambda: [c[1] for c in commands(project, "reset_day")] == ["done", "done"])
     assert engine_row(project, "BTCUSDT")[3] == "halted"
 
     # An operator restart lifts the halt: it trades again, its limit counted from there.
-    project.manage("shell", "-c", "from engines_app import services\n"
-                   "services.engine_restart(symbol='BTCUSDT', source='test')")  # fmt: skip
-    wait_for(lambda: engine_row(project, "BTCUSDT")[1] == 4, message="did not trade again")
-    wait_for(lambda: engine_row(project, "BTCUSDT")[3] == "halted")
+    project.manage(
+        "shell",
+        "-c",
+        "from engines_app import services\n"
+        "services.engine_restart(symbol='BTCUSDT', source='test')",
+    )
+    eventually_sync(lambda: engine_row(project, "BTCUSDT")[1] == 4, message="did not trade again")
+    eventually_sync(lambda: engine_row(project, "BTCUSDT")[3] == "halted")
     assert reason(project, "BTCUSDT") == "daily loss limit reached: lost 6.00 today (limit 5)"
     assert engine_row(project, "BTCUSDT")[2] == -12.0  # total PnL: two losses of 6
 

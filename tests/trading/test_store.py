@@ -15,33 +15,25 @@ from engines_app.jobs import tasks
 from engines_app.jobs.schedules import DAILY_RESET_NAME
 from engines_app.models import Engine, EngineCommand, Trade
 from engines_app.runner import store
-from engines_app.runtime.broker import BUY, SELL, Book, execute, replay, utc_day
-from engines_app.runtime.events import BookChanged
+from engines_app.runtime.broker import BUY, SELL, replay, utc_day
 from engines_app.selectors import engines as selectors
 from engines_app.selectors import trading as selectors_trading
 from engines_app.services import engines as services
-from tests.trading_support import DAY, T0
+from tests.helpers import DAY, T0, book_rows
 
 pytestmark = pytest.mark.django_db
-
-
-def book_rows(engine: Engine, steps, *, fee_rate=0.001) -> tuple[Book, list[store.BookRow]]:
-    book, rows = Book(), []
-    for side, qty, price, at in steps:
-        fill = execute(book, symbol=engine.symbol, side=side, qty=qty, price=price, at=at,
-                       fee_rate=fee_rate, slippage=0.0)  # fmt: skip
-        event = BookChanged(engine.symbol, at, fill, book.qty or None, book.daily_pnl(),
-                            book.total_pnl(), book.trade_count)  # fmt: skip
-        rows.append(store.BookRow(engine.id, event))
-    return book, rows
 
 
 def write(rows) -> None:
     store.write(statuses=[], errors=[], restarts=[], heartbeats=[], books=rows)
 
 
-STEPS = [(BUY, 2, 100.0, T0 + 10), (SELL, 1, 110.0, T0 + 20), (SELL, 3, 104.0, T0 + DAY + 5),
-         (BUY, 1, 101.0, T0 + DAY + 6)]  # fmt: skip
+STEPS = [
+    (BUY, 2, 100.0, T0 + 10),
+    (SELL, 1, 110.0, T0 + 20),
+    (SELL, 3, 104.0, T0 + DAY + 5),
+    (BUY, 1, 101.0, T0 + DAY + 6),
+]
 
 
 def test_a_fill_and_the_position_it_leads_to_are_written_together_and_never_doubled():
@@ -77,10 +69,22 @@ def test_the_book_rebuilt_from_trade_rows_equals_a_replay_of_every_fill():
     rebuilt = store.rebuild_books([engine.id, other.id], now)
     assert other.id not in rebuilt
     trades = Trade.objects.filter(engine=engine).order_by("seq")
-    replayed = replay([(t.side, t.qty, t.price, t.fee, t.time.timestamp()) for t in trades],
-                      today=utc_day(now))  # fmt: skip
-    for name in ("qty", "avg_price", "realized", "fees", "trade_count", "wins", "closes", "mark",
-                 "day", "day_realized", "day_fees"):  # fmt: skip
+    replayed = replay(
+        [(t.side, t.qty, t.price, t.fee, t.time.timestamp()) for t in trades], today=utc_day(now)
+    )
+    for name in (
+        "qty",
+        "avg_price",
+        "realized",
+        "fees",
+        "trade_count",
+        "wins",
+        "closes",
+        "mark",
+        "day",
+        "day_realized",
+        "day_fees",
+    ):
         assert getattr(rebuilt[engine.id], name) == pytest.approx(getattr(replayed, name)), name
         assert getattr(rebuilt[engine.id], name) == pytest.approx(getattr(live, name)), name
     status, state = store.load_states(["BTCUSDT", "ETHUSDT"], now)["BTCUSDT"]
@@ -102,8 +106,9 @@ def test_the_daily_reset_task_asks_the_runner_to_start_a_new_day_on_every_engine
     assert tasks.daily_reset() == 2
     commands = EngineCommand.objects.filter(action=EngineCommand.Action.RESET_DAY)
     assert sorted(commands.values_list("symbol", "source", "outcome")) == [
-        ("BTCUSDT", "schedule", "pending"), ("ETHUSDT", "schedule", "pending"),
-    ]  # fmt: skip
+        ("BTCUSDT", "schedule", "pending"),
+        ("ETHUSDT", "schedule", "pending"),
+    ]
 
 
 def test_trades_are_listed_newest_first_in_pages():
@@ -115,9 +120,17 @@ def test_trades_are_listed_newest_first_in_pages():
     last = selectors_trading.trades_list(symbol="BTCUSDT", page=2, page_size=3)
     assert [t["seq"] for t in last["trades"]] == [1]
     assert last["trades"][0] | {"id": "", "time": 0} == {
-        "id": "", "seq": 1, "symbol": "BTCUSDT", "side": "buy", "qty": 2.0, "price": 100.0,
-        "fee": pytest.approx(0.2), "time": 0, "realized_pnl": None, "position_after": 2.0,
-    }  # fmt: skip
+        "id": "",
+        "seq": 1,
+        "symbol": "BTCUSDT",
+        "side": "buy",
+        "qty": 2.0,
+        "price": 100.0,
+        "fee": pytest.approx(0.2),
+        "time": 0,
+        "realized_pnl": None,
+        "position_after": 2.0,
+    }
     with pytest.raises(selectors_trading.EngineNotFound):
         selectors_trading.trades_list(symbol="NOPEUSDT")
     for bad in ({"page": 0}, {"page_size": 0}, {"page_size": 501}, {"page": "2"}):
@@ -128,18 +141,27 @@ def test_trades_are_listed_newest_first_in_pages():
 def test_profit_per_engine_and_in_total():
     engine = Engine.objects.create(symbol="BTCUSDT")
     Engine.objects.create(symbol="ETHUSDT")
-    steps = [(BUY, 2, 100.0, T0), (SELL, 1, 110.0, T0 + 1), (SELL, 1, 90.0, T0 + 2),
-             (BUY, 1, 100.0, T0 + 3)]  # fmt: skip
+    steps = [
+        (BUY, 2, 100.0, T0),
+        (SELL, 1, 110.0, T0 + 1),
+        (SELL, 1, 90.0, T0 + 2),
+        (BUY, 1, 100.0, T0 + 3),
+    ]
     book, rows = book_rows(engine, steps)
     write(rows)
     Engine.objects.filter(id=engine.id).update(total_pnl=book.total_pnl() + 5)  # marked +5
     profit = selectors_trading.profit_summary()
     btc, eth = profit["engines"]
     assert btc == {
-        "symbol": "BTCUSDT", "realized": 0.0, "unrealized": pytest.approx(5.0),
-        "fees": pytest.approx(0.5), "total_pnl": pytest.approx(4.5), "trade_count": 4,
-        "closed_count": 2, "win_rate": 0.5,
-    }  # fmt: skip
+        "symbol": "BTCUSDT",
+        "realized": 0.0,
+        "unrealized": pytest.approx(5.0),
+        "fees": pytest.approx(0.5),
+        "total_pnl": pytest.approx(4.5),
+        "trade_count": 4,
+        "closed_count": 2,
+        "win_rate": 0.5,
+    }
     assert eth["trade_count"] == 0 and eth["win_rate"] is None
     assert profit["total"]["total_pnl"] == pytest.approx(4.5)
     assert profit["total"]["win_rate"] == 0.5
@@ -151,8 +173,9 @@ def test_halted_and_degraded_are_counted_and_shown_with_their_reason():
         status="halted",
         status_reason="daily loss limit reached: lost 5.00 today (limit 5)",
     )
-    Engine.objects.create(symbol="ETHUSDT", status="degraded",
-                          status_reason="no market data for 6.0s")  # fmt: skip
+    Engine.objects.create(
+        symbol="ETHUSDT", status="degraded", status_reason="no market data for 6.0s"
+    )
     fleet = selectors.fleet_status()
     assert (fleet["halted"], fleet["degraded"], fleet["running"]) == (1, 1, 0)
     assert fleet["engines"][0]["status_reason"].startswith("daily loss limit reached")

@@ -26,8 +26,15 @@ def staff(django_user_model, name: str, *codenames: str):
 
 @pytest.fixture
 def operator(django_user_model):
-    return staff(django_user_model, "operator", *MODEL_PERMISSIONS, "control_engine",
-                 "view_enginerestart", "view_engineerror", "view_enginecommand")  # fmt: skip
+    return staff(
+        django_user_model,
+        "operator",
+        *MODEL_PERMISSIONS,
+        "control_engine",
+        "view_enginerestart",
+        "view_engineerror",
+        "view_enginecommand",
+    )
 
 
 @pytest.fixture
@@ -39,13 +46,20 @@ def watcher(django_user_model):
 def engines(db):
     now = datetime.now(UTC)
     return {
-        "BTCUSDT": Engine.objects.create(symbol="BTCUSDT", status="running", started_at=now,
-                                         last_heartbeat=now, total_pnl=12.5, trade_count=3),
+        "BTCUSDT": Engine.objects.create(
+            symbol="BTCUSDT",
+            status="running",
+            started_at=now,
+            last_heartbeat=now,
+            total_pnl=12.5,
+            trade_count=3,
+        ),
         "ETHUSDT": Engine.objects.create(symbol="ETHUSDT", status="crashed"),
         "SOLUSDT": Engine.objects.create(symbol="SOLUSDT", status="failed"),
-        "XRPUSDT": Engine.objects.create(symbol="XRPUSDT", status="stopped",
-                                         desired_state="stopped"),
-    }  # fmt: skip
+        "XRPUSDT": Engine.objects.create(
+            symbol="XRPUSDT", status="stopped", desired_state="stopped"
+        ),
+    }
 
 
 def as_user(user) -> Client:
@@ -78,8 +92,15 @@ def test_the_list_shows_status_heartbeat_uptime_and_results(engines, operator):
     response = as_user(operator).get(CHANGELIST)
     assert response.status_code == 200
     page = response.content.decode()
-    for column in ("Heartbeat age", "Uptime", "Position", "Daily pnl", "Total pnl",
-                   "Trade count", "Error count"):  # fmt: skip
+    for column in (
+        "Heartbeat age",
+        "Uptime",
+        "Position",
+        "Daily pnl",
+        "Total pnl",
+        "Trade count",
+        "Error count",
+    ):
         assert column in page
     assert "12.5" in page and "0 s" in page
     assert 'id="restart-crashed"' in page and "Restart crashed/failed (2)" in page
@@ -98,11 +119,15 @@ def test_filter_by_status_and_search_by_symbol(engines, operator):
 
 @pytest.mark.parametrize(
     ("name", "verb", "desired"),
-    [("start_engines", "Start", "running"), ("stop_engines", "Stop", "stopped"),
-     ("restart_engines", "Restart", "running")],
-)  # fmt: skip
-def test_actions_go_through_the_services_and_say_what_they_did(engines, operator, name, verb,
-                                                               desired):  # fmt: skip
+    [
+        ("start_engines", "Start", "running"),
+        ("stop_engines", "Stop", "stopped"),
+        ("restart_engines", "Restart", "running"),
+    ],
+)
+def test_actions_go_through_the_services_and_say_what_they_did(
+    engines, operator, name, verb, desired
+):
     response = action(as_user(operator), name, "BTCUSDT", "XRPUSDT")
     assert response.status_code == 200
     assert messages_of(response) == [
@@ -110,8 +135,10 @@ def test_actions_go_through_the_services_and_say_what_they_did(engines, operator
         "The runner carries it out within a second."
     ]
     action_name = verb.lower()
-    assert commands() == [("BTCUSDT", action_name, "admin", "operator"),
-                          ("XRPUSDT", action_name, "admin", "operator")]  # fmt: skip
+    assert commands() == [
+        ("BTCUSDT", action_name, "admin", "operator"),
+        ("XRPUSDT", action_name, "admin", "operator"),
+    ]
     assert {e.desired_state for e in Engine.objects.filter(symbol__in=["BTCUSDT", "XRPUSDT"])} == {
         desired
     }
@@ -154,10 +181,14 @@ def test_restart_crashed_and_failed_is_one_click(engines, operator):
 def test_adding_an_engine_records_an_add_command(db, operator):
     response = as_user(operator).post(
         f"{CHANGELIST}add/",
-        {"symbol": "ADAUSDT", "desired_state": "running", "cycle_interval": "0.5",
-         "config": '{"seed": 7}'},
+        {
+            "symbol": "ADAUSDT",
+            "desired_state": "running",
+            "cycle_interval": "0.5",
+            "config": '{"seed": 7}',
+        },
         follow=True,
-    )  # fmt: skip
+    )
     assert response.status_code == 200
     engine = Engine.objects.get(symbol="ADAUSDT")
     assert (engine.cycle_interval, engine.config) == (0.5, {"seed": 7})
@@ -181,8 +212,13 @@ def test_adding_an_engine_records_an_add_command(db, operator):
     ],
 )
 def test_an_invalid_new_engine_is_refused_in_the_form(engines, operator, data, field, message):
-    form = {"symbol": "ADAUSDT", "desired_state": "running", "cycle_interval": "",
-            "config": "{}", **data}  # fmt: skip
+    form = {
+        "symbol": "ADAUSDT",
+        "desired_state": "running",
+        "cycle_interval": "",
+        "config": "{}",
+        **data,
+    }
     response = as_user(operator).post(f"{CHANGELIST}add/", form)
     assert response.status_code == 200
     assert message in " ".join(response.context["adminform"].form.errors[field])
@@ -197,8 +233,12 @@ def test_adding_needs_the_control_permission(db, watcher):
 
 
 def change(client: Client, engine: Engine, **data):
-    form = {"desired_state": engine.desired_state, "cycle_interval": engine.cycle_interval or "",
-            "config": "{}", **data}  # fmt: skip
+    form = {
+        "desired_state": engine.desired_state,
+        "cycle_interval": engine.cycle_interval or "",
+        "config": "{}",
+        **data,
+    }
     return client.post(f"{CHANGELIST}{engine.pk}/change/", form, follow=True)
 
 
@@ -215,7 +255,24 @@ def test_editing_settings_never_overwrites_what_the_runner_wrote(engines, operat
     assert (btc.cycle_interval, btc.config) == (0.25, {"seed": 3})
     assert (btc.status, btc.total_pnl, btc.trade_count) == ("backoff", 99.0, 42)
     assert any("cycle_interval, config changed" in m for m in messages_of(response))
-    assert not EngineCommand.objects.exists()  # settings are picked up by the runner itself
+
+
+def test_a_settings_edit_is_a_configure_command_in_the_history(engines, operator):
+    client = as_user(operator)
+    btc = engines["BTCUSDT"]
+    response = change(client, btc, config='{"seed": 3}')
+    assert response.status_code == 200
+    assert commands() == [("BTCUSDT", "configure", "admin", "operator")]
+    page = client.get(f"{CHANGELIST}{btc.pk}/change/").content.decode()
+    assert "Recent commands" in page and "Configure" in page
+    listed = client.get("/admin/engines_app/enginecommand/", {"action__exact": "configure"})
+    assert [c.symbol for c in listed.context["cl"].result_list] == ["BTCUSDT"]
+
+
+def test_saving_unchanged_settings_records_nothing(engines, operator):
+    response = change(as_user(operator), engines["BTCUSDT"])
+    assert response.status_code == 200
+    assert not EngineCommand.objects.exists()
 
 
 def test_an_invalid_setting_is_refused_and_nothing_changes(engines, operator):
@@ -224,6 +281,7 @@ def test_an_invalid_setting_is_refused_and_nothing_changes(engines, operator):
     assert "between 0 and 1" in " ".join(response.context["adminform"].form.errors["config"])
     btc.refresh_from_db()
     assert btc.config == {}
+    assert not EngineCommand.objects.exists()
 
 
 def test_a_slow_cycle_interval_is_accepted(engines, operator):
@@ -245,8 +303,13 @@ def test_without_control_desired_state_and_settings_are_read_only(engines, watch
     # A settings change makes the runner restart the engine (or, with crash injection,
     # fail it): without the control permission it must not get through.
     btc = engines["BTCUSDT"]
-    response = change(as_user(watcher), btc, desired_state="stopped", cycle_interval="0.1",
-                      config='{"crash_probability": 1}')  # fmt: skip
+    response = change(
+        as_user(watcher),
+        btc,
+        desired_state="stopped",
+        cycle_interval="0.1",
+        config='{"crash_probability": 1}',
+    )
     assert response.status_code == 200
     btc.refresh_from_db()
     assert (btc.desired_state, btc.cycle_interval, btc.config) == ("running", None, {})
@@ -257,8 +320,9 @@ def test_the_change_page_shows_recent_restarts_errors_and_commands(engines, oper
     btc = engines["BTCUSDT"]
     now = datetime.now(UTC)
     for attempt in range(1, 13):
-        EngineRestart.objects.create(engine=btc, at=now, reason=f"crash {attempt}",
-                                     attempt=attempt, backoff_seconds=60.0)  # fmt: skip
+        EngineRestart.objects.create(
+            engine=btc, at=now, reason=f"crash {attempt}", attempt=attempt, backoff_seconds=60.0
+        )
     EngineError.objects.create(engine=btc, at=now, type="InjectedCrash", message="kaboom")
     client = as_user(operator)
     action(client, "restart_engines", "BTCUSDT")
@@ -282,9 +346,11 @@ def test_deleting_goes_through_the_service(engines, operator, watcher):
     client = as_user(operator)
     ids = [engines["ETHUSDT"].pk, engines["SOLUSDT"].pk]
     client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": ids, "post": "yes"})
-    assert commands() == [("XRPUSDT", "remove", "admin", "operator"),
-                          ("ETHUSDT", "remove", "admin", "operator"),
-                          ("SOLUSDT", "remove", "admin", "operator")]  # fmt: skip
+    assert commands() == [
+        ("XRPUSDT", "remove", "admin", "operator"),
+        ("ETHUSDT", "remove", "admin", "operator"),
+        ("SOLUSDT", "remove", "admin", "operator"),
+    ]
 
 
 @pytest.mark.parametrize("model", ["enginerestart", "engineerror", "enginecommand"])
@@ -332,3 +398,26 @@ def test_an_engine_deleted_under_an_action_is_reported_not_a_500(engines, operat
     assert any("Stop requested for 1 engine(s): BTCUSDT" in m for m in said)
     assert any("No longer there, nothing done: ETHUSDT" in m for m in said)
     assert Engine.objects.get(symbol="BTCUSDT").desired_state == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('{"order_qty": NaN}', "order_qty must be a number greater than 0"),
+        ('{"daily_loss_limit": NaN}', "daily_loss_limit must be a number greater than 0"),
+        ('{"max_position_notional": Infinity}', "max_position_notional must be a number"),
+        ('{"max_order_notional": -Infinity}', "max_order_notional must be a number"),
+        ('{"feed_options": {"price": Infinity}}', "feed_options.price must be a number"),
+        (
+            '{"feed": "ws", "feed_options": {"url": "ws://127.0.0.1:9/", "reconnect_cap": '
+            "Infinity}}",
+            "feed_options.reconnect_cap must be a number greater than 0",
+        ),
+    ],
+)
+def test_nan_and_infinity_in_a_config_are_refused_in_the_add_form(operator, config, message):
+    form = {"symbol": "ADAUSDT", "desired_state": "running", "cycle_interval": "", "config": config}
+    response = as_user(operator).post(f"{CHANGELIST}add/", form)
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors["config"])
+    assert not Engine.objects.exists() and not EngineCommand.objects.exists()

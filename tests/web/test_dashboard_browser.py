@@ -10,16 +10,27 @@ import signal
 import pytest
 from playwright.sync_api import Page, expect
 
-from benchmarks.push import Installation
-from tests.conftest import CHROMIUM, IN_CI, ROOT
+from engines_app.testing import ROOT, Installation
+from tests.helpers import CHROMIUM, IN_CI
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PANEL_ENV = {
+    "LEVIPANEL_SYMBOLS": "BTCUSDT,ETHUSDT,SOLUSDT",
+    "LEVIPANEL_FLUSH_INTERVAL": "0.3",
+    "LEVIPANEL_PUSH_INTERVAL": "0.2",
+}
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +45,8 @@ def browser_type_launch_args(browser_type_launch_args):
 def panel(tmp_path_factory: pytest.TempPathFactory):
     """One installation for this module's tests; the reconnect test, which restarts the
     web server, comes last."""
-    with Installation(tmp_path_factory.mktemp("browser") / "data", symbols=3) as installation:
+    with Installation(tmp_path_factory.mktemp("browser") / "data", PANEL_ENV) as installation:
+        installation.start_panel()
         yield installation
 
 
@@ -142,12 +154,10 @@ def test_page_reconnects_and_takes_a_fresh_snapshot(page: Page, panel):
     web.terminate()
     web.wait(10)
     expect(page.locator("#live")).to_have_text("reconnecting…")
-    panel.manage("shell", "-c", "from engines_app import services; "
-                 "services.engine_stop(symbol='SOLUSDT')")  # fmt: skip
-    panel.processes[0] = panel.start(
-        "web2", "-m", "daphne", "-b", "127.0.0.1", "-p", str(panel.port),
-        "levipanel.asgi:application",
-    )  # fmt: skip
+    panel.manage(
+        "shell", "-c", "from engines_app import services; services.engine_stop(symbol='SOLUSDT')"
+    )
+    panel.processes[0] = panel.serve(log_name="web2")  # on the same port
     expect(page.locator("#live")).to_have_text("live", timeout=15_000)
     expect(row(page, "SOLUSDT").locator(".badge")).to_have_text("stopped")
 

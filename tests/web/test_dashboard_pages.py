@@ -11,7 +11,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from engines_app.jobs import pnl
 from engines_app.models import Engine, EngineError, EnginePnlSample, EngineRestart
 from engines_app.services import engines as services
 from engines_app.web.broadcaster import Broadcaster
@@ -59,12 +58,14 @@ def test_dashboard_renders_the_snapshot(engines):
     response = client_for().get("/")
     assert response.status_code == 200
     snapshot = json.loads(
-        response.content.decode().split('<script id="snapshot" type="application/json">')[1]
+        response.content.decode()
+        .split('<script id="snapshot" type="application/json">')[1]
         .split("</script>")[0]
-    )  # fmt: skip
+    )
     assert [row["symbol"] for row in snapshot["engines"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-    assert snapshot["counts"] == {**snapshot["counts"], "total": 3, "running": 1, "crashed": 1,
-                                  "stopped": 1, "backoff": 0, "failed": 0}  # fmt: skip
+    counts = snapshot["counts"]
+    assert [counts[s] for s in ("total", "running", "crashed", "stopped")] == [3, 1, 1, 1]
+    assert counts["backoff"] == counts["failed"] == 0
     assert b"canControl: false" in response.content
 
 
@@ -85,16 +86,26 @@ def test_engine_page_shows_history_log_and_pnl_chart(engines, settings, tmp_path
     settings.LEVIPANEL = {**settings.LEVIPANEL, "LOG_DIR": tmp_path}
     btc = engines[0]
     now = datetime.now(UTC)
-    EngineRestart.objects.create(engine=btc, at=now, reason="crashed: boom", attempt=2,
-                                 backoff_seconds=120)  # fmt: skip
-    EngineError.objects.create(engine=btc, at=now, type="InjectedCrash", message="kaboom",
-                               traceback="Traceback ...", crashed=True)  # fmt: skip
+    EngineRestart.objects.create(
+        engine=btc, at=now, reason="crashed: boom", attempt=2, backoff_seconds=120
+    )
+    EngineError.objects.create(
+        engine=btc,
+        at=now,
+        type="InjectedCrash",
+        message="kaboom",
+        traceback="Traceback ...",
+        crashed=True,
+    )
     for minutes, total in [(30, -4.0), (20, 3.0), (10, 8.0)]:
-        EnginePnlSample.objects.create(engine=btc, at=now - timedelta(minutes=minutes),
-                                       daily_pnl=total, total_pnl=total)  # fmt: skip
+        EnginePnlSample.objects.create(
+            engine=btc, at=now - timedelta(minutes=minutes), daily_pnl=total, total_pnl=total
+        )
     (tmp_path / "engine-BTCUSDT-20250101.jsonl").write_text('{"msg": "old day"}\n')
-    lines = [json.dumps({"ts": f"t{i}", "level": "INFO", "symbol": "BTCUSDT", "msg": f"line {i}"})
-             for i in range(150)] + ["not json"]  # fmt: skip
+    lines = [
+        json.dumps({"ts": f"t{i}", "level": "INFO", "symbol": "BTCUSDT", "msg": f"line {i}"})
+        for i in range(150)
+    ] + ["not json"]
     (tmp_path / "engine-BTCUSDT-20990101.jsonl").write_text("\n".join(lines) + "\n")
 
     page = client_for().get("/engine/BTCUSDT/").content.decode()
@@ -108,26 +119,6 @@ def test_engine_page_shows_history_log_and_pnl_chart(engines, settings, tmp_path
     assert len(points) == 4
     ys = [float(p.split(",")[1]) for p in points]
     assert ys[0] == max(ys) and ys[-1] == min(ys)  # -4 lowest on screen, 12.5 highest
-
-
-def test_pnl_samples_running_engines_and_forgets_old_ones(engines):
-    old = EnginePnlSample.objects.create(
-        engine=engines[1], at=datetime.now(UTC) - timedelta(days=8), daily_pnl=0, total_pnl=0
-    )
-    assert pnl.sample_pnl() == 1
-    sample = EnginePnlSample.objects.get()
-    assert sample.engine == engines[0] and sample.total_pnl == 12.5 and sample.daily_pnl == 2.0
-    assert not EnginePnlSample.objects.filter(pk=old.pk).exists()
-
-
-def test_pnl_is_sampled_with_heartbeats_once_per_interval(engines, settings, monkeypatch):
-    settings.LEVIPANEL_PNL_SAMPLE_INTERVAL = 60.0
-    monkeypatch.setitem(pnl._last_sample, "at", 0.0)
-    pnl.on_engines_written(Engine, heartbeats=False)
-    assert EnginePnlSample.objects.count() == 0
-    pnl.on_engines_written(Engine, heartbeats=True)
-    pnl.on_engines_written(Engine, heartbeats=True)  # within the interval: skipped
-    assert EnginePnlSample.objects.count() == 1
 
 
 def test_broadcaster_sends_each_version_once_and_removals(engines):

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import Client
-from prometheus_client.parser import text_string_to_metric_families
 
 from engines_app.models import (
     Alert,
@@ -17,19 +16,10 @@ from engines_app.models import (
     RunnerHeartbeat,
 )
 from engines_app.runtime.cyclestats import CycleHistogram
-from tests.conftest import wait_for
+from tests.helpers import eventually_sync, samples
 
 pytestmark = pytest.mark.django_db
 TOKEN = "scrape-me"
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of a Prometheus exposition."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def scrape(client: Client, **headers) -> dict:
@@ -50,23 +40,41 @@ def token(settings):
 def fleet():
     """Three engines with restarts, errors, fills and PnL; one runner with a histogram."""
     now = datetime.now(UTC)
-    btc = Engine.objects.create(symbol="BTCUSDT", status="running", last_heartbeat=now,
-                                error_count=4, trade_count=17, daily_pnl=-12.5,
-                                total_pnl=120.25, position=0.5)  # fmt: skip
-    eth = Engine.objects.create(symbol="ETHUSDT", status="backoff", error_count=2,
-                                trade_count=3, daily_pnl=1.5, total_pnl=-7.0)  # fmt: skip
+    btc = Engine.objects.create(
+        symbol="BTCUSDT",
+        status="running",
+        last_heartbeat=now,
+        error_count=4,
+        trade_count=17,
+        daily_pnl=-12.5,
+        total_pnl=120.25,
+        position=0.5,
+    )
+    eth = Engine.objects.create(
+        symbol="ETHUSDT",
+        status="backoff",
+        error_count=2,
+        trade_count=3,
+        daily_pnl=1.5,
+        total_pnl=-7.0,
+    )
     Engine.objects.create(symbol="SOLUSDT", status="stopped")
     for engine, n in ((btc, 2), (eth, 3)):
         for attempt in range(1, n + 1):
-            EngineRestart.objects.create(engine=engine, at=now, reason="crash",
-                                         attempt=attempt, backoff_seconds=60)  # fmt: skip
+            EngineRestart.objects.create(
+                engine=engine, at=now, reason="crash", attempt=attempt, backoff_seconds=60
+            )
     PrunedRestarts.objects.create(engine=btc, count=10)
     histogram = CycleHistogram(buckets=(0.001, 0.01, 0.1))
     for seconds in (0.0005, 0.0005, 0.005, 0.05, 3.0):
         histogram.observe(seconds)
-    RunnerHeartbeat.objects.create(name="runner-a", started_at=now, engines=1,
-                                   last_seen=now - timedelta(seconds=5),
-                                   cycle_histogram=histogram.snapshot())  # fmt: skip
+    RunnerHeartbeat.objects.create(
+        name="runner-a",
+        started_at=now,
+        engines=1,
+        last_seen=now - timedelta(seconds=5),
+        cycle_histogram=histogram.snapshot(),
+    )
     Alert.objects.create(key="BTCUSDT", kind="crashed", text="x", created_at=now, outcome="sent")
     Incident.objects.create(opened_at=now, symbols=["BTCUSDT"])
     return btc, eth
@@ -97,8 +105,10 @@ def test_metrics_parse_and_match_the_database(client, token, fleet):
     runner = (("runner", "runner-a"),)
     assert 5 <= values[("levipanel_runner_heartbeat_age_seconds", runner)] < 10
     cycles = "levipanel_engine_cycle_duration_seconds"
-    buckets = {le: values[(f"{cycles}_bucket", (("le", le), *runner))]
-               for le in ("0.001", "0.01", "0.1", "+Inf")}  # fmt: skip
+    buckets = {
+        le: values[(f"{cycles}_bucket", (("le", le), *runner))]
+        for le in ("0.001", "0.01", "0.1", "+Inf")
+    }
     assert buckets == {"0.001": 2, "0.01": 3, "0.1": 4, "+Inf": 5}
     assert values[(f"{cycles}_count", runner)] == 5
     assert values[(f"{cycles}_sum", runner)] == pytest.approx(3.056)
@@ -110,8 +120,9 @@ def test_a_degraded_engine_still_shows_its_heartbeat_age(client, token):
     """A silent feed degrades an engine that keeps cycling: a hang must still show."""
     beat = datetime.now(UTC) - timedelta(seconds=40)
     Engine.objects.create(symbol="XRPUSDT", status="degraded", last_heartbeat=beat)
-    age = scrape(client, **token)[("levipanel_engine_heartbeat_age_seconds",
-                                   (("symbol", "XRPUSDT"),))]  # fmt: skip
+    age = scrape(client, **token)[
+        ("levipanel_engine_heartbeat_age_seconds", (("symbol", "XRPUSDT"),))
+    ]
     assert 40 <= age < 45
 
 
@@ -175,18 +186,23 @@ def test_cycle_histogram_counts_each_bucket():
 def test_a_real_runner_feeds_the_metrics(project):
     """Engines cycling in a real runner show up in the runner's heartbeat and /metrics."""
     project.env["LEVIPANEL_RUNNER_NAME"] = "runner-m"
-    project.manage("shell", "-c", "from engines_app.models import Engine; "
-                   "[Engine.objects.create(symbol=s, cycle_interval=0.02) "
-                   "for s in ('BTCUSDT', 'ETHUSDT')]")  # fmt: skip
+    project.manage(
+        "shell",
+        "-c",
+        "from engines_app.models import Engine; "
+        "[Engine.objects.create(symbol=s, cycle_interval=0.02) "
+        "for s in ('BTCUSDT', 'ETHUSDT')]",
+    )
     project.start("manage.py", "runengines", "--symbols", "BTCUSDT", "ETHUSDT", log_name="run")
     render = "from engines_app.web.metrics import render; print(render().decode())"
 
     def cycled():
         values = samples(project.manage("shell", "-v", "0", "-c", render).stdout)
-        count = values.get(("levipanel_engine_cycle_duration_seconds_count",
-                            (("runner", "runner-m"),)), 0)  # fmt: skip
+        count = values.get(
+            ("levipanel_engine_cycle_duration_seconds_count", (("runner", "runner-m"),)), 0
+        )
         return values if count >= 20 else None
 
-    values = wait_for(cycled, timeout=20, interval=0.3, message="no cycles in /metrics")
+    values = eventually_sync(cycled, timeout=20, interval=0.3, message="no cycles in /metrics")
     assert values[("levipanel_engines", (("status", "running"),))] == 2
     assert values[("levipanel_runner_heartbeat_age_seconds", (("runner", "runner-m"),))] < 5

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from benchmarks.push import Installation, collect
+from benchmarks.push import collect, panel
 
 SAMPLES = 10
 
 
 def test_embedded_push_reaches_the_dashboard_within_a_second(tmp_path):
-    with Installation(tmp_path / "data") as panel, panel.dashboard() as socket_:
+    with panel(tmp_path / "data") as site, site.dashboard() as socket_:
         assert [row["symbol"] for row in socket_.snapshot["engines"]] == ["BTCUSDT"]
         latencies = collect(socket_, samples=SAMPLES)
     assert len(latencies.values) == SAMPLES
@@ -27,8 +27,8 @@ def test_redis_hint_pushes_without_waiting_for_the_poll(tmp_path, redis_url):
     # The broadcaster looks only every 5 s on its own: pushes well under that came from
     # the runner's hint through channels_redis.
     with (
-        Installation(tmp_path / "data", redis_url=redis_url, push_interval=5.0) as panel,
-        panel.dashboard() as socket_,
+        panel(tmp_path / "data", redis_url=redis_url, push_interval=5.0) as site,
+        site.dashboard() as socket_,
     ):
         latencies = collect(socket_, samples=SAMPLES)
     assert latencies.p95 < 150, latencies.values
@@ -38,11 +38,11 @@ def test_redis_hint_pushes_without_waiting_for_the_poll(tmp_path, redis_url):
 def test_redis_dashboard_stays_open_while_nothing_changes(tmp_path, redis_url):
     # Nothing to push for two of channels_redis's blocking pops (5 s each): the consumer's
     # read must wait, not time out and close the page's socket.
-    with Installation(tmp_path / "data", redis_url=redis_url) as panel:
-        runner = panel.processes[1]
+    with panel(tmp_path / "data", redis_url=redis_url) as site:
+        runner = site.processes[1]
         runner.terminate()
         runner.wait(10)
-        with panel.dashboard() as socket_:
+        with site.dashboard() as socket_:
             quiet_until = time.monotonic() + 11
             while time.monotonic() < quiet_until:
                 try:
@@ -56,8 +56,8 @@ def test_redis_dashboard_stays_open_while_nothing_changes(tmp_path, redis_url):
 def test_dashboard_websocket_refuses_a_client_without_a_session(tmp_path):
     from websockets.exceptions import InvalidStatus
 
-    with Installation(tmp_path / "data") as panel:
+    with panel(tmp_path / "data") as site:
         with pytest.raises(InvalidStatus) as refused:
-            with panel.dashboard(session="not-a-session"):
+            with site.dashboard(session="not-a-session"):
                 pass
     assert refused.value.response.status_code == 403

@@ -30,25 +30,39 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--engines", type=positive(int), default=1000, metavar="N",
+            "--engines",
+            type=positive(int),
+            default=1000,
+            metavar="N",
             help="Engines in one runner (default 1000); passed to every section that takes it.",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--seconds", type=positive(float), default=10.0, metavar="S",
+            "--seconds",
+            type=positive(float),
+            default=10.0,
+            metavar="S",
             help="How long to measure the steady state (default 10).",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--samples", type=positive(int), metavar="K",
+            "--samples",
+            type=positive(int),
+            metavar="K",
             help="Samples for the sections that take them (their own default otherwise).",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--only", nargs="+", choices=section_names(), metavar="SECTION",
+            "--only",
+            nargs="+",
+            choices=section_names(),
+            metavar="SECTION",
             help=f"Run only these sections: {', '.join(section_names())}.",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--json", nargs="?", const="-", metavar="PATH",
+            "--json",
+            nargs="?",
+            const="-",
+            metavar="PATH",
             help="Also write the figures as JSON to PATH (or after the table with no PATH).",
-        )  # fmt: skip
+        )
 
     def handle(self, *args, engines, seconds, samples, only, json, **options):
         if json not in (None, "-") and not Path(json).parent.is_dir():

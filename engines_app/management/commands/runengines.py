@@ -3,7 +3,7 @@ import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...runner.lifecycle import Runner
+from ...runner.lifecycle import Runner, RunnerFailed
 from ...runtime.engine import symbol_problem
 
 
@@ -26,7 +26,10 @@ class Command(BaseCommand):
             if problem := symbol_problem(symbol):
                 raise CommandError(f"{symbol!r}: {problem}")
         runner = Runner(symbols=symbols, out=self.stdout)
-        asyncio.run(self._run(runner))
+        try:
+            asyncio.run(self._run(runner))
+        except RunnerFailed as exc:  # logged with its traceback already
+            raise CommandError(str(exc)) from exc
 
     async def _run(self, runner: Runner) -> None:
         loop = asyncio.get_running_loop()

@@ -136,8 +136,9 @@ class WebsocketFeed:
             except InvalidURI as exc:
                 self._report(exc)
             except (OSError, TimeoutError, WebSocketException) as exc:
-                log.warning("Market data connection lost: %s: %s", type(exc).__name__, exc,
-                            extra=extra)  # fmt: skip
+                log.warning(
+                    "Market data connection lost: %s: %s", type(exc).__name__, exc, extra=extra
+                )
             wait = delay * random.uniform(0.8, 1.2)
             log.info("Reconnecting to market data in %.2fs", wait, extra=extra)
             await asyncio.sleep(wait)

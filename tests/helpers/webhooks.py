@@ -15,7 +15,7 @@ class Received:
 
 
 @dataclass
-class Recorder:
+class HttpRecorder:
     """Start with ``start()``; ``status[path_prefix] = code`` makes matching requests fail."""
 
     received: list[Received] = field(default_factory=list)
@@ -27,7 +27,7 @@ class Recorder:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> Recorder:
+    def start(self) -> HttpRecorder:
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,8 +35,7 @@ class Recorder:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 recorder.received.append(Received(self.path, body))
-                code = next((c for p, c in recorder.status.items()
-                             if self.path.startswith(p)), 200)  # fmt: skip
+                code = recorder.status_for(self.path)
                 payload = json.dumps({"ok": code == 200}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -54,6 +53,9 @@ class Recorder:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def status_for(self, path: str) -> int:
+        return next((code for prefix, code in self.status.items() if path.startswith(prefix)), 200)
 
     def texts(self, prefix: str) -> list[str]:
         return [r.body.get("text", "") for r in self.received if r.path.startswith(prefix)]

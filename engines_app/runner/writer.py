@@ -1,0 +1,215 @@
+"""The writer: batches what the engines did into the database, through ``store.write``.
+
+Status changes, errors, restarts and command acknowledgements are written at once (on the
+runner loop's next turn). Fills ride along with the next write, or go after
+``FILL_DELAY``. Heartbeats, the runner's own row and (every ``pnl_interval``) PnL samples
+go once per ``flush_interval``. Each flush is one transaction, whatever the engine count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from django.db import DatabaseError
+
+from ..runtime import ACTIVE, EngineManager
+from ..runtime.events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
+from . import store
+from .store import db
+
+log = logging.getLogger("levipanel.runner")
+
+# A fill waits at most this long (plus one loop turn) for a write to ride along with.
+FILL_DELAY = 0.5
+
+
+class Writer:
+    """Drain the manager's events and flush them with heartbeats, one transaction a flush.
+    A database error keeps everything pending and backs off (0.5 s doubling to 30 s)."""
+
+    def __init__(
+        self,
+        manager: EngineManager,
+        *,
+        ids: Mapping[str, int],
+        runner_name: str,
+        started_at: float,
+        flush_interval: float,
+        pnl_interval: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.manager = manager
+        self.ids = ids  # symbol -> engine id, kept up to date by the reconciler
+        self.runner_name = runner_name
+        self.started_at = started_at
+        self.flush_interval = flush_interval
+        self.pnl_interval = pnl_interval  # <= 0: no PnL samples
+        self.clock = clock
+        self.write_transactions = 0
+        self.heartbeat_due = 0.0
+        self._pnl_due = 0.0
+        self._pending: list[Event] = []
+        self._acks: list[store.Ack] = []
+        self._flushed: dict[str, float] = {}  # symbol -> last heartbeat in the database
+        self._flushing: dict[str, float] = {}
+        self._retry_at = 0.0
+        self._failures = 0
+
+    def ack(self, ack: store.Ack) -> None:
+        """Queue a command's acknowledgement for the next write."""
+        self._acks.append(ack)
+        self.manager.changed.set()
+
+    async def flush(self) -> bool:
+        """Write pending events now, and heartbeats when due. False on a database error."""
+        now = self.clock()
+        self._pending.extend(self.manager.drain_events())
+        urgent = bool(self._acks) or any(not isinstance(e, BookChanged) for e in self._pending)
+        # Only fills pending: the oldest is first.
+        fills_due = bool(self._pending) and now - self._pending[0].at >= FILL_DELAY
+        heartbeat_due = now >= self.heartbeat_due or fills_due  # one transaction carries both
+        if not (urgent or heartbeat_due):
+            return True
+        if now < self._retry_at:
+            return False
+        if not await self._write(now, heartbeat_due):
+            return False
+        if heartbeat_due:
+            self.heartbeat_due = now + self.flush_interval
+        return True
+
+    async def flush_final(self, attempts: int = 3) -> None:
+        """Write everything, heartbeats included: the final state must reach the database."""
+        self.heartbeat_due = 0.0
+        for _ in range(attempts):
+            if await self.flush():
+                return
+            await asyncio.sleep(0.5)
+
+    async def database_error(self, exc: DatabaseError) -> None:
+        """Engines keep running; writes wait and are retried with backoff."""
+        self._failures += 1
+        delay = min(30.0, 0.5 * 2 ** (self._failures - 1))
+        self._retry_at = self.clock() + delay
+        log.warning("database error (%s), retrying in %.1fs: %s", type(exc).__name__, delay, exc)
+        await db(store.close_connection)()
+
+    async def _write(self, now: float, heartbeat_due: bool) -> bool:
+        statuses, errors, restarts, books = self._rows(self._pending)
+        acks = list(self._acks)
+        self._flushing.clear()
+        heartbeats = self._heartbeat_rows() if heartbeat_due else []
+        samples = self._pnl_rows(now) if heartbeat_due else []
+        try:
+            await db(store.write)(
+                statuses=statuses,
+                errors=errors,
+                restarts=restarts,
+                heartbeats=heartbeats,
+                acks=acks,
+                books=books,
+                runner=self._runner_row() if heartbeat_due else None,
+                pnl_samples=samples,
+            )
+        except DatabaseError as exc:
+            await self.database_error(exc)
+            return False
+        if any((statuses, errors, restarts, heartbeats, acks, books, samples)):
+            self.write_transactions += 1
+        self._pending.clear()
+        del self._acks[: len(acks)]  # acks queued during the write wait for the next one
+        self._flushed.update(self._flushing)
+        self._failures = 0
+        if samples:
+            self._pnl_due = now + self.pnl_interval
+        return True
+
+    def _rows(self, events: list[Event]) -> tuple[list, list, list, list]:
+        latest: dict[str, StatusChanged] = {}
+        errors, restarts, books = [], [], []
+        for event in events:
+            engine_id = self.ids.get(event.symbol)
+            if engine_id is None:
+                continue
+            if isinstance(event, StatusChanged):
+                latest[event.symbol] = event  # the row gets the newest status only
+            elif isinstance(event, ErrorRaised):
+                errors.append(store.error_row(engine_id, event))
+            elif isinstance(event, RestartScheduled):
+                restarts.append(store.restart_row(engine_id, event))
+            elif isinstance(event, BookChanged):
+                books.append(store.BookRow(engine_id, event))
+        statuses = [self._status_row(event) for event in latest.values()]
+        return statuses, errors, restarts, books
+
+    def _status_row(self, event: StatusChanged) -> store.StatusRow:
+        engine = self.manager.engine_of(event.symbol)
+        state = engine.state if engine else None
+        started_at = engine.started_at if engine and event.status in ACTIVE else None
+        return store.StatusRow(
+            id=self.ids[event.symbol],
+            status=event.status,
+            reason=event.reason,
+            changed_at=event.at,
+            started_at=started_at,
+            attempt=event.attempt,
+            budget_left=event.budget_left,
+            next_retry_at=event.next_retry_at,
+            error_count=state.error_count if state else 0,
+            last_error=state.last_error if state else None,
+            code=event.code,
+        )
+
+    def _runner_row(self) -> store.RunnerRow:
+        histogram = self.manager.cycle_histogram.snapshot()
+        running = self.manager.running_count()
+        return store.RunnerRow(self.runner_name, self.started_at, running, histogram)
+
+    def _heartbeat_rows(self) -> list[store.HeartbeatRow]:
+        """Rows for the engines that heart-beat since the last flush (stopped ones too: their
+        last cycles must reach the database)."""
+        rows = []
+        for symbol, engine in self.manager.engines():
+            engine_id = self.ids.get(symbol)
+            beat = engine.last_heartbeat
+            if engine_id is None or beat is None or self._flushed.get(symbol) == beat:
+                continue
+            self._flushing[symbol] = beat
+            state = engine.state
+            attempt, budget = self._recovery_view(symbol, engine.started_at)
+            rows.append(
+                store.HeartbeatRow(
+                    engine_id,
+                    beat,
+                    state.error_count,
+                    state.last_error,
+                    state.position,
+                    state.daily_pnl,
+                    state.total_pnl,
+                    state.trade_count,
+                    state.last_tick_at,
+                    attempt,
+                    budget,
+                )
+            )
+        return rows
+
+    def _pnl_rows(self, now: float) -> list[store.PnlSampleRow]:
+        """A PnL point for each running engine, once per ``pnl_interval``."""
+        if self.pnl_interval <= 0 or now < self._pnl_due:
+            return []
+        return [
+            store.PnlSampleRow(engine_id, engine.state.daily_pnl, engine.state.total_pnl)
+            for engine in self.manager.running_engines()
+            if (engine_id := self.ids.get(engine.symbol)) is not None
+        ]
+
+    def _recovery_view(self, symbol: str, started_at: float | None) -> tuple[int, int]:
+        """Attempt n and the restarts left this hour, as they stand now."""
+        policy = self.manager.policy
+        stable = (
+            started_at is not None and self.clock() - started_at >= policy.settings.stable_after
+        )
+        return (0 if stable else policy.attempt(symbol)), policy.budget_left(symbol)

@@ -1,0 +1,41 @@
+"""The tests' toolkit: waiting on a condition, fake clocks, an HTTP recorder, engines driven by
+hand, a runner in the test's loop, and the users and rows tests set up or read back.
+
+The subprocess harness (an installation in a temp data dir) is ``engines_app.testing``: the
+benchmarks use it too. Fixtures live in ``tests/conftest.py``.
+"""
+
+from .clocks import DAY, T0, FakeClock, ShiftedClock
+from .rows import bearer, book_rows, engine_row, make_user, query, samples
+from .runner import close_db_thread_connection, db, fast_settings, running
+from .services import CHROMIUM, IN_CI, need_service
+from .trading import EngineRecorder, ticking_engine, trades
+from .waiting import eventually, eventually_sync
+from .webhooks import HttpRecorder, Received
+
+__all__ = [
+    "CHROMIUM",
+    "DAY",
+    "EngineRecorder",
+    "FakeClock",
+    "HttpRecorder",
+    "IN_CI",
+    "Received",
+    "ShiftedClock",
+    "T0",
+    "bearer",
+    "book_rows",
+    "close_db_thread_connection",
+    "db",
+    "engine_row",
+    "eventually",
+    "eventually_sync",
+    "fast_settings",
+    "make_user",
+    "need_service",
+    "query",
+    "running",
+    "samples",
+    "ticking_engine",
+    "trades",
+]

@@ -1,0 +1,81 @@
+"""The writer's PnL samples for the detail page's chart: taken from the running engines with a
+heartbeat flush, once per sample interval, in the flush's own transaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines_app.models import Engine, EnginePnlSample
+from engines_app.runner import store
+from engines_app.runner.lifecycle import Runner
+from engines_app.services import engines as services
+from tests.helpers import ShiftedClock, db, eventually, fast_settings, running
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def writes(monkeypatch) -> list[dict]:
+    """What each ``store.write`` was given (it still writes)."""
+    calls: list[dict] = []
+    real_write = store.write
+
+    def write(**kwargs) -> None:
+        real_write(**kwargs)
+        calls.append(kwargs)
+
+    monkeypatch.setattr(store, "write", write)
+    return calls
+
+
+def sampled(writes: list[dict]) -> list[list[store.PnlSampleRow]]:
+    return [call["pnl_samples"] for call in writes if call.get("pnl_samples")]
+
+
+async def sample_counts() -> dict[str, int]:
+    rows = EnginePnlSample.objects.values_list("engine__symbol", flat=True)
+    symbols = await db(lambda: list(rows))
+    return {symbol: symbols.count(symbol) for symbol in set(symbols)}
+
+
+async def test_running_engines_are_sampled_with_a_heartbeat_flush_once_per_interval(
+    tmp_path, settings, writes
+):
+    settings.LEVIPANEL_PNL_SAMPLE_INTERVAL = 30.0
+    for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+        await db(services.engine_add, symbol=symbol)
+    await db(services.engine_add, symbol="ADAUSDT", desired_state="stopped")
+    clock = ShiftedClock()
+    runner = Runner(settings=fast_settings(tmp_path / "logs"), clock=clock)
+    async with running(runner):
+        await eventually(lambda: sampled(writes))
+        flushes = len(writes)
+        await eventually(lambda: len(writes) >= flushes + 3)  # heartbeat flushes go on
+        assert await sample_counts() == {"BTCUSDT": 1, "ETHUSDT": 1, "SOLUSDT": 1}
+        assert len(sampled(writes)) == 1
+
+        clock.offset = 31.0  # the next sample is due (engines are not taken for hung yet)
+        await eventually(lambda: len(sampled(writes)) == 2)
+        assert await sample_counts() == {"BTCUSDT": 2, "ETHUSDT": 2, "SOLUSDT": 2}
+    ids = await db(lambda: dict(Engine.objects.values_list("id", "symbol")))
+    for call in writes:
+        if not call.get("pnl_samples"):
+            continue
+        # One transaction: the samples ride with a heartbeat flush, and are the engines'
+        # own numbers at that moment, as the heartbeat rows beside them say.
+        assert call["heartbeats"] and call["runner"] is not None
+        assert {ids[row.id] for row in call["pnl_samples"]} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+        beats = {row.id: (row.daily_pnl, row.total_pnl) for row in call["heartbeats"]}
+        for row in call["pnl_samples"]:
+            assert beats.get(row.id, (row.daily_pnl, row.total_pnl)) == (
+                row.daily_pnl,
+                row.total_pnl,
+            )
+
+
+async def test_no_samples_when_the_interval_is_zero(tmp_path, settings, writes):
+    settings.LEVIPANEL_PNL_SAMPLE_INTERVAL = 0
+    async with running(Runner(settings=fast_settings(tmp_path / "logs"))):
+        await eventually(lambda: sum(bool(call["heartbeats"]) for call in writes) >= 3)
+    assert sampled(writes) == []
+    assert await db(EnginePnlSample.objects.count) == 0
