@@ -28,6 +28,7 @@ class EngineSettings:
     poll_interval: float
     stop_timeout: float
     log_dir: Path
+    lease: float = 15.0
     restart_stagger_window: float = 10.0
     restart_stagger_step: float = 1.0
 
@@ -71,6 +72,13 @@ def problems() -> list[str]:
             )
     if raw["LOG_DIR"] is not None and (problem := _dir_problem(Path(raw["LOG_DIR"]))):
         found.append(f"LEVIPANEL_LOG_DIR: {problem}")
+    lease, flush, poll = raw["LEASE"], raw["FLUSH_INTERVAL"], raw["POLL_INTERVAL"]
+    if None not in (lease, flush, poll) and lease < 3 * max(flush, poll):
+        found.append(
+            "LEVIPANEL_LEASE: must be at least 3 times LEVIPANEL_FLUSH_INTERVAL and "
+            f"LEVIPANEL_POLL_INTERVAL (so a lease outlives two missed renewals): {lease:g} < "
+            f"{3 * max(flush, poll):g}"
+        )
     base, cap = raw["BACKOFF_BASE"], raw["BACKOFF_CAP"]
     if base is not None and cap is not None and cap < base:
         found.append("LEVIPANEL_BACKOFF_CAP: must not be smaller than LEVIPANEL_BACKOFF_BASE")

@@ -95,6 +95,18 @@ class Engine(models.Model):
         null=True, blank=True, help_text="When the engine last received a market price."
     )
 
+    # The lease: which runner runs this engine. Written by runners only, in their own
+    # transactions; every write of the engine's state is fenced by owner and epoch.
+    lease_owner = models.CharField(
+        max_length=100, null=True, blank=True, db_index=True, help_text="The runner holding it."
+    )
+    lease_epoch = models.PositiveBigIntegerField(
+        default=0, help_text="Bumped on every claim: a write of an older epoch changes nothing."
+    )
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Renewed with its runner's heartbeat flush."
+    )
+
     class Meta:
         ordering = ["symbol"]
         permissions = [("control_engine", "Can start, stop and restart engines")]
@@ -177,6 +189,9 @@ class EngineCommand(models.Model):
     acked_at = models.DateTimeField(null=True, blank=True, db_index=True)
     outcome = models.CharField(max_length=10, choices=Outcome, default=Outcome.PENDING)
     message = models.TextField(blank=True, default="")
+    acked_by = models.CharField(
+        max_length=100, blank=True, default="", help_text="The runner that carried it out."
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -227,10 +242,20 @@ class RunnerHeartbeat(models.Model):
     """A runner's own heartbeat, written in its flush transaction: a stale row means the
     runner stopped. It also carries the runner's cycle-duration histogram for /metrics."""
 
-    name = models.CharField(max_length=100, unique=True, help_text="LEVIPANEL_RUNNER_NAME.")
+    name = models.CharField(
+        max_length=100, unique=True, help_text="LEVIPANEL_RUNNER_NAME, or host:pid by default."
+    )
+    host = models.CharField(max_length=255, blank=True, default="")
+    pid = models.PositiveIntegerField(null=True, blank=True)
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set when it stopped on a signal, having released its engines.",
+    )
     engines = models.PositiveIntegerField(default=0, help_text="Engine tasks it hosts.")
+    held = models.PositiveIntegerField(default=0, help_text="Engines whose lease it holds.")
     cycle_histogram = models.JSONField(
         default=dict,
         blank=True,
@@ -260,6 +285,7 @@ class Alert(models.Model):
         INCIDENT = "incident", "Fleet-wide incident"
         INCIDENT_RESOLVED = "incident_resolved", "Fleet-wide incident resolved"
         SUMMARY = "summary", "Summary of rate-limited alerts"
+        TAKEOVER = "takeover", "A runner took over engines of a runner that went silent"
 
     class Outcome(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -340,6 +366,12 @@ class Trade(models.Model):
     avg_price_after = models.FloatField()
     realized_total = models.FloatField(help_text="Realized PnL of all fills so far.")
     fees_total = models.FloatField(help_text="Fees of all fills so far.")
+    runner = models.CharField(
+        max_length=100, blank=True, default="", help_text="The runner that made the fill."
+    )
+    epoch = models.PositiveBigIntegerField(
+        default=0, help_text="The lease epoch under which the fill was made."
+    )
 
     class Meta:
         ordering = ["-time", "-seq"]

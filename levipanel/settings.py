@@ -5,7 +5,6 @@ With no variables set, LeviPanel runs on the embedded default: a SQLite file und
 """
 
 import secrets
-import socket
 from pathlib import Path
 
 from environs import Env, EnvValidationError
@@ -195,6 +194,8 @@ LEVIPANEL = {
     "FLUSH_INTERVAL": _engine_env.float("FLUSH_INTERVAL", 1.0, validate=_positive),
     "POLL_INTERVAL": _engine_env.float("POLL_INTERVAL", 0.25, validate=_positive),
     "STOP_TIMEOUT": _engine_env.float("STOP_TIMEOUT", 5.0, validate=_positive),
+    # How long a runner's claim on an engine lasts without renewal (renewed every flush).
+    "LEASE": _engine_env.float("LEASE", 15.0, validate=_positive),
     "LOG_DIR": _engine_env.path("LOG_DIR", DATA_DIR / "logs"),
     "RESTART_STAGGER_WINDOW": _engine_env.float(
         "RESTART_STAGGER_WINDOW", 10.0, validate=_non_negative
@@ -232,8 +233,9 @@ ALERTS = {
     "INCIDENT_WINDOW": _ops_env.float("ALERT_INCIDENT_WINDOW", 60.0, validate=_positive),
     "RUNNER_STALE_AFTER": _ops_env.float("ALERT_RUNNER_STALE_AFTER", 30.0, validate=_positive),
 }
-# The runner's name in its heartbeat row; give each runner on one host its own.
-RUNNER_NAME = _ops_env.str("LEVIPANEL_RUNNER_NAME", "") or socket.gethostname()
+# The runner's name in its heartbeat row and on the engines it holds; empty: host:pid, so
+# two runners on one host are told apart.
+RUNNER_NAME = _ops_env.str("LEVIPANEL_RUNNER_NAME", "")
 # /metrics: a bearer token, and/or client addresses (IPs or networks). With neither set only
 # this host may scrape; with a token set and no list, the token is required from everywhere.
 METRICS_TOKEN = _ops_env.str("METRICS_TOKEN", "")
