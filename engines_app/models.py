@@ -98,7 +98,11 @@ class Engine(models.Model):
     # The lease: which runner runs this engine. Written by runners only, in their own
     # transactions; every write of the engine's state is fenced by owner and epoch.
     lease_owner = models.CharField(
-        max_length=100, null=True, blank=True, db_index=True, help_text="The runner holding it."
+        max_length=100,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="The runner holding it (empty: none).",
     )
     lease_epoch = models.PositiveBigIntegerField(
         default=0, help_text="Bumped on every claim: a write of an older epoch changes nothing."

@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='engine',
             name='lease_owner',
-            field=models.CharField(blank=True, db_index=True, help_text='The runner holding it.', max_length=100, null=True),
+            field=models.CharField(blank=True, db_index=True, default='', help_text='The runner holding it (empty: none).', max_length=100),
         ),
         migrations.AddField(
             model_name='enginecommand',
