@@ -19,11 +19,12 @@ from ..conf import EngineSettings, engine_settings
 from ..runtime import EngineManager, HealthMonitor, RecoveryPolicy
 from ..runtime.jsonlog import EngineLogs
 from . import store
+from .leases import Identity, Leases, RunnerRefused, fence_margin, hold_database
 from .reconciler import Reconciler
 from .store import db
 from .writer import Writer
 
-__all__ = ["Runner", "RunnerFailed", "db"]
+__all__ = ["Runner", "RunnerFailed", "RunnerRefused", "db"]
 
 log = logging.getLogger("levipanel.runner")
 
@@ -67,11 +68,19 @@ class Runner:
             heartbeat_timeout=self.settings.heartbeat_timeout,
             clock=clock,
         )
+        self.identity = Identity.of_this_process(django_settings.RUNNER_NAME)
+        self.leases = Leases(
+            self.identity,
+            lease=self.settings.lease,
+            margin=fence_margin(self.settings.lease, self.settings.poll_interval),
+        )
+        # SQLite: this runner holds the whole database (an OS lock refuses a second one).
+        self.exclusive = connection.vendor == "sqlite"
         ids: dict[str, int] = {}
         self.writer = Writer(
             self.manager,
             ids=ids,
-            runner_name=django_settings.RUNNER_NAME,
+            leases=self.leases,
             started_at=clock(),
             flush_interval=self.settings.flush_interval,
             pnl_interval=django_settings.LEVIPANEL_PNL_SAMPLE_INTERVAL,
@@ -82,10 +91,16 @@ class Runner:
             settings=self.settings,
             symbols=symbols,
             ids=ids,
+            leases=self.leases,
             ack=self.writer.ack,
+            release=self.writer.release,
+            released=self.writer.released,
             say=self.say,
             clock=clock,
+            exclusive=self.exclusive,
         )
+        self.writer.on_lost = self.reconciler.lost
+        self.writer.on_conflict = self.reconciler.conflicted
         self.should_exit = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -102,8 +117,9 @@ class Runner:
         # A long-running process keeps its connection; close_old_connections() still
         # replaces it after an error (see ``store.db``).
         connection.settings_dict["CONN_MAX_AGE"] = None
-        with EngineLogs(self.settings.log_dir):
-            self.say("Starting LeviPanel engine runner...")
+        database = connection.settings_dict["NAME"] if self.exclusive else ""
+        with hold_database(str(database), self.identity), EngineLogs(self.settings.log_dir):
+            self.say(f"Starting LeviPanel engine runner {self.identity.name}...")
             if not await self._start_when_database_ready():
                 return
             try:
@@ -136,6 +152,12 @@ class Runner:
                 delay = min(delay * 2, 30.0)
 
     async def _prepare_database(self) -> None:
+        identity = self.identity
+        in_use = await db(store.runner_in_use)(
+            identity.name, within=self.settings.lease, host=identity.host, pid=identity.pid
+        )
+        if in_use:
+            raise RunnerRefused(in_use)
         if self.symbols:
             created = await db(store.ensure_engines)(self.symbols)
         else:
@@ -147,6 +169,7 @@ class Runner:
         async with asyncio.TaskGroup() as tasks:
             health = tasks.create_task(self.health.run(), name="health-monitor")
             reconciler = tasks.create_task(self.reconciler.run(), name="reconciler")
+            fence = tasks.create_task(self.reconciler.fence(), name="self-fence")
             await asyncio.sleep(0)  # both take their first step: the reconciler takes jobs
             self.say(
                 f"Health monitor started (interval={self.settings.health_check_interval}s, "
@@ -159,6 +182,7 @@ class Runner:
             finally:
                 health.cancel()
                 reconciler.cancel()
+                fence.cancel()
 
     async def _loop(self) -> None:
         poll_due = 0.0

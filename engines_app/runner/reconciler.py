@@ -1,4 +1,4 @@
-"""The reconciler: moves the engines toward what operators want.
+"""The reconciler: moves the engines this runner holds toward what operators want.
 
 Operators change desired state and give commands through the services; every poll the
 reconciler reads the pending commands and the control rows (commands first, so a command
@@ -6,12 +6,19 @@ never meets a row older than itself). A desired-state change starts or stops the
 the background; commands are carried out one at a time, in the order given, each exactly
 once, and acknowledged through the writer. Every restart — an operator's restart, a new
 config, a start after a stop — goes through ``EngineManager.restart``.
+
+It also keeps this runner's share of the engines: it claims free or expired ones up to
+``ceil(engines / live runners)``, hands its excess over (stop, then release, so an engine
+never runs in two places), drops an engine whose lease it lost, and fences itself when it
+could not renew its leases in time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -20,8 +27,9 @@ from ..models import Engine
 from ..runtime import EngineManager, Status
 from ..runtime.broker import utc_day
 from ..runtime.engine import EngineConfig, EngineState
-from ..runtime.errors import ConfigError
+from ..runtime.errors import ConfigError, FillConflict
 from . import store
+from .leases import Leases, fair_share
 from .store import db
 
 log = logging.getLogger("levipanel.runner")
@@ -39,38 +47,69 @@ class Reconciler:
         settings: EngineSettings,
         symbols: list[str] | None,
         ids: dict[str, int],
+        leases: Leases,
         ack: Callable[[store.Ack], None],
+        release: Callable[[set[int]], None],
+        released: asyncio.Event,
         say: Callable[[str], None],
         clock: Callable[[], float],
+        exclusive: bool = False,
     ) -> None:
         self.manager = manager
         self.settings = settings
         self.symbols = symbols  # None: every engine of the database
         self.ids = ids  # symbol -> engine id, shared with the writer
+        self.leases = leases
         self.ack = ack
+        self.release = release  # give leases up through the writer, after the last rows
+        self.released = released
         self.say = say
         self.clock = clock
+        self.exclusive = exclusive  # this runner holds the whole database (SQLite)
         self.control: dict[str, store.ControlRow] = {}
         self._commands: asyncio.Queue[store.CommandRow] = asyncio.Queue()
-        self._last_command_id = 0
+        self._queued: set[int] = set()  # commands queued, or carried out and not acked yet
         self._launched: dict[str, float] = {}  # symbol -> when it was last started
+        self._handing_over: set[int] = set()
         self._jobs: asyncio.TaskGroup | None = None
 
     # Start-up ---------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Load every engine; start those desired running that are not failed, nor halted
-        today by a risk limit."""
+        """Claim this runner's share of the engines and start those desired running that
+        are not failed, nor halted today by a risk limit."""
         self.control = await db(store.control_rows)(self.symbols)
         self.ids.update({symbol: row.id for symbol, row in self.control.items()})
+        live = await db(store.live_runners)(within=self.leases.lease)
+        await self._claim(self._share(len(self.control), live))
+
+    async def _claim(self, limit: int) -> None:
+        began = time.monotonic()
+        claims = await db(store.claim_engines)(
+            self.leases.runner,
+            limit=limit,
+            lease=self.leases.lease,
+            symbols=self.symbols,
+            exclusive=self.exclusive,
+        )
+        for claim in claims:
+            self.leases.claimed(claim.id, claim.epoch, began)
+        if claims:
+            await self._take([claim.symbol for claim in claims])
+
+    async def _take(self, symbols: list[str]) -> None:
+        """Run the engines just claimed as their rows and history say."""
         now, policy = self.clock(), self.manager.policy
-        states = await db(store.load_states)(list(self.control), now)
+        rows = await db(store.control_rows)(symbols)
+        states = await db(store.load_states)(symbols, now)
         history = await db(store.restart_history)(policy.settings.window, now)
-        for symbol, (times, attempt) in history.items():
-            policy.load(symbol, times, attempt)
-        halted = await db(store.halted_on)(list(self.control), now)
+        halted = await db(store.halted_on)(symbols, now)
         started = wanted = 0
-        for symbol, row in self.control.items():
+        for symbol, row in rows.items():
+            self.control[symbol] = row
+            self.ids[symbol] = row.id
+            if symbol in history:
+                policy.load(symbol, *history[symbol])
             status, state = states[symbol]
             if row.desired_state != RUNNING:
                 changed = status != Status.STOPPED
@@ -99,24 +138,108 @@ class Reconciler:
     # Polling ----------------------------------------------------------------------------
 
     async def poll(self) -> None:
-        """Read commands and control rows and move the engines toward them. A database
-        error is raised to the caller, which backs off."""
-        commands = await db(store.pending_commands)(self._last_command_id, self.symbols)
+        """Read commands and control rows and move the engines toward them; keep this
+        runner's share. A database error is raised to the caller, which backs off."""
+        runner = self.leases.runner
+        commands = await db(store.pending_commands)(runner, self.symbols)
         rows = await db(store.control_rows)(self.symbols)
+        live = await db(store.live_runners)(within=self.leases.lease)
         for symbol, row in rows.items():
             self.ids[symbol] = row.id
+            if not self.leases.holds(row.id, row.lease_owner, row.lease_epoch):
+                if row.id in self.leases.epochs:
+                    self.lost({row.id}, "its lease is another runner's now")
+                continue
             old = self.control.get(symbol)
             if old is None or old.desired_state != row.desired_state:
                 self._apply(row)
         for symbol in set(self.control) - set(rows):
-            self.say(f"Engine {symbol} removed")
-            self._spawn(self.manager.remove(symbol))
+            if self.manager.status_of(symbol) is not None:
+                self.say(f"Engine {symbol} removed")
+                self._spawn(self.manager.remove(symbol))
+            self.leases.drop(self.control[symbol].id)
         self.control = rows
+        pending = {command.id for command in commands}
+        self._queued &= pending
         for command in commands:
-            self._last_command_id = command.id
-            self._commands.put_nowait(command)
+            if command.id not in self._queued:
+                self._queued.add(command.id)
+                self._commands.put_nowait(command)
         for symbol in self.manager.resume_halted(self.clock()):
             self.say(f"Engine {symbol} resumed: a new UTC day")
+        await self._balance(rows, live)
+
+    def _share(self, engines: int, live: set[str]) -> int:
+        if self.exclusive:
+            return engines
+        return fair_share(engines, len(live | {self.leases.runner}))
+
+    async def _balance(self, rows: dict[str, store.ControlRow], live: set[str]) -> None:
+        """Claim up to this runner's fair share, or hand the excess over."""
+        share = self._share(len(rows), live)
+        held = len(self.leases) - len(self._handing_over)
+        if held < share:
+            runner = self.leases.runner
+            if any(
+                not row.lease_live or (self.exclusive and row.lease_owner != runner)
+                for row in rows.values()
+            ):
+                await self._claim(share - held)
+        elif held > share and not self._handing_over:
+            excess = sorted(self.leases.epochs)[share:]
+            self._handing_over |= set(excess)
+            self._spawn(self._hand_over(set(excess)))
+
+    async def _hand_over(self, engine_ids: set[int]) -> None:
+        """Stop these engines, then release them: a joining runner claims them."""
+        symbols = [row.symbol for row in self.control.values() if row.id in engine_ids]
+        self.say(f"Handing {len(symbols)} engines over to other runners")
+        reason = "handed over to another runner"
+        await asyncio.gather(*(self.manager.stop(symbol, reason=reason) for symbol in symbols))
+        self.release(engine_ids)
+        while engine_ids & set(self.leases.epochs):  # until released, or lost meanwhile
+            self.released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.released.wait(), self.settings.poll_interval)
+        for symbol in symbols:
+            await self.manager.abandon(symbol)
+        self._handing_over -= engine_ids
+
+    def lost(self, engine_ids: set[int], why: str) -> None:
+        """Stop at once the engines whose lease this runner no longer holds; write nothing
+        more for them."""
+        for row in self.control.values():
+            if row.id in engine_ids and row.id in self.leases.epochs:
+                self.leases.drop(row.id)
+                log.warning("Engine %s stopped here: %s", row.symbol, why)
+                self.say(f"Engine {row.symbol} stopped here: {why}")
+                self._spawn(self.manager.abandon(row.symbol))
+
+    def conflicted(self, engine_id: int, why: str) -> None:
+        """The engine's new fills clash with stored ones: stop it, record the error, give
+        its lease up; whoever claims it next rebuilds its book from the stored fills."""
+        symbol = next((r.symbol for r in self.control.values() if r.id == engine_id), None)
+        if symbol is None:
+            return
+        self.say(f"Engine {symbol} stopped: {why}")
+        self.manager.report_error(symbol, FillConflict(why))
+        self._spawn(self.manager.abandon(symbol))
+        self.release({engine_id})
+
+    async def fence(self) -> None:
+        """Stop every engine when the leases could expire before this runner renews them
+        (paused, or cut off from the database): self-fencing, by the monotonic clock."""
+        interval = self.settings.poll_interval
+        while True:
+            if self.leases.must_fence():
+                held = set(self.leases.epochs)
+                log.error(
+                    "Could not renew the leases in time: stopping %d engines before another "
+                    "runner may take them",
+                    len(held),
+                )
+                self.lost(held, "its lease could not be renewed in time (self-fenced)")
+            await asyncio.sleep(interval)
 
     def _apply(self, row: store.ControlRow) -> None:
         """A new engine, or a desired state changed without a command (yet)."""
@@ -152,10 +275,11 @@ class Reconciler:
         while True:
             command = await self._commands.get()
             try:
-                ack = store.Ack(command.id, "done", await self._carry_out(command))
+                outcome, message = "done", await self._carry_out(command)
             except Exception as exc:  # a command must never take the runner down
                 log.exception("command %s failed", command)
-                ack = store.Ack(command.id, "failed", f"{type(exc).__name__}: {exc}")
+                outcome, message = "failed", f"{type(exc).__name__}: {exc}"
+            ack = store.Ack(command.id, outcome, message, command.engine_id)
             self.ack(ack)
             self.say(f"Command {command.id} {command.action} {command.symbol}: {ack.message}")
 

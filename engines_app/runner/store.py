@@ -3,14 +3,26 @@ them through ``db`` so every query runs on one thread with one connection."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
+from django.db.models import (
+    BooleanField,
+    Count,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+)
+from django.db.models.functions import Now
 
 from ..models import (
     Engine,
@@ -25,6 +37,8 @@ from ..runtime.broker import DAY, Book, utc_day
 from ..runtime.engine import EngineState
 from ..runtime.events import BookChanged, ErrorRaised, RestartScheduled
 from ..signals import engines_written
+
+log = logging.getLogger("levipanel.runner")
 
 
 def db(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,6 +69,9 @@ class ControlRow:
     desired_state: str
     cycle_interval: float | None
     config: Any  # the row's JSON options, as stored (``EngineConfig.from_options`` reads it)
+    lease_owner: str = ""  # the runner holding it; "" when none
+    lease_epoch: int = 0
+    lease_live: bool = False  # held by a runner whose lease has not expired (database time)
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,41 @@ class RunnerRow:
     started_at: float
     engines: int
     cycle_histogram: dict
+    host: str = ""
+    pid: int | None = None
+    held: int = 0
+    stopped: bool = False  # it stopped on a signal and released its engines
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Whose writes these are: the runner, the epoch of each engine it holds, whether the
+    write renews its leases (for ``lease`` seconds, database time) and which engines it
+    gives up after their last rows are written."""
+
+    runner: str
+    epochs: Mapping[int, int]
+    lease: float | None = None
+    release: frozenset[int] = frozenset()
+
+
+@dataclass
+class Written:
+    """What a fenced write could not do: engines no longer this runner's (nothing was
+    written for them) and engines whose fills conflict with stored ones (likewise)."""
+
+    lost: set[int] = field(default_factory=set)
+    conflicts: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An engine this runner now holds, and the runner that held it before ("" if none)."""
+
+    id: int
+    symbol: str
+    epoch: int
+    previous: str
 
 
 def seed_engines(symbols: list[str]) -> list[str]:
@@ -135,11 +187,92 @@ def ensure_engines(symbols: list[str]) -> list[str]:
 
 
 def control_rows(symbols: list[str] | None = None) -> dict[str, ControlRow]:
-    """Every engine's operator-owned fields: one cheap query the runner polls."""
-    rows = Engine.objects.values_list("id", "symbol", "desired_state", "cycle_interval", "config")
+    """Every engine's operator-owned fields and lease: one cheap query the runner polls."""
+    live = ExpressionWrapper(
+        ~Q(lease_owner="") & Q(lease_expires_at__gte=Now()), output_field=BooleanField()
+    )
+    rows = Engine.objects.annotate(lease_live=live).values_list(
+        "id",
+        "symbol",
+        "desired_state",
+        "cycle_interval",
+        "config",
+        "lease_owner",
+        "lease_epoch",
+        "lease_live",
+    )
     if symbols is not None:
         rows = rows.filter(symbol__in=symbols)
     return {row[1]: ControlRow(*row) for row in rows}
+
+
+def live_runners(*, within: float, now: float | None = None) -> set[str]:
+    """The runners whose heartbeat is younger than ``within`` seconds and did not stop."""
+    now = datetime.now(UTC).timestamp() if now is None else now
+    rows = RunnerHeartbeat.objects.filter(last_seen__gte=to_datetime(now - within))
+    return set(rows.filter(stopped_at=None).values_list("name", flat=True))
+
+
+def runner_in_use(name: str, *, within: float, host: str, pid: int) -> str | None:
+    """Why ``name`` may not be taken: a live runner of another process uses it; else None."""
+    row = RunnerHeartbeat.objects.filter(name=name, stopped_at=None).first()
+    if row is None or (row.host, row.pid) == (host, pid):
+        return None
+    age = datetime.now(UTC) - row.last_seen
+    if age > timedelta(seconds=within):
+        return None
+    return (
+        f"runner name {name!r} is in use by pid {row.pid} on {row.host or '?'} (last seen "
+        f"{age.total_seconds():.1f}s ago): give each runner its own LEVIPANEL_RUNNER_NAME, "
+        "or leave it unset (host:pid)"
+    )
+
+
+def claim_engines(
+    runner: str,
+    *,
+    limit: int,
+    lease: float,
+    symbols: list[str] | None = None,
+    exclusive: bool = False,
+) -> list[Claim]:
+    """Claim up to ``limit`` engines that no runner holds (free, or their lease expired by
+    the database's clock), bumping each one's epoch; with ``exclusive`` (this runner holds
+    the whole database) every engine not already this runner's. Rows another runner is
+    claiming at the same moment are skipped, not waited for."""
+    if limit <= 0:
+        return []
+    free = Q(lease_owner="") | Q(lease_expires_at=None) | Q(lease_expires_at__lt=Now())
+    if exclusive:
+        free = ~Q(lease_owner=runner)
+    with transaction.atomic():
+        rows = Engine.objects.filter(free)
+        if symbols is not None:
+            rows = rows.filter(symbol__in=symbols)
+        found = list(
+            rows.select_for_update(skip_locked=True)
+            .order_by("id")
+            .values_list("id", "symbol", "lease_owner", "lease_epoch")[:limit]
+        )
+        if not found:
+            return []
+        Engine.objects.filter(id__in=[row[0] for row in found]).update(
+            lease_owner=runner,
+            lease_epoch=F("lease_epoch") + 1,
+            lease_expires_at=Now() + timedelta(seconds=lease),
+        )
+    claims = [Claim(pk, symbol, epoch + 1, previous) for pk, symbol, previous, epoch in found]
+    taken: dict[str, list[str]] = defaultdict(list)
+    for claim in claims:
+        if claim.previous and claim.previous != runner:
+            taken[claim.previous].append(claim.symbol)
+    if taken:
+        takeovers = [
+            {"runner": runner, "previous": previous, "symbols": symbols}
+            for previous, symbols in taken.items()
+        ]
+        engines_written.send(sender=Engine, takeovers=takeovers)
+    return claims
 
 
 def load_states(symbols: list[str], now: float | None = None) -> dict[str, tuple[str, EngineState]]:
@@ -221,6 +354,7 @@ class CommandRow:
     symbol: str
     action: str
     created_at: float = 0.0
+    engine_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -228,15 +362,22 @@ class Ack:
     id: int
     outcome: str
     message: str
+    engine_id: int | None = None  # None: the engine is gone (removed)
 
 
-def pending_commands(after_id: int, symbols: list[str] | None = None) -> list[CommandRow]:
-    """Commands not carried out yet, oldest first."""
-    rows = EngineCommand.objects.filter(acked_at=None, id__gt=after_id)
+def pending_commands(runner: str, symbols: list[str] | None = None) -> list[CommandRow]:
+    """Commands not carried out yet for the engines ``runner`` holds, or whose engine is
+    gone, oldest first."""
+    rows = EngineCommand.objects.filter(acked_at=None).filter(
+        Q(engine__lease_owner=runner) | Q(engine=None)
+    )
     if symbols is not None:
         rows = rows.filter(symbol__in=symbols)
-    rows = rows.order_by("id").values_list("id", "symbol", "action", "created_at")
-    return [CommandRow(pk, symbol, action, at.timestamp()) for pk, symbol, action, at in rows]
+    rows = rows.order_by("id").values_list("id", "symbol", "action", "created_at", "engine_id")
+    return [
+        CommandRow(pk, symbol, action, at.timestamp(), engine_id)
+        for pk, symbol, action, at, engine_id in rows
+    ]
 
 
 def write(
@@ -249,40 +390,47 @@ def write(
     books: list[BookRow] = (),
     runner: RunnerRow | None = None,
     pnl_samples: list[PnlSampleRow] = (),
-) -> None:
+    fence: Fence | None = None,
+) -> Written:
     """Everything the runner has to say, in one transaction; then tell the receivers.
-    A fill's Trade row and the position it leads to commit together, or not at all."""
+    A fill's Trade row and the position it leads to commit together, or not at all.
+
+    With a ``fence`` (always, from the runner) only the rows of engines the runner still
+    holds at its epoch are written, checked on rows locked in this transaction, so no
+    other runner can take them over before it commits; the rest is dropped and reported."""
+    written = Written()
     if not any((statuses, errors, restarts, heartbeats, acks, books, runner, pnl_samples)):
-        return
+        if fence is None or not (fence.lease or fence.release):
+            return written
     now = datetime.now(UTC)
     with transaction.atomic():
-        for ack in acks:
-            EngineCommand.objects.filter(id=ack.id).update(
-                acked_at=now, outcome=ack.outcome, message=ack.message
-            )
-        for row in statuses:
-            Engine.objects.filter(id=row.id).update(
-                status=row.status,
-                status_reason=row.reason,
-                status_changed_at=to_datetime(row.changed_at) if row.changed_at else now,
-                started_at=to_datetime(row.started_at),
-                restart_attempt=row.attempt,
-                restart_budget_left=row.budget_left,
-                next_retry_at=to_datetime(row.next_retry_at),
-                error_count=row.error_count,
-                last_error=row.last_error or "",
-                updated_at=now,
-            )
-        EngineError.objects.bulk_create(errors)
-        EngineRestart.objects.bulk_create(restarts)
+        if fence is not None:
+            touched = {r.id for r in (*statuses, *heartbeats, *books, *pnl_samples)}
+            touched |= {r.engine_id for r in (*errors, *restarts)}
+            touched |= {a.engine_id for a in acks if a.engine_id is not None}
+            valid, written.lost = _fenced(fence, touched | fence.release)
+            written.conflicts = _fill_conflicts([r for r in books if r.id in valid])
+            valid -= set(written.conflicts)
+            statuses = [r for r in statuses if r.id in valid]
+            heartbeats = [r for r in heartbeats if r.id in valid]
+            books = [r for r in books if r.id in valid]
+            pnl_samples = [r for r in pnl_samples if r.id in valid]
+            errors = [r for r in errors if r.engine_id in valid]
+            restarts = [r for r in restarts if r.engine_id in valid]
+            acks = [a for a in acks if a.engine_id is None or a.engine_id in valid]
+        _write_rows(statuses, errors, restarts, acks, now, fence)
         if books:
-            _write_books(books, now)
+            _write_books(books, now, fence)
         if heartbeats:
             _flush_heartbeats(heartbeats, now)
-        if runner is not None:
-            _runner_heartbeat(runner, now)
         if pnl_samples:
             _sample_pnl(pnl_samples, now)
+        if fence is not None and fence.release:
+            Engine.objects.filter(id__in=fence.release & valid, lease_owner=fence.runner).update(
+                lease_owner="", lease_expires_at=None
+            )
+        if runner is not None:
+            _runner_heartbeat(runner, now)
     engines_written.send(
         sender=Engine,
         statuses=statuses,
@@ -292,14 +440,95 @@ def write(
         acks=acks,
         books=books,
     )
+    return written
 
 
-def _write_books(rows: list[BookRow], now: datetime) -> None:
-    # A retried write (the commit's answer was lost) must not double a fill: the engine's
-    # fill_id and (engine, seq) are unique, and conflicts are skipped.
+def _fenced(fence: Fence, touched: set[int]) -> tuple[set[int], set[int]]:
+    """The engines of ``touched`` (all it holds, when renewing) this runner still holds at
+    its epochs, their rows locked until the transaction ends; and the ones it lost."""
+    mine = Engine.objects.filter(lease_owner=fence.runner)
+    if fence.lease is not None:
+        asked = set(fence.epochs) | touched
+        # Renew only what the runner runs: a lease it gave up (self-fenced) must expire.
+        mine.filter(id__in=list(fence.epochs)).update(
+            lease_expires_at=Now() + timedelta(seconds=fence.lease)
+        )
+    else:
+        asked = touched
+    held = dict(
+        mine.filter(id__in=list(asked)).select_for_update().values_list("id", "lease_epoch")
+    )
+    valid = {pk for pk in asked if pk in fence.epochs and held.get(pk) == fence.epochs[pk]}
+    return valid, (asked & set(fence.epochs)) - valid
+
+
+def _fill_conflicts(rows: Iterable[BookRow]) -> dict[int, str]:
+    """Engines whose new fills take a sequence number another fill already has. A fill
+    stored already under its own id is this write retried (its commit's answer was lost):
+    not a conflict."""
+    fills = [(row.id, row.event.fill) for row in rows if row.event.fill is not None]
+    if not fills:
+        return {}
+    existing = Trade.objects.filter(
+        engine_id__in={engine_id for engine_id, _ in fills},
+        seq__in={fill.seq for _, fill in fills},
+    ).values_list("engine_id", "seq", "fill_id")
+    stored = {(engine_id, seq): fill_id for engine_id, seq, fill_id in existing}
+    conflicts = {}
+    for engine_id, fill in fills:
+        other = stored.get((engine_id, fill.seq))
+        if other is not None and other != fill.fill_id:
+            conflicts[engine_id] = (
+                f"fill {fill.fill_id} takes seq {fill.seq}, which fill {other} already has"
+            )
+    for engine_id, why in conflicts.items():
+        log.error("fill conflict engine_id=%s: %s", engine_id, why)
+    return conflicts
+
+
+def _write_rows(statuses, errors, restarts, acks, now: datetime, fence: Fence | None) -> None:
+    for ack in acks:
+        EngineCommand.objects.filter(id=ack.id, acked_at=None).update(
+            acked_at=now,
+            outcome=ack.outcome,
+            message=ack.message,
+            acked_by=fence.runner if fence else "",
+        )
+    for row in statuses:
+        Engine.objects.filter(id=row.id).update(
+            status=row.status,
+            status_reason=row.reason,
+            status_changed_at=to_datetime(row.changed_at) if row.changed_at else now,
+            started_at=to_datetime(row.started_at),
+            restart_attempt=row.attempt,
+            restart_budget_left=row.budget_left,
+            next_retry_at=to_datetime(row.next_retry_at),
+            error_count=row.error_count,
+            last_error=row.last_error or "",
+            updated_at=now,
+        )
+    EngineError.objects.bulk_create(errors)
+    EngineRestart.objects.bulk_create(restarts)
+
+
+def _write_books(rows: list[BookRow], now: datetime, fence: Fence | None) -> None:
+    fills = [(row.id, row.event.fill) for row in rows if row.event.fill is not None]
+    # A retried write (the commit's answer was lost) must not double a fill: one stored
+    # under its own fill_id already is skipped. Any other clash of (engine, seq) is an
+    # IntegrityError, never skipped in silence (``_fill_conflicts`` catches it first).
+    stored = set(
+        Trade.objects.filter(fill_id__in=[fill.fill_id for _, fill in fills]).values_list(
+            "fill_id", flat=True
+        )
+    )
+    runner = fence.runner if fence else ""
+    epochs = fence.epochs if fence else {}
     Trade.objects.bulk_create(
-        [trade_row(row.id, row.event.fill) for row in rows if row.event.fill is not None],
-        ignore_conflicts=True,
+        [
+            trade_row(engine_id, fill, runner=runner, epoch=epochs.get(engine_id, 0))
+            for engine_id, fill in fills
+            if fill.fill_id not in stored
+        ]
     )
     latest = {row.id: row.event for row in rows}
     table = connection.ops.quote_name(Engine._meta.db_table)
@@ -321,9 +550,11 @@ FILL_FIELDS = (
 ).split()
 
 
-def trade_row(engine_id: int, fill) -> Trade:
+def trade_row(engine_id: int, fill, *, runner: str = "", epoch: int = 0) -> Trade:
     values = {name: getattr(fill, name) for name in FILL_FIELDS}
-    return Trade(engine_id=engine_id, time=to_datetime(fill.at), **values)
+    return Trade(
+        engine_id=engine_id, time=to_datetime(fill.at), runner=runner, epoch=epoch, **values
+    )
 
 
 def _flush_heartbeats(rows: list[HeartbeatRow], now: datetime) -> None:
@@ -380,6 +611,10 @@ def _runner_heartbeat(row: RunnerRow, now: datetime) -> None:
         "last_seen": now,
         "engines": row.engines,
         "cycle_histogram": row.cycle_histogram,
+        "host": row.host,
+        "pid": row.pid,
+        "held": row.held,
+        "stopped_at": now if row.stopped else None,
     }
     if not RunnerHeartbeat.objects.filter(name=row.name).update(**fields):
         RunnerHeartbeat.objects.create(name=row.name, **fields)

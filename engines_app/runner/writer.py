@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from django.db import DatabaseError
@@ -17,6 +18,7 @@ from django.db import DatabaseError
 from ..runtime import ACTIVE, EngineManager
 from ..runtime.events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
 from . import store
+from .leases import Leases
 from .store import db
 
 log = logging.getLogger("levipanel.runner")
@@ -27,22 +29,28 @@ FILL_DELAY = 0.5
 
 class Writer:
     """Drain the manager's events and flush them with heartbeats, one transaction a flush.
-    A database error keeps everything pending and backs off (0.5 s doubling to 30 s)."""
+    Every write is fenced by the runner's leases, and a heartbeat flush renews them. A
+    database error keeps everything pending and backs off (0.5 s doubling, to at most a
+    quarter of the lease, so a database back in time still renews it)."""
 
     def __init__(
         self,
         manager: EngineManager,
         *,
         ids: Mapping[str, int],
-        runner_name: str,
+        leases: Leases,
         started_at: float,
         flush_interval: float,
         pnl_interval: float,
         clock: Callable[[], float],
+        on_lost: Callable[[set[int], str], None] = lambda ids, why: None,
+        on_conflict: Callable[[int, str], None] = lambda engine_id, why: None,
     ) -> None:
         self.manager = manager
         self.ids = ids  # symbol -> engine id, kept up to date by the reconciler
-        self.runner_name = runner_name
+        self.leases = leases
+        self.on_lost = on_lost  # engines this runner may no longer run, and why
+        self.on_conflict = on_conflict  # an engine whose fills clash with stored ones
         self.started_at = started_at
         self.flush_interval = flush_interval
         self.pnl_interval = pnl_interval  # <= 0: no PnL samples
@@ -56,17 +64,27 @@ class Writer:
         self._flushing: dict[str, float] = {}
         self._retry_at = 0.0
         self._failures = 0
+        self._release: set[int] = set()
+        self.released: asyncio.Event = asyncio.Event()  # set after a release committed
+        self.stopped = False  # the final flush: the runner stops, its heartbeat says so
 
     def ack(self, ack: store.Ack) -> None:
         """Queue a command's acknowledgement for the next write."""
         self._acks.append(ack)
         self.manager.changed.set()
 
+    def release(self, engine_ids: set[int]) -> None:
+        """Give these engines' leases up in the next write, after their last rows."""
+        self._release |= engine_ids
+        self.manager.changed.set()
+
     async def flush(self) -> bool:
         """Write pending events now, and heartbeats when due. False on a database error."""
         now = self.clock()
         self._pending.extend(self.manager.drain_events())
-        urgent = bool(self._acks) or any(not isinstance(e, BookChanged) for e in self._pending)
+        urgent = bool(self._acks or self._release) or any(
+            not isinstance(e, BookChanged) for e in self._pending
+        )
         # Only fills pending: the oldest is first.
         fills_due = bool(self._pending) and now - self._pending[0].at >= FILL_DELAY
         heartbeat_due = now >= self.heartbeat_due or fills_due  # one transaction carries both
@@ -81,8 +99,11 @@ class Writer:
         return True
 
     async def flush_final(self, attempts: int = 3) -> None:
-        """Write everything, heartbeats included: the final state must reach the database."""
+        """Write everything, heartbeats included, and give every lease up: the final state
+        must reach the database, and the engines go to the other runners at once."""
         self.heartbeat_due = 0.0
+        self.stopped = True
+        self._release |= set(self.leases.epochs)
         for _ in range(attempts):
             if await self.flush():
                 return
@@ -91,7 +112,7 @@ class Writer:
     async def database_error(self, exc: DatabaseError) -> None:
         """Engines keep running; writes wait and are retried with backoff."""
         self._failures += 1
-        delay = min(30.0, 0.5 * 2 ** (self._failures - 1))
+        delay = min(30.0, self.leases.lease / 4, 0.5 * 2 ** (self._failures - 1))
         self._retry_at = self.clock() + delay
         log.warning("database error (%s), retrying in %.1fs: %s", type(exc).__name__, delay, exc)
         await db(store.close_connection)()
@@ -102,8 +123,16 @@ class Writer:
         self._flushing.clear()
         heartbeats = self._heartbeat_rows() if heartbeat_due else []
         samples = self._pnl_rows(now) if heartbeat_due else []
+        release = frozenset(self._release)
+        fence = store.Fence(
+            self.leases.runner,
+            dict(self.leases.epochs),
+            lease=self.leases.lease if heartbeat_due else None,
+            release=release,
+        )
+        began = time.monotonic()
         try:
-            await db(store.write)(
+            written = await db(store.write)(
                 statuses=statuses,
                 errors=errors,
                 restarts=restarts,
@@ -112,14 +141,26 @@ class Writer:
                 books=books,
                 runner=self._runner_row() if heartbeat_due else None,
                 pnl_samples=samples,
+                fence=fence,
             )
         except DatabaseError as exc:
             await self.database_error(exc)
             return False
-        if any((statuses, errors, restarts, heartbeats, acks, books, samples)):
+        if heartbeat_due or any((statuses, errors, restarts, acks, books, samples, release)):
             self.write_transactions += 1
+        if heartbeat_due:
+            self.leases.renewed(began)
         self._pending.clear()
         del self._acks[: len(acks)]  # acks queued during the write wait for the next one
+        self._release -= release
+        for engine_id in release:
+            self.leases.drop(engine_id)
+        if release:
+            self.released.set()
+        if written.lost:
+            self.on_lost(written.lost, "its lease is another runner's now")
+        for engine_id, why in written.conflicts.items():
+            self.on_conflict(engine_id, f"fill conflict: {why}")
         self._flushed.update(self._flushing)
         self._failures = 0
         if samples:
@@ -163,9 +204,17 @@ class Writer:
         )
 
     def _runner_row(self) -> store.RunnerRow:
-        histogram = self.manager.cycle_histogram.snapshot()
-        running = self.manager.running_count()
-        return store.RunnerRow(self.runner_name, self.started_at, running, histogram)
+        identity = self.leases.identity
+        return store.RunnerRow(
+            identity.name,
+            self.started_at,
+            self.manager.running_count(),
+            self.manager.cycle_histogram.snapshot(),
+            host=identity.host,
+            pid=identity.pid,
+            held=0 if self.stopped else len(self.leases),
+            stopped=self.stopped,
+        )
 
     def _heartbeat_rows(self) -> list[store.HeartbeatRow]:
         """Rows for the engines that heart-beat since the last flush (stopped ones too: their

@@ -37,6 +37,11 @@ class FeedSilent(CrashError):
     """No market data for longer than the feed's dead-after limit: treated as a hang."""
 
 
+class FillConflict(EngineError):
+    """A fill's sequence number is another stored fill's: the book here is not the stored
+    one. Never papered over: the engine stops and is rebuilt from the stored fills."""
+
+
 class RiskHalt(EngineError):
     """A risk limit stops the engine until the next UTC day or an operator's restart.
     ``code`` names the limit (``risk.DAILY_LOSS``): what alerts key on, not the message."""

@@ -205,6 +205,22 @@ class EngineManager:
             if slot.task is not None:
                 slot.task.cancel()
 
+    def report_error(self, symbol: str, exc: BaseException) -> None:
+        """Record an error found outside the engine's task (it counts for nothing else)."""
+        self._emit(_error_event(symbol, self.clock(), exc, crashed=False))
+
+    async def abandon(self, symbol: str) -> None:
+        """Stop tracking the engine at once: its task is cancelled mid-cycle and nothing more
+        is reported of it (another runner holds it now, or is about to)."""
+        slot = self.slots.pop(symbol, None)
+        if slot is None:
+            return
+        self._cancel_retry(slot)
+        task, slot.task = slot.task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
     async def remove(self, symbol: str) -> None:
         await self.stop(symbol, reason="removed")
         self.slots.pop(symbol, None)

@@ -20,9 +20,10 @@ def writes(monkeypatch) -> list[dict]:
     calls: list[dict] = []
     real_write = store.write
 
-    def write(**kwargs) -> None:
-        real_write(**kwargs)
+    def write(**kwargs) -> store.Written:
+        written = real_write(**kwargs)
         calls.append(kwargs)
+        return written
 
     monkeypatch.setattr(store, "write", write)
     return calls

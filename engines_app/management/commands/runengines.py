@@ -3,7 +3,7 @@ import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...runner.lifecycle import Runner, RunnerFailed
+from ...runner.lifecycle import Runner, RunnerFailed, RunnerRefused
 from ...runtime.engine import symbol_problem
 
 
@@ -30,6 +30,8 @@ class Command(BaseCommand):
             asyncio.run(self._run(runner))
         except RunnerFailed as exc:  # logged with its traceback already
             raise CommandError(str(exc)) from exc
+        except RunnerRefused as exc:  # another runner holds the database, or this name
+            raise CommandError(str(exc)) from None
 
     async def _run(self, runner: Runner) -> None:
         loop = asyncio.get_running_loop()
