@@ -241,8 +241,14 @@ class Reconciler:
                 self.lost(held, "its lease could not be renewed in time (self-fenced)")
             await asyncio.sleep(interval)
 
+    def _mine(self, engine_id: int) -> bool:
+        """Whether this runner holds the engine and is not handing it over."""
+        return engine_id in self.leases.epochs and engine_id not in self._handing_over
+
     def _apply(self, row: store.ControlRow) -> None:
         """A new engine, or a desired state changed without a command (yet)."""
+        if not self._mine(row.id):
+            return
         status = self.manager.status_of(row.symbol)
         if row.desired_state != RUNNING:
             if status is None:
@@ -274,6 +280,8 @@ class Reconciler:
         """Carry out operators' commands one at a time, in the order they were given."""
         while True:
             command = await self._commands.get()
+            if command.engine_id is not None and not self._mine(command.engine_id):
+                continue  # handed over or lost meanwhile: its new holder carries it out
             try:
                 outcome, message = "done", await self._carry_out(command)
             except Exception as exc:  # a command must never take the runner down
@@ -353,14 +361,20 @@ class Reconciler:
         self, row: store.ControlRow, *, reason: str = "restarting", reset_budget: bool = True
     ) -> bool:
         """(Re)start the engine with the row's config; False when that config is invalid
-        (the engine is then stopped and failed with the reason)."""
+        (the engine is then stopped and failed with the reason) or the engine is no longer
+        this runner's."""
         try:
             config = self._config(row)
         except ConfigError as exc:
             await self.manager.stop(row.symbol, reason=reason)
             self._refuse(row, None, exc)
             return False
+        if not self._mine(row.id):
+            return False
         await self.manager.restart(row.symbol, config, reason=reason, reset_budget=reset_budget)
+        if not self._mine(row.id):  # lost while it stopped: it must not run here
+            await self.manager.abandon(row.symbol)
+            return False
         self._launched[row.symbol] = self.clock()
         return True
 
