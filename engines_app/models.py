@@ -146,15 +146,19 @@ class EngineRestart(models.Model):
 
 
 class EngineError(models.Model):
-    """An error an engine raised, whether it survived it or crashed."""
+    """An error an engine raised, whether it survived it or crashed. Errors it survived are
+    coalesced: one row per engine and error type per window, counting the repeats."""
 
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="errors")
-    at = models.DateTimeField(db_index=True)
+    at = models.DateTimeField(db_index=True, help_text="The first time, in its window.")
     type = models.CharField(max_length=100)
     message = models.TextField()
     traceback = models.TextField(blank=True)
     fatal = models.BooleanField(default=False)
     crashed = models.BooleanField(default=False, help_text="The engine's task ended on it.")
+    count = models.PositiveIntegerField(default=1, help_text="How many times, in its window.")
+    last_at = models.DateTimeField(null=True, blank=True, help_text="The last time.")
+    last_message = models.TextField(blank=True, default="", help_text="The last one's message.")
 
     class Meta:
         ordering = ["-at"]

@@ -40,6 +40,9 @@ from ..signals import engines_written
 
 log = logging.getLogger("levipanel.runner")
 
+# Repeats of an error an engine survived join one row per engine and kind for this long.
+ERROR_WINDOW = timedelta(minutes=5)
+
 
 def db(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run a store function on the runner's single database thread."""
@@ -507,7 +510,7 @@ def _write_rows(statuses, errors, restarts, acks, now: datetime, fence: Fence | 
             last_error=row.last_error or "",
             updated_at=now,
         )
-    EngineError.objects.bulk_create(errors)
+    _write_errors(errors)
     EngineRestart.objects.bulk_create(restarts)
 
 
@@ -621,15 +624,48 @@ def _runner_heartbeat(row: RunnerRow, now: datetime) -> None:
 
 
 def error_row(engine_id: int, event: ErrorRaised) -> EngineError:
+    at = to_datetime(event.at)
     return EngineError(
         engine_id=engine_id,
-        at=to_datetime(event.at),
+        at=at,
+        last_at=at,
         type=event.type[:100],
         message=event.message,
+        last_message=event.message,
         traceback=event.traceback,
         fatal=event.fatal,
         crashed=event.crashed,
     )
+
+
+def repeat(row: EngineError, event: ErrorRaised) -> None:
+    """Fold one more occurrence of a survived error into its row."""
+    row.count += 1
+    row.last_at = to_datetime(event.at)
+    row.last_message = event.message
+
+
+def _write_errors(errors: list[EngineError]) -> None:
+    """Crashes one row each; an error an engine survived joins the row of its kind opened
+    within ``ERROR_WINDOW`` (repeat count, last time, last message), or opens one."""
+    new = [row for row in errors if row.crashed]
+    for row in (row for row in errors if not row.crashed):
+        latest = (
+            EngineError.objects.filter(
+                engine_id=row.engine_id,
+                type=row.type,
+                crashed=False,
+                at__gte=row.at - ERROR_WINDOW,
+            )
+            .order_by("-at")
+            .values("id")[:1]
+        )
+        folded = EngineError.objects.filter(id__in=Subquery(latest)).update(
+            count=F("count") + row.count, last_at=row.last_at, last_message=row.last_message
+        )
+        if not folded:
+            new.append(row)
+    EngineError.objects.bulk_create(new)
 
 
 def restart_row(engine_id: int, event: RestartScheduled) -> EngineRestart:

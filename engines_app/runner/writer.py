@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 from django.db import DatabaseError
 
+from ..models import EngineError
 from ..runtime import ACTIVE, EngineManager
 from ..runtime.events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
 from . import store
@@ -82,10 +83,8 @@ class Writer:
         """Write pending events now, and heartbeats when due. False on a database error."""
         now = self.clock()
         self._pending.extend(self.manager.drain_events())
-        urgent = bool(self._acks or self._release) or any(
-            not isinstance(e, BookChanged) for e in self._pending
-        )
-        # Only fills pending: the oldest is first.
+        urgent = bool(self._acks or self._release) or any(map(_urgent, self._pending))
+        # Only fills and survived errors pending: the oldest is first.
         fills_due = bool(self._pending) and now - self._pending[0].at >= FILL_DELAY
         heartbeat_due = now >= self.heartbeat_due or fills_due  # one transaction carries both
         if not (urgent or heartbeat_due):
@@ -170,12 +169,19 @@ class Writer:
     def _rows(self, events: list[Event]) -> tuple[list, list, list, list]:
         latest: dict[str, StatusChanged] = {}
         errors, restarts, books = [], [], []
+        repeats: dict[tuple[int, str], EngineError] = {}  # survived errors, one per kind
         for event in events:
             engine_id = self.ids.get(event.symbol)
             if engine_id is None:
                 continue
             if isinstance(event, StatusChanged):
                 latest[event.symbol] = event  # the row gets the newest status only
+            elif isinstance(event, ErrorRaised) and not event.crashed:
+                row = repeats.get((engine_id, event.type))
+                if row is None:
+                    repeats[engine_id, event.type] = store.error_row(engine_id, event)
+                else:
+                    store.repeat(row, event)
             elif isinstance(event, ErrorRaised):
                 errors.append(store.error_row(engine_id, event))
             elif isinstance(event, RestartScheduled):
@@ -183,7 +189,7 @@ class Writer:
             elif isinstance(event, BookChanged):
                 books.append(store.BookRow(engine_id, event))
         statuses = [self._status_row(event) for event in latest.values()]
-        return statuses, errors, restarts, books
+        return statuses, errors + list(repeats.values()), restarts, books
 
     def _status_row(self, event: StatusChanged) -> store.StatusRow:
         engine = self.manager.engine_of(event.symbol)
@@ -262,3 +268,11 @@ class Writer:
             started_at is not None and self.clock() - started_at >= policy.settings.stable_after
         )
         return (0 if stable else policy.attempt(symbol)), policy.budget_left(symbol)
+
+
+def _urgent(event: Event) -> bool:
+    """Written at once: status changes, restarts, crashes. Fills and errors an engine survived
+    ride along with the next write (a storm of them is not a storm of transactions)."""
+    if isinstance(event, ErrorRaised):
+        return event.crashed
+    return not isinstance(event, BookChanged)

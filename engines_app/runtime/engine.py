@@ -30,6 +30,7 @@ from .errors import (
     RiskHalt,
 )
 from .feeds import Feed, feed_problems, make_feed
+from .ratelimit import LogLimiter
 from .strategies import Strategy, make_strategy, strategy_problems
 
 log = logging.getLogger("levipanel.engine")
@@ -212,6 +213,7 @@ class TradingEngine:
         "degraded",
         "rejected",
         "cycle_histogram",
+        "_log_limiter",
     )
 
     def __init__(
@@ -240,6 +242,13 @@ class TradingEngine:
         self.limits = risk.RiskLimits()
         self.degraded = False
         self.rejected = ""  # the last order rejection, logged once rather than every cycle
+        self._log_limiter: LogLimiter | None = None  # made on the first error
+
+    @property
+    def log_limiter(self) -> LogLimiter:
+        if self._log_limiter is None:
+            self._log_limiter = LogLimiter()
+        return self._log_limiter
 
     @property
     def symbol(self) -> str:
@@ -301,15 +310,24 @@ class TradingEngine:
                 raise
 
     def record_error(self, exc: BaseException) -> None:
-        """Count an error the engine survived, and tell the listener."""
+        """Count an error the engine survived, and tell the listener. Under a storm only a
+        few lines per kind reach the log, then one saying how many were left out."""
         self.state.error_count += 1
         self.state.last_error = f"{type(exc).__name__}: {exc}"
-        log.error(
-            "Cycle error for %s: %s",
-            self.config.symbol,
-            self.state.last_error,
-            extra={"symbol": self.config.symbol},
-        )
+        logged, left_out = self.log_limiter.allow(type(exc).__name__)
+        extra = {"symbol": self.config.symbol}
+        if left_out:
+            log.warning(
+                "Suppressed %d more %s errors for %s",
+                left_out,
+                type(exc).__name__,
+                self.config.symbol,
+                extra=extra,
+            )
+        if logged:
+            log.error(
+                "Cycle error for %s: %s", self.config.symbol, self.state.last_error, extra=extra
+            )
         if self.listener:
             self.listener.engine_error(self, exc)
 

@@ -13,13 +13,14 @@ from django_q.models import Schedule
 from engines_app.admin.trading import TradeAdmin
 from engines_app.jobs import tasks
 from engines_app.jobs.schedules import DAILY_RESET_NAME
-from engines_app.models import Engine, EngineCommand, Trade
+from engines_app.models import Engine, EngineCommand, EngineError, Trade
 from engines_app.runner import store
 from engines_app.runtime.broker import BUY, SELL, replay, utc_day
+from engines_app.runtime.events import ErrorRaised
 from engines_app.selectors import engines as selectors
 from engines_app.selectors import trading as selectors_trading
 from engines_app.services import engines as services
-from tests.helpers import DAY, T0, book_rows
+from tests.helpers import DAY, T0, book_rows, hold
 
 pytestmark = pytest.mark.django_db
 
@@ -176,6 +177,7 @@ def test_halted_and_degraded_are_counted_and_shown_with_their_reason():
     Engine.objects.create(
         symbol="ETHUSDT", status="degraded", status_reason="no market data for 6.0s"
     )
+    hold(Engine.objects.all())  # a live runner runs them
     fleet = selectors.fleet_status()
     assert (fleet["halted"], fleet["degraded"], fleet["running"]) == (1, 1, 0)
     assert fleet["engines"][0]["status_reason"].startswith("daily loss limit reached")
@@ -202,3 +204,38 @@ def test_bad_trading_config_is_refused_with_a_clear_reason():
     assert "daily_loss_limit must be a number greater than 0" in message
     assert "unknown sma_cross parameter: x" in message
     assert not Engine.objects.exists()
+
+
+def test_an_error_an_engine_survived_joins_the_row_of_its_kind_within_the_window():
+    engine = Engine.objects.create(symbol="BTCUSDT")
+
+    def survived(at: float, message: str, kind: str = "MalformedMessage", crashed=False):
+        event = ErrorRaised("BTCUSDT", at, kind, message, "", False, crashed)
+        return store.error_row(engine.pk, event)
+
+    first = survived(T0, "bad 1")
+    store.repeat(
+        first, ErrorRaised("BTCUSDT", T0 + 1, "MalformedMessage", "bad 2", "", False, False)
+    )
+    store.write(statuses=[], errors=[first], restarts=[], heartbeats=[])
+    store.write(statuses=[], errors=[survived(T0 + 60, "bad 3")], restarts=[], heartbeats=[])
+    store.write(
+        statuses=[],
+        errors=[survived(T0 + 61, "other", kind="KeyError")],
+        restarts=[],
+        heartbeats=[],
+    )
+    crash = survived(T0 + 62, "boom", kind="InjectedCrash", crashed=True)
+    store.write(
+        statuses=[], errors=[crash, survived(T0 + 400, "bad 4")], restarts=[], heartbeats=[]
+    )
+
+    rows = list(
+        EngineError.objects.order_by("at").values_list("type", "count", "message", "last_message")
+    )
+    assert rows == [
+        ("MalformedMessage", 3, "bad 1", "bad 3"),  # repeats within 5 minutes: one row
+        ("KeyError", 1, "other", "other"),
+        ("InjectedCrash", 1, "boom", "boom"),  # a crash is a row of its own
+        ("MalformedMessage", 1, "bad 4", "bad 4"),  # after the window: a new row
+    ]
