@@ -3,6 +3,7 @@ Redis (skipped with a reason on a laptop without them, a failure in CI)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,28 @@ from tests.helpers.services import CHROMIUM, IN_CI, POSTGRES_URL, REDIS_URL, nee
 def postgres_url() -> str:
     need_service("PostgreSQL", "127.0.0.1", 5432)
     return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a migrated PostgreSQL database of this test's own, dropped after it with
+    every connection left on it."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"levipanel_test_{uuid.uuid4().hex[:12]}"
+    url = f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with Installation(tmp_path / "migrate", {"DATABASE_URL": url}) as installation:
+            installation.migrate()
+        yield url
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

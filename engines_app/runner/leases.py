@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 
 class RunnerRefused(Exception):
@@ -91,6 +92,22 @@ class Leases:
     def must_fence(self) -> bool:
         """True when the leases may expire within ``margin``: stop every engine now."""
         return bool(self.epochs) and self.monotonic() >= self.renewed_at + self.lease - self.margin
+
+
+def postgres_session_options(lease: float, options: dict[str, Any]) -> dict[str, Any]:
+    """Connection options that keep a runner's row locks from outliving its lease: the
+    server ends a session idle inside a transaction (a runner paused mid-write), and TCP
+    keepalives find a connection cut without a reset, each well within the lease."""
+    bound = max(1, int(lease / 3))
+    settings = [
+        f"-c idle_in_transaction_session_timeout={bound * 1000}",
+        f"-c tcp_keepalives_idle={bound}",
+        "-c tcp_keepalives_interval=1",
+        "-c tcp_keepalives_count=2",
+    ]
+    keepalives = {"keepalives": 1, "keepalives_idle": bound, "keepalives_interval": 1}
+    joined = " ".join(filter(None, [options.get("options", ""), *settings]))
+    return {**options, **keepalives, "keepalives_count": 2, "options": joined}
 
 
 def fair_share(engines: int, live_runners: int) -> int:

@@ -19,7 +19,14 @@ from ..conf import EngineSettings, engine_settings
 from ..runtime import EngineManager, HealthMonitor, RecoveryPolicy
 from ..runtime.jsonlog import EngineLogs
 from . import store
-from .leases import Identity, Leases, RunnerRefused, fence_margin, hold_database
+from .leases import (
+    Identity,
+    Leases,
+    RunnerRefused,
+    fence_margin,
+    hold_database,
+    postgres_session_options,
+)
 from .reconciler import Reconciler
 from .store import db
 from .writer import Writer
@@ -117,6 +124,11 @@ class Runner:
         # A long-running process keeps its connection; close_old_connections() still
         # replaces it after an error (see ``store.db``).
         connection.settings_dict["CONN_MAX_AGE"] = None
+        if connection.vendor == "postgresql":
+            options = connection.settings_dict.get("OPTIONS", {})
+            connection.settings_dict["OPTIONS"] = postgres_session_options(
+                self.settings.lease, options
+            )
         database = connection.settings_dict["NAME"] if self.exclusive else ""
         with hold_database(str(database), self.identity), EngineLogs(self.settings.log_dir):
             self.say(f"Starting LeviPanel engine runner {self.identity.name}...")

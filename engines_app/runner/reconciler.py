@@ -72,6 +72,7 @@ class Reconciler:
         self._launched: dict[str, float] = {}  # symbol -> when it was last started
         self._handing_over: set[int] = set()
         self._jobs: asyncio.TaskGroup | None = None
+        self.polls = 0  # polls done: progress a watcher can wait on
 
     # Start-up ---------------------------------------------------------------------------
 
@@ -158,6 +159,7 @@ class Reconciler:
                 self.say(f"Engine {symbol} removed")
                 self._spawn(self.manager.remove(symbol))
             self.leases.drop(self.control[symbol].id)
+            self.ids.pop(symbol, None)  # its last events have no row to go to
         self.control = rows
         pending = {command.id for command in commands}
         self._queued &= pending
@@ -168,6 +170,7 @@ class Reconciler:
         for symbol in self.manager.resume_halted(self.clock()):
             self.say(f"Engine {symbol} resumed: a new UTC day")
         await self._balance(rows, live)
+        self.polls += 1
 
     def _share(self, engines: int, live: set[str]) -> int:
         if self.exclusive:
@@ -363,10 +366,13 @@ class Reconciler:
         """(Re)start the engine with the row's config; False when that config is invalid
         (the engine is then stopped and failed with the reason) or the engine is no longer
         this runner's."""
+        if self.manager.has_task(row.symbol):
+            await self.manager.stop(row.symbol, reason=reason)
+        # The newest row: a config given while the engine stopped is the one to start with.
+        row = self.control.get(row.symbol, row)
         try:
             config = self._config(row)
         except ConfigError as exc:
-            await self.manager.stop(row.symbol, reason=reason)
             self._refuse(row, None, exc)
             return False
         if not self._mine(row.id):

@@ -4,6 +4,7 @@ them through ``db`` so every query runs on one thread with one connection."""
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -221,6 +222,8 @@ def runner_in_use(name: str, *, within: float, host: str, pid: int) -> str | Non
     row = RunnerHeartbeat.objects.filter(name=name, stopped_at=None).first()
     if row is None or (row.host, row.pid) == (host, pid):
         return None
+    if row.host == host and row.pid and not _process_alive(row.pid):
+        return None  # its process on this host is gone (killed): the name is free
     age = datetime.now(UTC) - row.last_seen
     if age > timedelta(seconds=within):
         return None
@@ -229,6 +232,16 @@ def runner_in_use(name: str, *, within: float, host: str, pid: int) -> str | Non
         f"{age.total_seconds():.1f}s ago): give each runner its own LEVIPANEL_RUNNER_NAME, "
         "or leave it unset (host:pid)"
     )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def claim_engines(

@@ -9,6 +9,7 @@ go once per ``flush_interval``. Each flush is one transaction, whatever the engi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -104,6 +105,7 @@ class Writer:
         self.stopped = True
         self._release |= set(self.leases.epochs)
         for _ in range(attempts):
+            self._retry_at = 0.0  # no backoff left over from earlier errors: try now
             if await self.flush():
                 return
             await asyncio.sleep(0.5)
@@ -130,8 +132,8 @@ class Writer:
             release=release,
         )
         began = time.monotonic()
-        try:
-            written = await db(store.write)(
+        call = asyncio.ensure_future(
+            db(store.write)(
                 statuses=statuses,
                 errors=errors,
                 restarts=restarts,
@@ -142,11 +144,34 @@ class Writer:
                 pnl_samples=samples,
                 fence=fence,
             )
+        )
+        try:
+            written = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The write goes on in its thread: learn how it ended before giving up, so
+            # that the final flush neither repeats it nor loses it.
+            with contextlib.suppress(DatabaseError):
+                self._sent(await call, now, began, heartbeat_due, acks, release, samples)
+            raise
         except DatabaseError as exc:
             await self.database_error(exc)
             return False
         if heartbeat_due or any((statuses, errors, restarts, acks, books, samples, release)):
             self.write_transactions += 1
+        self._sent(written, now, began, heartbeat_due, acks, release, samples)
+        return True
+
+    def _sent(
+        self,
+        written: store.Written,
+        now: float,
+        began: float,
+        heartbeat_due: bool,
+        acks: list[store.Ack],
+        release: frozenset[int],
+        samples: list[store.PnlSampleRow],
+    ) -> None:
+        """A write committed: forget what it carried, and act on what it could not do."""
         if heartbeat_due:
             self.leases.renewed(began)
         self._pending.clear()
@@ -164,7 +189,6 @@ class Writer:
         self._failures = 0
         if samples:
             self._pnl_due = now + self.pnl_interval
-        return True
 
     def _rows(self, events: list[Event]) -> tuple[list, list, list, list]:
         latest: dict[str, StatusChanged] = {}

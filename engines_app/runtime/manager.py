@@ -279,6 +279,11 @@ class EngineManager:
         slot = self.slots.get(symbol)
         return None if slot is None else slot.status
 
+    def has_task(self, symbol: str) -> bool:
+        """Whether the engine's task exists, running or being stopped."""
+        slot = self.slots.get(symbol)
+        return slot is not None and slot.task is not None
+
     def is_alive(self, symbol: str) -> bool:
         """Whether the engine's task runs and is not being stopped."""
         slot = self.slots.get(symbol)

@@ -1,12 +1,15 @@
 """The tests' toolkit: waiting on a condition, fake clocks, an HTTP recorder, engines driven by
-hand, a runner in the test's loop, and the users and rows tests set up or read back.
+hand, a runner in the test's loop, the users and rows tests set up or read back, the ledger
+invariants and a TCP proxy that cuts one process off.
 
 The subprocess harness (an installation in a temp data dir) is ``engines_app.testing``: the
 benchmarks use it too. Fixtures live in ``tests/conftest.py``.
 """
 
 from .clocks import DAY, T0, FakeClock, ShiftedClock
-from .rows import bearer, book_rows, engine_row, make_user, query, samples
+from .ledger import check_ledger, ledger_problems
+from .proxy import TcpProxy
+from .rows import bearer, book_rows, engine_row, heartbeat, hold, make_user, query, samples
 from .runner import close_db_thread_connection, db, fast_settings, running
 from .services import CHROMIUM, IN_CI, need_service
 from .trading import EngineRecorder, ticking_engine, trades
@@ -23,14 +26,19 @@ __all__ = [
     "Received",
     "ShiftedClock",
     "T0",
+    "TcpProxy",
     "bearer",
     "book_rows",
+    "check_ledger",
     "close_db_thread_connection",
     "db",
     "engine_row",
     "eventually",
     "eventually_sync",
     "fast_settings",
+    "heartbeat",
+    "hold",
+    "ledger_problems",
     "make_user",
     "need_service",
     "query",

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from contextlib import closing
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import Permission
+from django.db.models import F
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from engines_app.api.tokens import api_token_create
-from engines_app.models import Engine
+from engines_app.models import Engine, RunnerHeartbeat
 from engines_app.runner import store
 from engines_app.runtime.broker import Book, execute
 from engines_app.runtime.events import BookChanged
@@ -22,6 +26,27 @@ def make_user(django_user_model, name: str, *, control: bool = False):
     if control:
         user.user_permissions.add(Permission.objects.get(codename="control_engine"))
     return user
+
+
+def hold(engines: Iterable[Engine], runner: str = "runner-a", seconds: float = 15.0) -> None:
+    """What a runner's claim leaves on the engines' rows: ``runner`` holds their leases until
+    ``seconds`` from now (negative: the lease ran out that long ago). Like the runner's
+    renewal, it leaves ``updated_at`` alone."""
+    expires = timezone.now() + timedelta(seconds=seconds)
+    Engine.objects.filter(pk__in=[engine.pk for engine in engines]).update(
+        lease_owner=runner, lease_epoch=F("lease_epoch") + 1, lease_expires_at=expires
+    )
+
+
+def heartbeat(
+    runner: str = "runner-a", *, last_seen: datetime | None = None, **fields
+) -> RunnerHeartbeat:
+    """A runner's heartbeat row (a flush of ``runner``), seen ``last_seen`` (now by default)."""
+    now = timezone.now()
+    fields = {"last_seen": last_seen or now, **fields}
+    return RunnerHeartbeat.objects.update_or_create(
+        name=runner, defaults=fields, create_defaults={"started_at": now, **fields}
+    )[0]
 
 
 def bearer(user) -> dict[str, str]:

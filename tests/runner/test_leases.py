@@ -3,6 +3,8 @@ lock and self-fencing. The multi-process scenarios are in ``test_multi_runner.py
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.utils import timezone
 
@@ -178,6 +180,20 @@ def test_a_second_runner_with_a_live_runners_name_is_refused():
     assert store.runner_in_use("runner-b", within=15.0, host="host-2", pid=20) is None
 
 
+def test_a_runner_restarted_after_a_kill_takes_its_name_back_at_once():
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    dead_pid = int(gone.stdout)  # a process of this host that has ended
+    heartbeat("runner-a", host="host-1", pid=dead_pid)
+    assert store.runner_in_use("runner-a", within=15.0, host="host-1", pid=99) is None
+    heartbeat("runner-a", host="host-1", pid=os.getpid())  # alive: still refused
+    assert store.runner_in_use("runner-a", within=15.0, host="host-1", pid=99) is not None
+
+
 def test_a_second_runner_on_one_sqlite_database_is_refused_naming_the_first(tmp_path):
     database = str(tmp_path / "db.sqlite3")
     first = Identity("runner-a", "host-1", 10)
@@ -210,3 +226,26 @@ def test_the_fair_share_and_the_fence_margin():
     assert [fair_share(40, n) for n in (1, 2, 3)] == [40, 20, 14]
     assert fair_share(5, 0) == 5
     assert fence_margin(15.0, 0.25) == 3.0 and fence_margin(1.0, 0.25) == 0.5
+
+
+def test_a_lease_shorter_than_three_flushes_or_polls_is_a_settings_error(settings):
+    from engines_app import conf
+
+    settings.LEVIPANEL = settings.LEVIPANEL | {"LEASE": 2.0, "FLUSH_INTERVAL": 1.0}
+    assert any(
+        problem.startswith("LEVIPANEL_LEASE: must be at least 3") for problem in conf.problems()
+    )
+    settings.LEVIPANEL = settings.LEVIPANEL | {"LEASE": 3.0}
+    assert not any("LEVIPANEL_LEASE" in problem for problem in conf.problems())
+
+
+def test_rows_of_an_engine_removed_meanwhile_are_dropped_not_a_database_error():
+    btc, eth = Engine.objects.create(symbol="BTCUSDT"), Engine.objects.create(symbol="ETHUSDT")
+    hold([btc, eth], "runner-a")
+    held = fence("runner-a", btc, eth, lease=15.0)
+    _, rows = book_rows(btc, [("buy", 1.0, 100.0, T0)])  # a fill on its way
+    error = store.error_row(btc.pk, ErrorRaised("BTCUSDT", T0, "X", "boom", "", False, False))
+    Engine.objects.filter(pk=btc.pk).delete()  # an operator removed it
+    written = write(books=rows, errors=[error], heartbeats=[beat(eth, 3.0)], fence=held)
+    assert written.lost == {btc.pk}
+    assert Engine.objects.get(pk=eth.pk).position == 3.0  # the rest is written
