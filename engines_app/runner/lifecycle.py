@@ -149,6 +149,7 @@ class Runner:
         while True:
             try:
                 await self._prepare_database()
+                await self.writer.flush()  # its heartbeat first: peers count it before it claims
                 await self.reconciler.load()
                 await self.writer.flush()
                 return True

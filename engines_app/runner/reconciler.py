@@ -35,6 +35,8 @@ from .store import db
 log = logging.getLogger("levipanel.runner")
 
 RUNNING = Engine.DesiredState.RUNNING
+# The most engines one claim takes (PostgreSQL, several runners): the rest at the next polls.
+CLAIM_BATCH = 1000
 
 
 class Reconciler:
@@ -72,6 +74,7 @@ class Reconciler:
         self._launched: dict[str, float] = {}  # symbol -> when it was last started
         self._handing_over: set[int] = set()
         self._jobs: asyncio.TaskGroup | None = None
+        self._deferred: list[Coroutine[Any, Any, object]] = []
         self.polls = 0  # polls done: progress a watcher can wait on
 
     # Start-up ---------------------------------------------------------------------------
@@ -85,6 +88,10 @@ class Reconciler:
         await self._claim(self._share(len(self.control), live))
 
     async def _claim(self, limit: int) -> None:
+        if not self.exclusive:
+            # A few at a time: runners starting together each get a share, and no claim is a
+            # transaction too long to renew in.
+            limit = min(limit, CLAIM_BATCH)
         began = time.monotonic()
         claims = await db(store.claim_engines)(
             self.leases.runner,
@@ -268,16 +275,19 @@ class Reconciler:
         cancelled. A move that fails ends this (and so the runner), logged, never lost."""
         async with asyncio.TaskGroup() as jobs:
             self._jobs = jobs
+            for job in self._deferred:
+                jobs.create_task(job)
+            self._deferred.clear()
             try:
                 await self._work()
             finally:
                 self._jobs = None
 
     def _spawn(self, job: Coroutine[Any, Any, object]) -> None:
-        if self._jobs is None:
-            job.close()
-            raise RuntimeError("the reconciler is not running")
-        self._jobs.create_task(job)
+        if self._jobs is None:  # before ``run`` (start-up): it takes them first
+            self._deferred.append(job)
+        else:
+            self._jobs.create_task(job)
 
     async def _work(self) -> None:
         """Carry out operators' commands one at a time, in the order they were given."""

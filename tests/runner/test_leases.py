@@ -249,3 +249,29 @@ def test_rows_of_an_engine_removed_meanwhile_are_dropped_not_a_database_error():
     written = write(books=rows, errors=[error], heartbeats=[beat(eth, 3.0)], fence=held)
     assert written.lost == {btc.pk}
     assert Engine.objects.get(pk=eth.pk).position == 3.0  # the rest is written
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_lease_lost_during_start_up_stops_that_engine_not_the_runner(tmp_path, monkeypatch):
+    from engines_app.runner.lifecycle import Runner
+    from engines_app.services import engines as services
+    from tests.helpers import db, eventually, fast_settings, running
+
+    await db(services.engine_add, symbol="BTCUSDT")
+    await db(services.engine_add, symbol="ETHUSDT")
+    real_claim = store.claim_engines
+
+    def claim_then_lose_btc(runner, **options):
+        claims = real_claim(runner, **options)
+        # Another runner takes BTCUSDT over before this one's first write (a slow start).
+        Engine.objects.filter(symbol="BTCUSDT").update(
+            lease_owner="other", lease_epoch=99, lease_expires_at=timezone.now()
+        )
+        return claims
+
+    monkeypatch.setattr(store, "claim_engines", claim_then_lose_btc)
+    runner = Runner(settings=fast_settings(tmp_path / "logs", symbols=[]), symbols=None)
+    async with running(runner):
+        await eventually(lambda: runner.manager.is_alive("ETHUSDT"))
+        await eventually(lambda: runner.manager.status_of("BTCUSDT") is None)
+        assert len(runner.leases) == 1
