@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+from engines_app.testing import Installation
 
 NAME = "operator command -> engine state changed"
 BASELINE_NAME = "service call + status read, no runner"
@@ -33,31 +33,19 @@ MAX_GAP = 0.3
 
 def run(*, engines: int = 20, samples: int = 50) -> list[dict]:
     """Time ``samples`` commands (stop, start, stop …) over ``engines`` engines."""
-    from django.conf import settings
-
-    with tempfile.TemporaryDirectory(prefix="levipanel-bench-") as tmp:
-        data_dir = Path(tmp)
-        env = _env(data_dir)
-        root = Path(settings.BASE_DIR)
-        _manage(root, env, "migrate", "--no-input", "-v", "0")
-        with _database(data_dir / "levipanel.sqlite3"):
+    with (
+        tempfile.TemporaryDirectory(prefix="levipanel-bench-") as tmp,
+        Installation(Path(tmp)) as panel,
+    ):
+        panel.migrate()
+        with _database(panel.data_dir / "levipanel.sqlite3"):
             symbols = _add_engines(engines)
             baseline = _bare_round_trips(symbols, samples)
-            with _runner(root, env, data_dir):
-                _wait_all(symbols, "running", timeout=60)
-                latencies = _command_latencies(symbols, samples)
+            panel.start("manage.py", "runengines", log_name="runner")
+            _wait_all(symbols, "running", timeout=60)
+            latencies = _command_latencies(symbols, samples)
+            panel.stop(grace=20)  # SIGTERM: the runner writes its final state
     return _rows(latencies, baseline)
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {**os.environ, "LEVIPANEL_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    env.pop("DATABASE_URL", None)  # the embedded default
-    env.setdefault("DJANGO_SETTINGS_MODULE", "levipanel.settings")
-    return env
-
-
-def _manage(root: Path, env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env, check=True)
 
 
 @contextmanager
@@ -82,27 +70,6 @@ def _database(path: Path) -> Iterator[None]:
     finally:
         bench.close()
         connections[DEFAULT_DB_ALIAS] = saved
-
-
-@contextmanager
-def _runner(root: Path, env: dict[str, str], data_dir: Path) -> Iterator[None]:
-    with open(data_dir / "runner.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "runengines"],
-            cwd=root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 def _add_engines(count: int) -> list[str]:

@@ -1,5 +1,6 @@
-"""The task functions moved into role packages (alerts/, jobs/): point existing schedules
-and queued tasks' schedules at their new paths."""
+"""The task functions moved into role packages (alerts/, jobs/): point existing schedules at
+their new paths. Tasks already queued under the old paths do not follow: let the task cluster
+drain its queue before upgrading (see docs/operations.md)."""
 
 from django.db import migrations
 
