@@ -1,6 +1,7 @@
 """Benchmarks of the targets in the design's "Targets" table, each beside a baseline.
 
-A section is one line in ``SECTIONS``: a name and ``"module:function"``. The function
+A section is one line in ``SECTIONS``: a name, ``"module:function"`` and the engines it
+runs when ``--engines`` is not given (1000 unless it says otherwise). The function
 takes keyword-only options (it gets only those of ``engines``/``seconds``/``samples`` it
 names) and returns rows shaped::
 
@@ -34,6 +35,7 @@ class Section:
     name: str
     target: str  # "package.module:function"
     note: str = ""
+    engines: int = 1000  # when ``--engines`` is not given
 
 
 SECTIONS = [
@@ -43,6 +45,7 @@ SECTIONS = [
     Section("commands", "benchmarks.commands:run"),
     Section("push", "benchmarks.push:run"),
     Section("status", "benchmarks.status:run"),
+    Section("fleet", "benchmarks.fleet:run", engines=10_000),
 ]
 OPTIONS = ("engines", "seconds", "samples")
 
@@ -78,6 +81,8 @@ def load(section: Section) -> Callable[..., list[Row]]:
 
 def run_section(section: Section, **options: Any) -> Outcome:
     """Run one section with the options its function accepts; never raise."""
+    if options.get("engines") is None:
+        options["engines"] = section.engines
     try:
         function = load(section)
         accepted = inspect.signature(function).parameters

@@ -44,11 +44,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(outcomes: list[Outcome], *, engines: int, seconds: float) -> str:
+def table(outcomes: list[Outcome], *, engines: int | None, seconds: float) -> str:
     """A plain-text table, then one line per skipped or broken section."""
     info = machine()
+    scale = f"{engines} engines" if engines else "each section's default engine count"
     lines = [
-        f"LeviPanel benchmark: {engines} engines, {seconds:g} s steady state, "
+        f"LeviPanel benchmark: {scale}, {seconds:g} s steady state, "
         f"{info['cpus']} CPUs, Python {info['python']}, {info['platform']}",
         "",
     ]
@@ -65,7 +66,7 @@ def table(outcomes: list[Outcome], *, engines: int, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def document(outcomes: list[Outcome], *, engines: int, seconds: float) -> dict[str, Any]:
+def document(outcomes: list[Outcome], *, engines: int | None, seconds: float) -> dict[str, Any]:
     return {
         "engines": engines,
         "seconds": seconds,

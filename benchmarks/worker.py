@@ -10,11 +10,13 @@ import gc
 import io
 import json
 import os
+import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psutil
 
@@ -310,7 +312,79 @@ def _median(func: Callable[[], object], repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
-JOBS = {"prepare": prepare, "bare": bare, "steady": steady}
+# One runner of a fleet on PostgreSQL (see fleet.py) -------------------------------------
+
+
+def hold(*, report: str, go: str) -> dict:
+    """Run a ``Runner`` on the database of the environment until SIGTERM, probing its loop's
+    lag; on SIGUSR1, and at the end, write what was measured so far to ``report``. Until the
+    file ``go`` exists, only announce this runner (its heartbeat row)."""
+    return asyncio.run(_hold(Path(report), Path(go)))
+
+
+async def _hold(report: Path, go: Path) -> dict:
+    from engines_app.runner.lifecycle import Runner
+    from engines_app.runner.store import db
+
+    runner = Runner(out=sys.stdout)
+    while not go.exists():
+        await db(_announce)(runner)
+        await asyncio.sleep(0.5)
+    timeline = Timeline(runner)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, runner.request_exit)
+    loop.add_signal_handler(signal.SIGUSR1, timeline.dump, report)
+    probe = asyncio.create_task(timeline.probe())
+    try:
+        await runner.run()
+    finally:
+        probe.cancel()
+        timeline.dump(report)
+    return {"runner": runner.identity.name, "writes": runner.writer.write_transactions}
+
+
+def _announce(runner) -> None:
+    """Write the runner's heartbeat row before it claims anything, so that every runner of
+    the fleet counts the others live: each claims its share at once."""
+    from engines_app.runner import store
+
+    identity = runner.identity
+    row = store.RunnerRow(identity.name, time.time(), 0, {}, host=identity.host, pid=identity.pid)
+    store.write(statuses=[], errors=[], restarts=[], heartbeats=[], runner=row)
+
+
+class Timeline:
+    """A runner's loop lag and its count of write transactions, each stamped with the wall
+    clock, so the parent can cut out the window it measured the database in."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.lags: list[tuple[float, float]] = []
+        self.writes: list[tuple[float, int]] = []
+
+    async def probe(self, interval: float = LAG_INTERVAL) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(interval)
+            now = time.time()
+            self.lags.append((now, max(0.0, time.perf_counter() - started - interval)))
+            count = self.runner.writer.write_transactions
+            if not self.writes or self.writes[-1][1] != count:
+                self.writes.append((now, count))  # to within one probe interval
+
+    def dump(self, path: Path) -> None:
+        data = {
+            "runner": self.runner.identity.name,
+            "at": time.time(),
+            "lags": self.lags,
+            "writes": self.writes,
+        }
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(data))
+        partial.replace(path)  # the parent never reads half a file
+
+
+JOBS = {"prepare": prepare, "bare": bare, "steady": steady, "hold": hold}
 
 
 def main(argv: list[str]) -> None:

@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from .runtime import Status as RuntimeStatus
-from .runtime.engine import EngineConfig, symbol_problem
+from .runtime.engine import MAX_CYCLE, EngineConfig, symbol_problem
 from .runtime.errors import ConfigError
 
 # The permission to start, stop, restart, add, remove and configure engines (Engine.Meta).
@@ -80,6 +80,21 @@ class Engine(models.Model):
     daily_pnl = models.FloatField(default=0.0)
     total_pnl = models.FloatField(default=0.0)
     trade_count = models.PositiveIntegerField(default=0)
+    # Where today's count starts, stored with the fills so a runner started again the same
+    # UTC day counts daily PnL and the daily loss limit as the one before it did.
+    pnl_day = models.DateField(
+        null=True, blank=True, help_text="The UTC day the daily PnL and its base belong to."
+    )
+    day_start_pnl = models.FloatField(
+        default=0.0, help_text="Total PnL when that day began: daily PnL is the change since."
+    )
+    loss_base = models.FloatField(
+        default=0.0,
+        help_text=(
+            "Daily PnL when an operator last started or restarted the engine after a "
+            "daily-loss halt that day: the limit counts from there."
+        ),
+    )
     restart_attempt = models.PositiveIntegerField(
         default=0, help_text="Attempt n of the current crash streak."
     )
@@ -117,6 +132,13 @@ class Engine(models.Model):
 
     def __str__(self) -> str:
         return self.symbol
+
+    def clean_fields(self, exclude=None) -> None:
+        try:
+            super().clean_fields(exclude)
+        except OverflowError as exc:  # Django's FloatField, given an int too large for a float
+            message = f"cycle_interval must be a number greater than 0 and at most {MAX_CYCLE}"
+            raise ValidationError({"cycle_interval": message}) from exc
 
     def clean(self) -> None:
         if symbol_problem(self.symbol):

@@ -4,32 +4,65 @@ With no variables set, LeviPanel runs on the embedded default: a SQLite file und
 ``data/``, the in-memory channel layer and django-q2's ORM broker.
 """
 
+import ipaddress
 import secrets
 from pathlib import Path
 
 from environs import Env, EnvValidationError
 from marshmallow.validate import Range
 
+from .files import private_dir, private_secret, private_sqlite
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = Env()
 DATA_DIR = env.path("LEVIPANEL_DATA_DIR", BASE_DIR / "data").resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Private: the database holds live sessions (levipanel/files.py). An older install's
+# looser modes are tightened here, at every start of every process.
+private_dir(DATA_DIR)
 
 
 def _secret_key() -> str:
     """Keep one generated key per data directory, so sessions survive a restart."""
-    key_file = DATA_DIR / ".secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+    return private_secret(DATA_DIR / ".secret_key", lambda: secrets.token_urlsafe(50))
 
 
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", "") or _secret_key()
+# DJANGO_SECURE=1: the production profile behind TLS (docs/security.md). Lazily validated
+# like the settings below: a bad value is reported by the system check levipanel.E003.
+_deploy_env = Env(eager=False)
+SECURE_PROFILE = _deploy_env.bool("DJANGO_SECURE", False)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", "")
+SECRET_KEY_FROM_ENV = bool(SECRET_KEY)
+SECRET_KEY = SECRET_KEY or _secret_key()
 DEBUG = env.bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+# The profile has no default hosts: a public name must be given (levipanel.E003).
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", [] if SECURE_PROFILE else LOCAL_HOSTS)
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# The rest of the profile; each variable also works alone. The HSTS header is sent on the
+# panel's host name only, so includeSubDomains covers the names under it (and browsers'
+# preload list takes registrable domains only): give the panel a host name of its own.
+SECURE_SSL_REDIRECT = _deploy_env.bool("DJANGO_SECURE_SSL_REDIRECT", SECURE_PROFILE)
+SECURE_HSTS_SECONDS = _deploy_env.int(
+    "DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if SECURE_PROFILE else 0, validate=Range(min=0)
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _deploy_env.bool(
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", SECURE_PROFILE
+)
+SECURE_HSTS_PRELOAD = _deploy_env.bool("DJANGO_SECURE_HSTS_PRELOAD", SECURE_PROFILE)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _deploy_env.bool(
+    "DJANGO_SECURE_COOKIES", SECURE_PROFILE
+)
+# Only when the proxy sets X-Forwarded-Proto itself (and drops a client's): else any client
+# could claim to be on HTTPS.
+if _deploy_env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+try:
+    _deploy_env.seal()
+    DEPLOY_ENV_ERRORS: dict = {}
+except EnvValidationError as exc:
+    DEPLOY_ENV_ERRORS = exc.error_messages
 
 INSTALLED_APPS = [
     "daphne",
@@ -43,6 +76,7 @@ INSTALLED_APPS = [
     "django_q",
     "ninja",  # serves the API docs page from static files, not a CDN
     "engines_app",
+    "axes",  # login throttling; listed last so its lockout template can be overridden
 ]
 
 MIDDLEWARE = [
@@ -54,6 +88,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login with the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "levipanel.urls"
@@ -83,6 +119,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        private_sqlite(Path(DATABASES["default"]["NAME"]))
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
@@ -130,6 +168,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "/admin/login/"
+
+# Login throttling (django-axes) for the admin and /login/: after AXES_FAILURE_LIMIT wrong
+# passwords for one username from one address, that pair is locked out for
+# AXES_COOLOFF_TIME hours, or until `manage.py axes_reset_username USERNAME`. API tokens
+# never go through a login, so they are not throttled.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("LEVIPANEL_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = env.float("LEVIPANEL_LOGIN_COOLOFF_HOURS", 1.0)
+# Username and address together: an attacker cannot lock an operator out from elsewhere.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The client behind a trusted proxy, never a forged X-Forwarded-For (see TRUSTED_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "engines_app.web.clients.login_address"
+AXES_DISABLE_ACCESS_LOG = True  # failures are recorded; a row per good login would only grow
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -150,6 +206,8 @@ LOGGING = {
         "levipanel.engine": {"level": "INFO", "propagate": False},
         # httpx logs each request's URL at INFO, and a Telegram URL holds the bot token.
         "httpx": {"level": "WARNING"},
+        # django-axes announces its version at every start; its lockouts stay WARNING.
+        "axes.apps": {"level": "WARNING"},
     },
 }
 
@@ -240,6 +298,28 @@ RUNNER_NAME = _ops_env.str("LEVIPANEL_RUNNER_NAME", "")
 # this host may scrape; with a token set and no list, the token is required from everywhere.
 METRICS_TOKEN = _ops_env.str("METRICS_TOKEN", "")
 METRICS_ALLOWED_IPS = _ops_env.list("METRICS_ALLOWED_IPS", None)
+# Reverse proxies (IPs or networks) whose X-Forwarded-For is believed; no other client's is.
+TRUSTED_PROXIES = _ops_env.list("LEVIPANEL_TRUSTED_PROXIES", [])
+
+
+def _local_only(hosts: list[str]) -> bool:
+    """Whether every host name is this machine's own (a loopback address, localhost)."""
+    for host in hosts:
+        name = host.lower().strip("[]")
+        if name == "localhost" or name.endswith(".localhost"):
+            continue
+        try:
+            if ipaddress.ip_address(name).is_loopback:
+                continue
+        except ValueError:
+            pass
+        return False
+    return True
+
+
+# A panel answering to other names is reachable from elsewhere, maybe through a proxy on
+# this host: the token is then required (levipanel.E004), whatever the address.
+METRICS_TOKEN_REQUIRED = not _local_only(ALLOWED_HOSTS)
 RETENTION_DAYS = _ops_env.int("RETENTION_DAYS", 30, validate=Range(min=1))
 try:
     _ops_env.seal()

@@ -1,10 +1,10 @@
-"""Read-only admin pages for alerts, incidents and runner heartbeats: written by tasks and
-runners only, read by operators (like django-q2's own task pages). Unlike the engines' logs,
-an operator may delete these rows (old alerts, a retired runner's heartbeat)."""
+"""Read-only admin pages for alerts and incidents: written by tasks only, read by operators
+(like django-q2's own task pages). Unlike the engines' logs, an operator may delete these
+rows (old alerts)."""
 
 from django.contrib import admin
 
-from ..models import Alert, Incident, RunnerHeartbeat
+from ..models import Alert, Incident
 from .base import ReadOnlyAdmin
 
 
@@ -21,9 +21,3 @@ class AlertAdmin(ReadOnlyAdmin):
 class IncidentAdmin(ReadOnlyAdmin):
     allow_delete = True
     list_display = ["opened_at", "resolved_at", "symbols"]
-
-
-@admin.register(RunnerHeartbeat)
-class RunnerHeartbeatAdmin(ReadOnlyAdmin):
-    allow_delete = True
-    list_display = ["name", "last_seen", "engines", "started_at", "down_since"]

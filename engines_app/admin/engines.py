@@ -10,9 +10,11 @@ from collections.abc import Callable
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 
 from ..api.tokens import api_token_create
@@ -23,7 +25,9 @@ from ..models import (
     EngineCommand,
     EngineError,
     EngineRestart,
+    RunnerHeartbeat,
 )
+from ..selectors.engines import STATUSES, lease_live, shown_status, with_shown_status
 from ..services.engines import (
     EngineNotFound,
     engine_add,
@@ -37,7 +41,11 @@ from .base import ReadOnlyAdmin
 
 SETTINGS_FIELDS = ("cycle_interval", "config")
 RUNNER_FIELDS = (
-    "status",
+    "shown_status",
+    "runner",
+    "lease_owner",
+    "lease_epoch",
+    "lease_expires_at",
     "status_reason",
     "started_at",
     "last_heartbeat",
@@ -82,6 +90,22 @@ def _symbols(engines) -> str:
     return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """By the status the list shows: ``unknown`` for an engine no live runner holds."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin):
+        labels = dict(Engine.Status.choices)
+        return [(status, labels.get(status, status.capitalize())) for status in STATUSES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Engine]):
+        if self.value() in STATUSES:
+            return queryset.filter(with_shown_status(self.value()))
+        return queryset
+
+
 class LogInline(admin.TabularInline):
     """The newest few rows of a log the runner or the services write; read-only."""
 
@@ -107,7 +131,7 @@ class RestartInline(LogInline):
 
 class ErrorInline(LogInline):
     model = EngineError
-    fields = readonly_fields = ("at", "type", "message", "fatal", "crashed")
+    fields = readonly_fields = ("at", "type", "message", "count", "last_at", "fatal", "crashed")
     verbose_name_plural = f"Recent errors (newest {RECENT})"
 
 
@@ -126,10 +150,28 @@ class CommandInline(LogInline):
     verbose_name_plural = f"Recent commands (newest {RECENT})"
 
 
+class ConfigField(forms.JSONField):
+    """Django's JSON field, also refusing what the parser gives up on with another error than
+    a syntax error (nesting too deep, an int of over 4,300 digits) instead of failing."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except (ValueError, RecursionError) as exc:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from exc
+
+    def bound_data(self, data, initial):
+        try:
+            return super().bound_data(data, initial)
+        except (ValueError, RecursionError):
+            return forms.fields.InvalidJSONInput(data)
+
+
 class EngineForm(forms.ModelForm):
     class Meta:
         model = Engine
         fields = ("symbol", "desired_state", "cycle_interval", "config")
+        field_classes = {"config": ConfigField}
 
     def clean_cycle_interval(self) -> float | None:
         value = self.cleaned_data.get("cycle_interval")
@@ -143,7 +185,8 @@ class EngineAdmin(admin.ModelAdmin):
     form = EngineForm
     list_display = (
         "symbol",
-        "status",
+        "shown_status",
+        "runner",
         "desired_state",
         "heartbeat_age",
         "uptime",
@@ -153,7 +196,7 @@ class EngineAdmin(admin.ModelAdmin):
         "trade_count",
         "error_count",
     )
-    list_filter = ("status", "desired_state")
+    list_filter = (StatusFilter, "desired_state")
     search_fields = ("symbol",)
     actions = ("start_engines", "stop_engines", "restart_engines")
     inlines = (RestartInline, ErrorInline, CommandInline)
@@ -170,6 +213,11 @@ class EngineAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return super().has_delete_permission(request, obj) and self.has_control_permission(request)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Engine]:
+        runner = RunnerHeartbeat.objects.filter(name=OuterRef("lease_owner"))
+        last_seen = Subquery(runner.values("last_seen")[:1])
+        return super().get_queryset(request).annotate(runner_last_seen=last_seen)
 
     # Forms ------------------------------------------------------------------------------
 
@@ -239,6 +287,23 @@ class EngineAdmin(admin.ModelAdmin):
             engine_remove(symbol=engine.symbol, user=request.user, source="admin")
 
     # Columns ----------------------------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def shown_status(self, engine: Engine) -> str:
+        status = shown_status(
+            engine.status, engine.lease_owner, engine.lease_expires_at, time.time()
+        )
+        return dict(Engine.Status.choices).get(status, status.capitalize())
+
+    @admin.display(description="runner", ordering="lease_owner")
+    def runner(self, engine: Engine) -> str:
+        if lease_live(engine.lease_owner, engine.lease_expires_at, time.time()):
+            return engine.lease_owner
+        if not engine.lease_owner:
+            return "-"
+        seen = getattr(engine, "runner_last_seen", None)
+        ago = f", last seen {_seconds(time.time() - seen.timestamp())} ago" if seen else ""
+        return f"none (was {engine.lease_owner}{ago})"
 
     @admin.display(description="heartbeat age")
     def heartbeat_age(self, engine: Engine) -> str:
@@ -322,7 +387,7 @@ class EngineRestartAdmin(ReadOnlyAdmin):
 
 @admin.register(EngineError)
 class EngineErrorAdmin(ReadOnlyAdmin):
-    list_display = ("engine", "at", "type", "message", "fatal", "crashed")
+    list_display = ("engine", "at", "type", "message", "count", "last_at", "fatal", "crashed")
     list_filter = ("fatal", "crashed", "type")
     search_fields = ("engine__symbol", "message")
     date_hierarchy = "at"
@@ -378,9 +443,18 @@ class ApiTokenAdmin(admin.ModelAdmin):
         token, key = api_token_create(user=user, name=obj.name)
         obj.pk, obj.user, obj.key_prefix = token.pk, token.user, token.key_prefix
         obj._state.adding = False
-        self.message_user(
-            request,
-            f"API token for {user}: {key} — copy it now, it is not shown again. "
-            f"Use it as the header 'Authorization: Bearer {key}'.",
-            messages.WARNING,
-        )
+        obj.new_key = key  # for response_add only: never stored, logged or put in a message
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue=None):
+        """Show the new key on this response, once: not in a message, which would carry it
+        in the signed (not encrypted) ``messages`` cookie."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "API token created",
+            "token": obj,
+            "key": obj.new_key,
+        }
+        response = TemplateResponse(request, "admin/engines_app/apitoken/created.html", context)
+        add_never_cache_headers(response)
+        return response

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,14 +45,20 @@ def enabled() -> bool:
 # The receiver (runs in the runner) ------------------------------------------------------
 
 
-def on_engines_written(sender: Any, *, statuses=(), errors=(), restarts=(), **kwargs) -> None:
-    """Enqueue one task for the alert-worthy rows of a write. Never raises."""
+def on_engines_written(
+    sender: Any, *, statuses=(), errors=(), restarts=(), takeovers=(), **kwargs
+) -> None:
+    """Enqueue one task for the alert-worthy rows of a write and the engines it took over
+    from silent runners. Never raises."""
     try:
         events = engine_events(statuses, errors, restarts)
-        if events and enabled():
+        moved = takeover_events(takeovers)
+        if (events or moved) and enabled():
             from django_q.tasks import async_task
 
-            async_task("engines_app.alerts.rules.handle_engine_events", events, task_name="alerts")
+            async_task(
+                "engines_app.alerts.rules.handle_engine_events", events, moved, task_name="alerts"
+            )
     except Exception:  # an alert must never take the runner down
         log.exception("could not enqueue alerts")
 
@@ -86,12 +93,30 @@ def _event(kind: str, engine_id: int, detail: str) -> dict:
     return {"kind": str(kind), "engine_id": engine_id, "detail": detail}
 
 
+def takeover_events(takeovers) -> list[dict]:
+    """Plain copies of the claims of engines whose runner's lease had run out."""
+    return [
+        {
+            "runner": str(takeover["runner"]),
+            "previous": str(takeover["previous"]),
+            "symbols": sorted(map(str, takeover["symbols"])),
+        }
+        for takeover in takeovers
+        if takeover.get("symbols")
+    ]
+
+
 # Tasks (run in qcluster) ----------------------------------------------------------------
 
 
-def handle_engine_events(events: list[dict]) -> dict[str, int]:
+def handle_engine_events(events: list[dict], takeovers: Sequence[dict] = ()) -> dict[str, int]:
     """Record, group, rate-limit and deliver the alerts of one runner write."""
     now = timezone.now()
+    outcomes: Counter[str] = Counter()
+    for takeover in takeovers:
+        text = f"LeviPanel: {takeover_text(takeover)}"
+        key = f"runner:{takeover['previous']}"
+        outcomes[raise_alert(key, Kind.TAKEOVER, text, now=now)] += 1
     symbols = dict(
         Engine.objects.filter(id__in={e["engine_id"] for e in events}).values_list("id", "symbol")
     )
@@ -101,7 +126,6 @@ def handle_engine_events(events: list[dict]) -> dict[str, int]:
         if e["kind"] == Kind.CRASHED and e["engine_id"] in symbols
     }
     in_incident = _track_incident(crashed, now) if crashed else _open_incident_symbols()
-    outcomes: Counter[str] = Counter()
     for event in events:
         symbol = symbols.get(event["engine_id"])
         if symbol is None:
@@ -227,6 +251,18 @@ def _summary_text(key: str, held: list[Alert]) -> str:
     )
 
 
+def takeover_text(takeover: dict, shown: int = 20) -> str:
+    """``Runner B took over 3 engines from runner A: BTCUSDT, ETHUSDT, SOLUSDT``."""
+    symbols = takeover["symbols"]
+    names = ", ".join(symbols[:shown])
+    if len(symbols) > shown:
+        names += f" and {len(symbols) - shown} more"
+    count = f"{len(symbols)} engine{'s' if len(symbols) != 1 else ''}"
+    return (
+        f"Runner {takeover['runner']} took over {count} from runner {takeover['previous']}: {names}"
+    )
+
+
 def _headline(kind: str) -> str:
     return {
         Kind.CRASHED: "crashed",
@@ -319,13 +355,15 @@ def resolve_incidents(now: datetime) -> int:
 
 
 def check_runners(now: datetime) -> int:
-    """Alert once when a runner's heartbeat goes stale, and once when it comes back."""
+    """Alert once when a runner's heartbeat goes stale, and once when it comes back. A
+    runner that stopped on a signal (``stopped_at``) released its engines: it is not down."""
     stale_before = now - timedelta(seconds=settings.ALERTS["RUNNER_STALE_AFTER"])
     sent = 0
     for runner in RunnerHeartbeat.objects.all():
         key = f"runner:{runner.name}"
         rows = RunnerHeartbeat.objects.filter(id=runner.id)
-        if runner.last_seen < stale_before and runner.down_since is None:
+        stale = runner.last_seen < stale_before
+        if stale and runner.down_since is None and runner.stopped_at is None:
             if rows.filter(down_since=None).update(down_since=now):
                 age = (now - runner.last_seen).total_seconds()
                 text = (
@@ -334,7 +372,7 @@ def check_runners(now: datetime) -> int:
                 )
                 raise_alert(key, Kind.RUNNER_DOWN, text, now=now)
                 sent += 1
-        elif runner.last_seen >= stale_before and runner.down_since is not None:
+        elif not stale and runner.down_since is not None:
             if rows.filter(down_since=runner.down_since).update(down_since=None):
                 text = (
                     f"LeviPanel RESOLVED: runner {runner.name} is heart-beating again "

@@ -13,7 +13,7 @@ from ninja import NinjaAPI
 from ninja.errors import ValidationError
 
 from .auth import SessionAuth, TokenAuth
-from .routes import router
+from .routes import router, runners_router
 
 log = logging.getLogger("levipanel.api")
 
@@ -29,6 +29,7 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/engines/", router)
+api.add_router("/runners", runners_router)
 
 
 @api.exception_handler(ValidationError)

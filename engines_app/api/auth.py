@@ -36,6 +36,11 @@ class SessionAuth(NinjaSessionAuth):
     def __call__(self, request: HttpRequest):
         if "Authorization" in request.headers:
             return None  # the token decides
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            # No credentials at all: a 401, whatever the method. The CSRF check guards a
+            # session, and there is none.
+            return None
         return super().__call__(request)
 
     def authenticate(self, request: HttpRequest, key):

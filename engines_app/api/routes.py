@@ -3,22 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 from django.http import HttpRequest, JsonResponse
 from ninja import Router, Status
 from ninja.errors import HttpError
+from pydantic import WithJsonSchema
 
 from ..models import CONTROL_PERMISSION, Engine, EngineCommand
-from ..runtime.engine import symbol_problem
+from ..runtime.engine import SYMBOL_RE, symbol_problem
 from ..selectors.engines import engine_status, fleet_status
+from ..selectors.runners import runners_list
 from ..selectors.trading import MAX_PAGE_SIZE, profit_summary, trades_list
 from ..services.engines import EngineNotFound, engine_restart, engine_start, engine_stop
-from .schemas import CommandOut, EngineOut, ErrorOut, FleetOut, ProfitSummaryOut, TradesOut
+from .schemas import (
+    CommandOut,
+    EngineOut,
+    ErrorOut,
+    FleetOut,
+    ProfitSummaryOut,
+    RunnersOut,
+    TradesOut,
+)
 
 MAX_PAGE = 1_000_000
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
 
+# What the schema tells clients; the checks stay in the views, whose 400s say what is wrong
+# (with a hint for lower case) better than a generic validation error would.
+Symbol = Annotated[
+    str, WithJsonSchema({"type": "string", "pattern": SYMBOL_RE.pattern, "example": "BTCUSDT"})
+]
+Page = Annotated[int, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_PAGE})]
+PageSize = Annotated[
+    int, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE})
+]
+
 router = Router(tags=["engines"])
+runners_router = Router(tags=["runners"])
 
 
 def checked_symbol(symbol: str) -> str:
@@ -46,7 +68,7 @@ def status_all(request: HttpRequest):
 
 
 @router.get("/status/{symbol}", response={200: EngineOut, **ERRORS}, summary="Status of one engine")
-def status_one(request: HttpRequest, symbol: str):
+def status_one(request: HttpRequest, symbol: Symbol):
     return engine_status(_engine(symbol))
 
 
@@ -77,26 +99,26 @@ CONTROL = {"response": {202: CommandOut, **ERRORS}}
 
 
 @router.post("/start/{symbol}", summary="Start an engine", **CONTROL)
-def start(request: HttpRequest, symbol: str):
+def start(request: HttpRequest, symbol: Symbol):
     """Want the engine running (a failed engine gets a fresh restart budget). 202: the
     runner carries it out within a second; follow it with ``GET /engines/status/{symbol}``."""
     return _steer(request, symbol, engine_start)
 
 
 @router.post("/stop/{symbol}", summary="Stop an engine", **CONTROL)
-def stop(request: HttpRequest, symbol: str):
+def stop(request: HttpRequest, symbol: Symbol):
     """Want the engine stopped; it finishes its current cycle first."""
     return _steer(request, symbol, engine_stop)
 
 
 @router.post("/restart/{symbol}", summary="Restart an engine", **CONTROL)
-def restart(request: HttpRequest, symbol: str):
+def restart(request: HttpRequest, symbol: Symbol):
     """Restart the engine now with a fresh restart budget; it is wanted running after."""
     return _steer(request, symbol, engine_restart)
 
 
 @router.get("/trades/{symbol}", response={200: TradesOut, **ERRORS}, summary="Fills of one engine")
-def trades(request: HttpRequest, symbol: str, page: int = 1, page_size: int = 50):
+def trades(request: HttpRequest, symbol: Symbol, page: Page = 1, page_size: PageSize = 50):
     """The engine's paper fills, newest first, ``page_size`` (1-500) a page."""
     engine = _engine(symbol)
     # A page far past the end would overflow SQLite's OFFSET ("datatype mismatch").
@@ -111,3 +133,10 @@ def trades(request: HttpRequest, symbol: str, page: int = 1, page_size: int = 50
 def profit(request: HttpRequest):
     """Per engine and in total: realized, unrealized, fees, total PnL, trades, win rate."""
     return profit_summary()
+
+
+@runners_router.get("", response={200: RunnersOut, **ERRORS}, summary="Runners")
+def runners(request: HttpRequest):
+    """Every runner that has written a heartbeat: the engines it holds and runs, when it
+    started and was last seen, and whether it is live (seen within the lease, not stopped)."""
+    return {"runners": runners_list()}

@@ -24,6 +24,8 @@ class EngineOut(Schema):
     next_retry_at: float | None
     cycle_interval: float | None
     last_tick_age_seconds: float | None = None
+    runner: str | None = None
+    runner_last_seen: float | None = None
 
 
 class FleetOut(Schema):
@@ -37,7 +39,24 @@ class FleetOut(Schema):
     failed: int
     degraded: int
     halted: int
+    unknown: int
     engines: list[EngineOut]
+
+
+class RunnerOut(Schema):
+    name: str
+    host: str
+    pid: int | None
+    held: int
+    engines: int
+    started_at: float
+    last_seen: float
+    stopped_at: float | None
+    live: bool
+
+
+class RunnersOut(Schema):
+    runners: list[RunnerOut]
 
 
 class CommandOut(Schema):

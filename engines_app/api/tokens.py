@@ -9,6 +9,7 @@ import secrets
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ..models import ApiToken
@@ -44,3 +45,33 @@ def api_token_user(key: str):
     if token.last_used_at is None or now - token.last_used_at > TOUCH_EVERY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
+
+
+class TokenNotFound(Exception):
+    """No token, or more than one, answers to the name or id given."""
+
+
+def api_token_list() -> QuerySet[ApiToken]:
+    """Every token with its user, newest first."""
+    return ApiToken.objects.select_related("user").order_by("-created_at", "-pk")
+
+
+def api_token_get(*, name_or_id: str) -> ApiToken:
+    """The one token with this id or name; a name shared by several tokens needs the id."""
+    tokens = api_token_list()
+    if name_or_id.isdigit() and (token := tokens.filter(pk=int(name_or_id)).first()):
+        return token
+    named = list(tokens.filter(name=name_or_id)[:2])
+    if not named:
+        raise TokenNotFound(f"no API token with the name or id {name_or_id!r}")
+    if len(named) > 1:
+        raise TokenNotFound(f"several API tokens are named {name_or_id!r}: give the id")
+    return named[0]
+
+
+@transaction.atomic
+def api_token_revoke(*, name_or_id: str) -> ApiToken:
+    """Delete the token: its key stops working at once. Return what was deleted."""
+    token = api_token_get(name_or_id=name_or_id)
+    token.delete()
+    return token

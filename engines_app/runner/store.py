@@ -8,7 +8,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -21,7 +21,6 @@ from django.db.models import (
     OuterRef,
     Q,
     Subquery,
-    Sum,
 )
 from django.db.models.functions import Now
 
@@ -276,6 +275,7 @@ def claim_engines(
             lease_owner=runner,
             lease_epoch=F("lease_epoch") + 1,
             lease_expires_at=Now() + timedelta(seconds=lease),
+            updated_at=Now(),  # open dashboards show the new runner
         )
     claims = [Claim(pk, symbol, epoch + 1, previous) for pk, symbol, previous, epoch in found]
     taken: dict[str, list[str]] = defaultdict(list)
@@ -293,17 +293,36 @@ def claim_engines(
 
 def load_states(symbols: list[str], now: float | None = None) -> dict[str, tuple[str, EngineState]]:
     """Each engine's last status and the counters that survive a runner restart. Position
-    and PnL come from the Trade rows, never from the engine row (a cache of them)."""
-    fields = ("id", "symbol", "status", "error_count", "last_error")
+    and PnL come from the Trade rows, never from the engine row (a cache of them); where
+    today's count starts comes from the row (see ``_restore_day``)."""
+    now = datetime.now(UTC).timestamp() if now is None else now
+    fields = ("id", "symbol", "status", "error_count", "last_error", *DAY_COLUMNS, "total_pnl")
     rows = Engine.objects.filter(symbol__in=symbols).values_list(*fields)
     engines = {pk: rest for pk, *rest in rows}
-    books = rebuild_books(list(engines), datetime.now(UTC).timestamp() if now is None else now)
+    books = rebuild_books(list(engines), now)
     out = {}
-    for pk, (symbol, status, errors, last_error) in engines.items():
-        state = EngineState(errors, last_error or None, book=books.get(pk) or Book())
+    for pk, (symbol, status, errors, last_error, *stored) in engines.items():
+        book = books.get(pk) or Book()
+        _restore_day(book, utc_day(now), *stored)
+        state = EngineState(errors, last_error or None, book=book)
         state.sync()
         out[symbol] = (status, state)
     return out
+
+
+def _restore_day(
+    book: Book, today: int, day: date | None, day_start: float, loss_base: float, total: float
+) -> None:
+    """Start ``book``'s day as stored: today's start and an operator's lift of a halt hold
+    as they were. Stored for an earlier day, today starts at the last total stored (marked
+    at the last price known before today); never stored, at the ledger's (``rebuild_books``)."""
+    if day is None:
+        return
+    book.day = today
+    if to_date(today) == day:
+        book.day_start, book.loss_base = day_start, loss_base
+    else:
+        book.day_start, book.loss_base = total, 0.0
 
 
 def halted_on(symbols: list[str], now: float) -> set[str]:
@@ -318,7 +337,8 @@ def halted_on(symbols: list[str], now: float) -> set[str]:
 
 def rebuild_books(engine_ids: list[int], now: float) -> dict[int, Book]:
     """Each engine's book from its Trade rows: the newest row carries position, average
-    entry and running totals; today's (UTC) rows give daily PnL. Three queries in all."""
+    entry and running totals; the newest row before today (UTC) the total today starts
+    from, as ``broker.replay`` counts it. Three queries in all."""
     trades = Trade.objects.filter(engine_id__in=engine_ids)
     newest = Trade.objects.filter(engine_id=OuterRef("engine_id")).order_by("-seq").values("seq")
     books: dict[int, Book] = {}
@@ -330,13 +350,15 @@ def rebuild_books(engine_ids: list[int], now: float) -> dict[int, Book]:
         book.qty, book.avg_price, book.realized, book.fees = qty, avg, realized, fees
         book.trade_count, book.mark, book.day = seq, price, today
     midnight = to_datetime(today * DAY)
-    for engine_id, realized, fees in (
-        trades.filter(time__gte=midnight)
-        .values("engine_id")
-        .annotate(r=Sum("realized_pnl"), f=Sum("fee"))
-        .values_list("engine_id", "r", "f")
-    ):
-        books[engine_id].day_realized, books[engine_id].day_fees = realized or 0.0, fees or 0.0
+    before = newest.filter(time__lt=midnight)
+    for engine_id, _, price, qty, avg, realized, fees in trades.filter(
+        time__lt=midnight, seq=Subquery(before[:1])
+    ).values_list("engine_id", *columns):
+        # The book's own total_pnl() at that fill, marked at its price: the same floats.
+        at_fill = Book()
+        at_fill.qty, at_fill.avg_price, at_fill.realized, at_fill.fees = qty, avg, realized, fees
+        at_fill.mark = price
+        books[engine_id].day_start = at_fill.total_pnl()
     for engine_id, closes, wins in (
         trades.filter(realized_pnl__isnull=False)
         .values("engine_id")
@@ -443,7 +465,7 @@ def write(
             _sample_pnl(pnl_samples, now)
         if fence is not None and fence.release:
             Engine.objects.filter(id__in=fence.release & valid, lease_owner=fence.runner).update(
-                lease_owner="", lease_expires_at=None
+                lease_owner="", lease_expires_at=None, updated_at=now
             )
         if runner is not None:
             _runner_heartbeat(runner, now)
@@ -510,21 +532,43 @@ def _write_rows(statuses, errors, restarts, acks, now: datetime, fence: Fence | 
             message=ack.message,
             acked_by=fence.runner if fence else "",
         )
-    for row in statuses:
-        Engine.objects.filter(id=row.id).update(
-            status=row.status,
-            status_reason=row.reason,
-            status_changed_at=to_datetime(row.changed_at) if row.changed_at else now,
-            started_at=to_datetime(row.started_at),
-            restart_attempt=row.attempt,
-            restart_budget_left=row.budget_left,
-            next_retry_at=to_datetime(row.next_retry_at),
-            error_count=row.error_count,
-            last_error=row.last_error or "",
-            updated_at=now,
-        )
+    if statuses:
+        _write_statuses(statuses, now)
     _write_errors(errors)
     EngineRestart.objects.bulk_create(restarts)
+
+
+STATUS_COLUMNS = (
+    "status status_reason status_changed_at started_at restart_attempt restart_budget_left "
+    "next_retry_at error_count last_error updated_at"
+).split()
+
+
+def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
+    # One executemany UPDATE, like the heartbeats: a whole fleet starting is one statement.
+    quote = connection.ops.quote_name
+    table = quote(Engine._meta.db_table)
+    assignments = ", ".join(f"{quote(c)} = %s" for c in STATUS_COLUMNS)
+    adapt = connection.ops.adapt_datetimefield_value
+    stamp = adapt(now)
+    params = [
+        (
+            row.status,
+            row.reason,
+            adapt(to_datetime(row.changed_at)) if row.changed_at else stamp,
+            adapt(to_datetime(row.started_at)),
+            row.attempt,
+            row.budget_left,
+            adapt(to_datetime(row.next_retry_at)),
+            row.error_count,
+            row.last_error or "",
+            stamp,
+            row.id,
+        )
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
 
 
 def _write_books(rows: list[BookRow], now: datetime, fence: Fence | None) -> None:
@@ -547,16 +591,39 @@ def _write_books(rows: list[BookRow], now: datetime, fence: Fence | None) -> Non
         ]
     )
     latest = {row.id: row.event for row in rows}
-    table = connection.ops.quote_name(Engine._meta.db_table)
+    quote = connection.ops.quote_name
+    table = quote(Engine._meta.db_table)
     columns = ("position", "daily_pnl", "total_pnl", "trade_count", "updated_at")
-    assignments = ", ".join(f"{connection.ops.quote_name(c)} = %s" for c in columns)
+    assignments = ", ".join(
+        [f"{quote(c)} = %s" for c in columns]
+        + [f"{quote(c)} = COALESCE(%s, {quote(c)})" for c in DAY_COLUMNS]
+    )
     stamp = connection.ops.adapt_datetimefield_value(now)
     params = [
-        (e.position, e.daily_pnl, e.total_pnl, e.trade_count, stamp, engine_id)
+        (e.position, e.daily_pnl, e.total_pnl, e.trade_count, stamp, *_day_params(e), engine_id)
         for engine_id, e in latest.items()
     ]
     with connection.cursor() as cursor:
         cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
+
+
+# Where the engine's day starts (``BookChanged.day`` None: as stored).
+DAY_COLUMNS = ("pnl_day", "day_start_pnl", "loss_base")
+
+
+def _day_params(event: BookChanged) -> tuple:
+    if event.day is None:
+        return (None, None, None)
+    day = connection.ops.adapt_datefield_value(to_date(event.day))
+    return (day, event.day_start, event.loss_base)
+
+
+EPOCH = date(1970, 1, 1)
+
+
+def to_date(day: int) -> date:
+    """The date of a UTC day number (``broker.utc_day``)."""
+    return EPOCH + timedelta(days=day)
 
 
 # The Trade columns a Fill carries under the same name.

@@ -41,7 +41,8 @@ class Fill:
 
 
 class Book:
-    """Position, average entry, realized PnL (before fees), fees, and today's share of them."""
+    """Position, average entry, realized PnL (before fees), fees, and where today's count
+    starts."""
 
     __slots__ = (
         "qty",
@@ -53,8 +54,7 @@ class Book:
         "closes",
         "mark",
         "day",
-        "day_realized",
-        "day_fees",
+        "day_start",
         "loss_base",
     )
 
@@ -68,8 +68,9 @@ class Book:
         self.closes = 0
         self.mark: float | None = None
         self.day = 0
-        self.day_realized = 0.0
-        self.day_fees = 0.0
+        # Total PnL when day ``day`` began, the open position marked at the price standing
+        # then: daily PnL is the change since, so the days add up to the total.
+        self.day_start = 0.0
         # Daily PnL at an operator's restart after a daily-loss halt: the limit counts anew.
         self.loss_base = 0.0
 
@@ -83,15 +84,17 @@ class Book:
         return self.realized - self.fees + self.unrealized()
 
     def daily_pnl(self) -> float:
-        """Today's (UTC) realized minus today's fees plus the open position's unrealized."""
-        return self.day_realized - self.day_fees + self.unrealized()
+        """Today's (UTC) change of the total: today's fees off, the position (and what
+        closing it realized) counted from its entry or the price standing at midnight,
+        whichever is later. The days add up to the total."""
+        return self.total_pnl() - self.day_start
 
     def roll_day(self, day: int) -> bool:
-        """Start day ``day``'s count; idempotent, so a scheduled reset and the engine's own
-        midnight roll never reset twice."""
+        """Start day ``day``'s count at the current mark; idempotent, so a scheduled reset
+        and the engine's own midnight roll never reset twice."""
         if day <= self.day:
             return False
-        self.day, self.day_realized, self.day_fees, self.loss_base = day, 0.0, 0.0, 0.0
+        self.day, self.day_start, self.loss_base = day, self.total_pnl(), 0.0
         return True
 
     def apply(self, side: str, qty: float, price: float, fee: float) -> float | None:
@@ -105,7 +108,6 @@ class Book:
             closed = min(qty, abs(old))
             realized = (price - self.avg_price) * closed * math.copysign(1.0, old)
             self.realized += realized
-            self.day_realized += realized
             self.closes += 1
             self.wins += realized - fee > 0
             if qty > abs(old):
@@ -114,7 +116,6 @@ class Book:
         if abs(self.qty) < EPSILON:
             self.qty, self.avg_price = 0.0, 0.0
         self.fees += fee
-        self.day_fees += fee
         self.trade_count += 1
         self.mark = price
         return realized
@@ -155,12 +156,11 @@ def execute(
 
 
 def replay(fills: Iterable[tuple[str, float, float, float, float]], *, today: int) -> Book:
-    """Rebuild a book from stored fills ``(side, qty, price, fee, at)``, oldest first."""
+    """Rebuild a book from stored fills ``(side, qty, price, fee, at)``, oldest first. Each
+    day starts at the price of the fill before it (no other price is stored)."""
     book = Book()
-    book.day = today
     for side, qty, price, fee, at in fills:
-        day_realized, day_fees = book.day_realized, book.day_fees
+        book.roll_day(utc_day(at))
         book.apply(side, qty, price, fee)
-        if utc_day(at) != today:  # an older day's fill: not part of today's PnL
-            book.day_realized, book.day_fees = day_realized, day_fees
+    book.roll_day(today)
     return book

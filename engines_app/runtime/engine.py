@@ -159,8 +159,14 @@ class EngineConfig:
 
 def _is_number(value: object) -> bool:
     """A finite int or float: a config may hold NaN or Infinity (Python's JSON reads them),
-    which would pass every comparison check and no database stores in JSON."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    which would pass every comparison check and no database stores in JSON, or an int too
+    large for a float (JSON numbers have no size limit)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past any float
+        return False
 
 
 class EngineListener(Protocol):
@@ -357,7 +363,8 @@ class TradingEngine:
         if self.degraded:
             self.degraded = False
             self._tell_feed(None)
-        self.roll_day(now)
+        if self.roll_day(now) and self.listener:
+            self.listener.engine_filled(self, None)  # the day's start, stored
         book.mark = price
         self._check_daily_loss()
         signal = self.strategy.signal(price)

@@ -43,9 +43,12 @@ class RestartScheduled:
 
 @dataclass(slots=True)
 class BookChanged:
-    """A fill (or a daily reset) changed an engine's book. The runner's writer batches it:
-    it rides along with the next write, or goes after ``FILL_DELAY``; the Trade row and the
-    engine's position/PnL commit in one transaction."""
+    """A fill, a new UTC day or an operator's lift of a daily-loss halt changed an engine's
+    book. The runner's writer batches it: it rides along with the next write, or goes after
+    ``FILL_DELAY``; the Trade row and the engine's position/PnL commit in one transaction.
+    ``day``, ``day_start`` and ``loss_base`` (the book's) are stored so that a runner
+    started again the same day counts the daily loss limit as this one did; ``day`` None
+    leaves them as stored."""
 
     symbol: str
     at: float
@@ -54,6 +57,9 @@ class BookChanged:
     daily_pnl: float
     total_pnl: float
     trade_count: int
+    day: int | None = None
+    day_start: float = 0.0
+    loss_base: float = 0.0
 
 
 Event = StatusChanged | ErrorRaised | RestartScheduled | BookChanged

@@ -8,6 +8,7 @@ keeps a few files open (a thousand engines must not hold a thousand descriptors)
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import time
 from collections import OrderedDict
@@ -35,6 +36,11 @@ def json_formatter() -> JsonFormatter:
     )
     formatter.converter = time.gmtime
     return formatter
+
+
+def _private(path: str, flags: int) -> int:
+    """Open a log file readable by its owner only: a new file is created 0600."""
+    return os.open(path, flags, 0o600)
 
 
 class SymbolFileHandler(logging.Handler):
@@ -66,7 +72,7 @@ class SymbolFileHandler(logging.Handler):
         if len(self._files) >= self.max_open:
             _, oldest = self._files.popitem(last=False)
             oldest.close()
-        stream = self._files[path] = path.open("a", encoding="utf-8")
+        stream = self._files[path] = open(path, "a", encoding="utf-8", opener=_private)
         return stream
 
     def close(self) -> None:

@@ -241,6 +241,9 @@ class EngineManager:
             return False
         book = slot.engine.state.book
         book.loss_base = book.daily_pnl()
+        # Stored with the start's status row (the same flush): a runner started again
+        # today counts the limit from here too.
+        self.engine_filled(slot.engine, None)
         return True
 
     def new_day(self, symbol: str, now: float) -> str:
@@ -323,7 +326,7 @@ class EngineManager:
         self._emit(_error_event(engine.symbol, self.clock(), exc, crashed=False))
 
     def engine_filled(self, engine: TradingEngine, fill: Fill | None) -> None:
-        state = engine.state
+        state, book = engine.state, engine.state.book
         self._emit(
             BookChanged(
                 engine.symbol,
@@ -333,6 +336,9 @@ class EngineManager:
                 state.daily_pnl,
                 state.total_pnl,
                 state.trade_count,
+                book.day,
+                book.day_start,
+                book.loss_base,
             )
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,17 +15,21 @@ from django.db.models import Q
 from ..conf import engine_settings
 from ..models import Engine, EngineCommand, EnginePnlSample
 from ..runtime import ACTIVE
-from .engines import engine_status, epoch, status_counts
+from ..runtime.redact import redact_text, redact_url
+from .engines import engine_status, epoch, runners_seen, status_counts
+from .runners import runners_list
 
 LOG_TAIL_LINES = 100
 LOG_TAIL_BYTES = 256 * 1024
 
 
-def engine_row(engine: Engine, now: float) -> dict[str, Any]:
+def engine_row(
+    engine: Engine, now: float, seen: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """The guide's status of one engine, plus what the page needs to tick and to order
     updates: ``started_at`` and ``version`` (the row's ``updated_at``)."""
-    row = engine_status(engine, now)
-    row["started_at"] = epoch(engine.started_at) if engine.status in ACTIVE else None
+    row = engine_status(engine, now, seen)
+    row["started_at"] = epoch(engine.started_at) if row["status"] in ACTIVE else None
     # Exact, not rounded: the broadcaster and the page compare versions.
     row["version"] = engine.updated_at.timestamp()
     return row
@@ -44,15 +49,16 @@ def command_row(command: EngineCommand) -> dict[str, Any]:
 
 
 def snapshot() -> dict[str, Any]:
-    """Every engine and every command the runner has not acknowledged yet."""
-    now = time.time()
-    rows = [engine_row(engine, now) for engine in Engine.objects.all()]
+    """Every engine, every command the runner has not acknowledged yet, every runner."""
+    now, seen = time.time(), runners_seen()
+    rows = [engine_row(engine, now, seen) for engine in Engine.objects.all()]
     pending = EngineCommand.objects.filter(acked_at=None).order_by("id")[:500]
     return {
         "now": now,
         "counts": status_counts(row["status"] for row in rows),
         "engines": rows,
         "commands": [command_row(command) for command in pending],
+        "runners": runners_list(),
     }
 
 
@@ -83,14 +89,25 @@ def _log_line(line: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except ValueError:
-        return {"ts": "", "level": "", "msg": line}
+        return {"ts": "", "level": "", "msg": redact_text(line)}
     if not isinstance(record, dict):
-        return {"ts": "", "level": "", "msg": line}
+        return {"ts": "", "level": "", "msg": redact_text(line)}
     return {
         "ts": record.get("ts", ""),
         "level": record.get("level", ""),
-        "msg": record.get("msg", line),
+        # Lines written before URLs were redacted may still quote a credential.
+        "msg": redact_text(str(record.get("msg", line))),
     }
+
+
+def feed_label(config: Mapping[str, Any] | Any) -> str:
+    """The engine's feed as the page shows it: its kind, and its URL without credentials."""
+    if not isinstance(config, Mapping):
+        return "sim"
+    kind = str(config.get("feed", "sim"))
+    options = config.get("feed_options")
+    url = options.get("url") if isinstance(options, Mapping) else None
+    return f"{kind} {redact_url(url)}" if isinstance(url, str) else kind
 
 
 def pnl_chart(engine: Engine, *, width: int = 720, height: int = 200) -> dict[str, Any]:

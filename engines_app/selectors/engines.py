@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ..models import Engine
+from django.db.models import Q
+from django.utils import timezone
+
+from ..models import Engine, RunnerHeartbeat
 from ..runtime import ACTIVE
 
-STATUSES = [choice.value for choice in Engine.Status]
+# Shown, never stored: an engine no live lease holds, whose last stored status (say
+# ``running``) was written by a runner that may be gone.
+UNKNOWN = "unknown"
+STATUSES = [*(choice.value for choice in Engine.Status), UNKNOWN]
+# Statuses that stay true with no runner: nothing runs an engine in them.
+AT_REST = (Engine.Status.STOPPED.value, Engine.Status.FAILED.value)
 
 # The columns a status is made of: read as plain rows, 1,000 engines cost a few ms.
 STATUS_FIELDS = (
@@ -31,12 +39,51 @@ STATUS_FIELDS = (
     "next_retry_at",
     "cycle_interval",
     "last_tick_at",
+    "lease_owner",
+    "lease_expires_at",
 )
 
 
 def epoch(value: datetime | None) -> float | None:
     """A moment as Unix seconds to the millisecond, as every read shows times; None stays."""
     return None if value is None else round(value.timestamp(), 3)
+
+
+def lease_live(owner: str, expires_at: datetime | None, now: float) -> bool:
+    """Whether a runner holds the engine now: an owner and a lease not expired."""
+    return bool(owner) and expires_at is not None and expires_at.timestamp() > now
+
+
+def shown_status(status: str, owner: str, expires_at: datetime | None, now: float) -> str:
+    """The status to show: the stored one while a live lease holds the engine (or while it
+    is at rest), else ``unknown`` — a dead runner's last word is not the truth."""
+    if status in AT_REST or lease_live(owner, expires_at, now):
+        return status
+    return UNKNOWN
+
+
+def unheld(now: datetime | None = None) -> Q:
+    """Engines no live lease holds, as a filter."""
+    now = timezone.now() if now is None else now
+    return Q(lease_owner="") | Q(lease_expires_at=None) | Q(lease_expires_at__lte=now)
+
+
+def with_shown_status(status: str, now: datetime | None = None) -> Q:
+    """Engines ``shown_status`` shows as ``status``, as a filter (the admin's status filter)."""
+    if status == UNKNOWN:
+        return unheld(now) & ~Q(status__in=AT_REST)
+    if status in AT_REST:
+        return Q(status=status)
+    return Q(status=status) & ~unheld(now)
+
+
+def runners_seen(names: Iterable[str] | None = None) -> dict[str, float]:
+    """The last heartbeat of the runners ``names`` (default: every runner, a handful of
+    rows), as Unix seconds."""
+    runners = RunnerHeartbeat.objects.all()
+    if names is not None:
+        runners = runners.filter(name__in=list(names))
+    return {name: at.timestamp() for name, at in runners.values_list("name", "last_seen")}
 
 
 def status_counts(statuses: Iterable[str]) -> dict[str, int]:
@@ -47,22 +94,31 @@ def status_counts(statuses: Iterable[str]) -> dict[str, int]:
     return {"total": sum(counts.values()), **counts}
 
 
-def engine_status(engine: Engine, now: float | None = None) -> dict[str, Any]:
+def engine_status(
+    engine: Engine, now: float | None = None, seen: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """One engine as the guide shows it, plus what recovery and operators need to see."""
-    return status_row({field: getattr(engine, field) for field in STATUS_FIELDS}, now)
+    row = {field: getattr(engine, field) for field in STATUS_FIELDS}
+    if seen is None:
+        seen = runners_seen([engine.lease_owner]) if engine.lease_owner else {}
+    return status_row(row, now, seen)
 
 
-def status_row(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """The status of one engine from its ``STATUS_FIELDS`` values."""
+def status_row(
+    row: dict[str, Any], now: float | None = None, seen: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """The status of one engine from its ``STATUS_FIELDS`` values; ``seen`` maps runner
+    names to their last heartbeat (``runners_seen``)."""
     now = time.time() if now is None else now
-    started = (
-        row["started_at"].timestamp() if row["started_at"] and row["status"] in ACTIVE else None
-    )
+    owner, expires = row["lease_owner"], row["lease_expires_at"]
+    status = shown_status(row["status"], owner, expires, now)
+    started = row["started_at"].timestamp() if row["started_at"] and status in ACTIVE else None
     heartbeat = epoch(row["last_heartbeat"])
     tick = row["last_tick_at"]
+    last_seen = (seen or {}).get(owner) if owner else None
     return {
         "symbol": row["symbol"],
-        "status": row["status"],
+        "status": status,
         "uptime_seconds": round(max(0.0, now - started), 2) if started else 0.0,
         "last_heartbeat": heartbeat,
         "error_count": row["error_count"],
@@ -79,11 +135,13 @@ def status_row(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         "next_retry_at": epoch(row["next_retry_at"]),
         "cycle_interval": row["cycle_interval"],
         "last_tick_age_seconds": round(max(0.0, now - tick.timestamp()), 2) if tick else None,
+        "runner": owner if lease_live(owner, expires, now) else None,
+        "runner_last_seen": None if last_seen is None else round(last_seen, 3),
     }
 
 
 def fleet_status() -> dict[str, Any]:
     """``{total, running, crashed, stopped, <other statuses>…, engines: [...]}``."""
-    now = time.time()
-    engines = [status_row(row, now) for row in Engine.objects.values(*STATUS_FIELDS)]
+    now, seen = time.time(), runners_seen()
+    engines = [status_row(row, now, seen) for row in Engine.objects.values(*STATUS_FIELDS)]
     return {**status_counts(engine["status"] for engine in engines), "engines": engines}

@@ -2,10 +2,11 @@
 
 The in-memory channel layer does not cross processes, so the database is the bus: one
 broadcaster per web process (per event loop) reads the engine and command rows changed
-since it last looked, a few times a second, and sends them to its consumers' group — one
-query per web process, not one per browser. With Redis, the runner also sends a hint after
-each write (``send_hint``) and the broadcaster looks at once. A hint is only a wake-up: the
-rows read from the database are what is delivered.
+since it last looked (and those whose lease ran out since then: their status is now
+``unknown`` though nothing wrote them), a few times a second, and sends them to its
+consumers' group — one query per web process, not one per browser. With Redis, the runner
+also sends a hint after each write (``send_hint``) and the broadcaster looks at once. A hint
+is only a wake-up: the rows read from the database are what is delivered.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from django.utils import timezone
 
 from ..models import Engine
 from ..selectors import dashboard
+from ..selectors.engines import AT_REST, runners_seen
+from ..selectors.runners import runners_list
 
 log = logging.getLogger("levipanel.dashboard")
 
@@ -69,13 +72,16 @@ class Broadcaster:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._since = timezone.now() - OVERLAP
+        self._expired_since = timezone.now()
         self._versions: dict[str, float] = {}
         self._commands: dict[int, float | None] = {}
+        self._runners: list[dict[str, Any]] = []  # as last sent, live ones without last_seen
 
     def subscribe(self) -> None:
         self.subscribers += 1
         if self._task is None or self._task.done():
             self._since = timezone.now() - OVERLAP
+            self._expired_since = timezone.now()
             self._task = asyncio.create_task(self.run(), name="dashboard-broadcaster")
 
     def unsubscribe(self) -> None:
@@ -116,20 +122,49 @@ class Broadcaster:
             )
 
     def changes(self) -> dict[str, Any] | None:
-        """The engine and command rows not sent yet, or None when nothing changed."""
+        """The engine, command and runner rows not sent yet, or None when nothing changed."""
         now = timezone.now()
         since, self._since = self._since, now - OVERLAP
         stamps = Engine.objects.filter(updated_at__gte=since).values_list("symbol", "updated_at")
         changed = [s for s, at in stamps if self._versions.get(s) != at.timestamp()]
+        changed += self._expired(now)
         engines = list(Engine.objects.filter(symbol__in=changed)) if changed else []
         commands, removed = self._changed_commands(since)
-        if not (engines or commands or removed):
+        runners = self._changed_runners()
+        if not (engines or commands or removed or runners is not None):
             return None
         epoch = now.timestamp()
-        rows = [dashboard.engine_row(engine, epoch) for engine in engines]
+        seen = runners_seen() if engines else {}
+        rows = [dashboard.engine_row(engine, epoch, seen) for engine in engines]
         for row in rows:
             self._versions[row["symbol"]] = row["version"]
-        return {"now": epoch, "engines": rows, "commands": commands, "removed": removed}
+        return {
+            "now": epoch,
+            "engines": rows,
+            "commands": commands,
+            "removed": removed,
+            "runners": runners,
+        }
+
+    def _expired(self, now: datetime) -> list[str]:
+        """Engines whose lease ran out since the last look: nothing wrote them (their runner
+        may be dead), yet they are ``unknown`` now."""
+        rows = Engine.objects.filter(
+            lease_expires_at__gt=self._expired_since, lease_expires_at__lte=now
+        )
+        symbols = list(rows.exclude(status__in=AT_REST).values_list("symbol", flat=True))
+        self._expired_since = now  # only once read: a failed look is looked at again
+        return symbols
+
+    def _changed_runners(self) -> list[dict[str, Any]] | None:
+        """Every runner when one joined, left, went silent or changed what it holds; None
+        otherwise. A live runner's ``last_seen`` moves every flush: the page needs no step."""
+        runners = runners_list()
+        key = [{**row, "last_seen": None} if row["live"] else row for row in runners]
+        if key == self._runners:
+            return None
+        self._runners = key
+        return runners
 
     def _changed_commands(self, since: datetime) -> tuple[list[dict[str, Any]], list[str]]:
         commands, removed = [], []

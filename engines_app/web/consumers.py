@@ -4,9 +4,12 @@ operators' commands, carried out by the same services as the admin and the API."
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth import get_user_model
 
@@ -15,6 +18,9 @@ from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
 from ..services import engines as services
 from .broadcaster import Broadcaster, broadcaster
+from .throttle import TokenBucket, daphne_connection
+
+log = logging.getLogger("levipanel.web")
 
 ACTIONS = {
     "start": services.engine_start,
@@ -22,11 +28,31 @@ ACTIONS = {
     "restart": services.engine_restart,
 }
 MAX_FRAME = 4096
+# Frames a client may send: FRAME_RATE a second, FRAME_BURST at once; a snapshot reads every
+# engine, so it counts SNAPSHOT_COST frames.
+FRAME_RATE = 10.0
+FRAME_BURST = 20.0
+SNAPSHOT_COST = 5.0
+# Frames refused for going too fast, answered with an error frame: PATIENCE at once, one more
+# a second; past that the connection is closed with FLOODING.
+PATIENCE = 20.0
+# What daphne may hold for a client that does not read (a snapshot of 1,000 engines is about
+# 0.5 MB); past it the connection is closed with NOT_READING.
+MAX_BACKLOG = 4 * 1024 * 1024
+# Connections one user may open in this web process: CONNECT_BURST at once, one more every
+# 1/CONNECT_RATE seconds; each costs a snapshot, so reconnecting is no way around the bucket.
+CONNECT_RATE = 0.5
+CONNECT_BURST = 5.0
 REFUSED = 4403  # close code for a connection without a logged-in user
+FLOODING = 4429  # close code for a connection that kept sending too fast
+NOT_READING = 4408  # close code for a client that does not read what it is sent
 
 
 class CommandRefused(Exception):
     pass
+
+
+_connects: dict[int, TokenBucket] = {}  # user id -> this process's bucket of connections
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
@@ -35,17 +61,34 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     ``pong``."""
 
     broadcaster: Broadcaster | None = None
+    clock = staticmethod(time.monotonic)
+    closing = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=REFUSED)
             return
+        connects = _connects.setdefault(
+            user.pk, TokenBucket(rate=CONNECT_RATE, burst=CONNECT_BURST, clock=self.clock)
+        )
+        if not connects.take():
+            await self.accept()  # accepted to say why: a refused handshake has no code
+            await self.close(code=FLOODING)
+            return
+        self.frames = TokenBucket(rate=FRAME_RATE, burst=FRAME_BURST, clock=self.clock)
+        self.patience = TokenBucket(rate=1.0, burst=PATIENCE, clock=self.clock)
+        self.connection = daphne_connection(self.base_send)
+        if self.connection is not None:
+            # Frames sent before the consumer can take them would only pile up in daphne.
+            self.connection.stop_reading()
         self.broadcaster = broadcaster()
         await self.channel_layer.group_add(self.broadcaster.group, self.channel_name)
         await self.accept()
         self.broadcaster.subscribe()
         await self.send_snapshot()
+        if self.connection is not None:
+            self.connection.resume_reading()
 
     async def disconnect(self, code: int) -> None:
         if self.broadcaster is not None:
@@ -53,19 +96,59 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.broadcaster.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
-        """Answer a frame that is not a small JSON object with an error frame, and stay up."""
-        if text_data is None or len(text_data) > MAX_FRAME:
-            await self.send_error(f"send a JSON text frame of at most {MAX_FRAME} bytes")
+        """Answer a frame that is not a small JSON object with an error frame, and stay up;
+        throttle every frame, malformed ones included."""
+        if self.closing:
             return
-        try:
-            content = json.loads(text_data)
-        except (ValueError, RecursionError):  # deep nesting raises RecursionError
-            await self.send_error("the frame is not valid JSON")
+        content, problem = _parse(text_data)
+        if not await self.within_limits(content):
             return
-        if not isinstance(content, dict):
-            await self.send_error("the frame must be a JSON object")
+        if problem:
+            await self.send_error(problem)
             return
         await self.receive_json(content)
+
+    async def within_limits(self, content: dict[str, Any] | None) -> bool:
+        """Take the frame's tokens; answer a frame over the limit with an error frame, and
+        close a connection that keeps sending too fast."""
+        snapshot = content is not None and content.get("type") == "snapshot"
+        if self.connection and self.connection.unread_frames() > FRAME_BURST + PATIENCE:
+            # More frames waiting than the bucket could ever take: a flood, already.
+            await self.close_for(FLOODING, "sent more frames than it may")
+        if self.frames.take(SNAPSHOT_COST if snapshot else 1.0):
+            return True
+        if self.patience.take():
+            message = (
+                f"too many frames: at most {FRAME_RATE:g} a second "
+                f"(a snapshot counts {SNAPSHOT_COST:g}); slow down"
+            )
+            await self.send_error(message, content.get("id") if content else None)
+        else:
+            await self.close_for(FLOODING, "kept sending frames too fast")
+        return False
+
+    async def close_for(self, code: int, why: str) -> None:
+        """Close with ``code`` and end this consumer at once, reading nothing more: the
+        frames a flooder queued are dropped, and daphne drops the connection a second
+        later if the client does not answer the close."""
+        user = self.scope["user"]
+        log.warning("websocket closed: %s user=%s code=%s", why, user.get_username(), code)
+        self.closing = True
+        if self.connection is not None:
+            self.connection.stop_reading()
+        await self.close(code=code)
+        await self.disconnect(code)
+        raise StopConsumer()
+
+    async def send_json(self, content: dict[str, Any], close: bool = False) -> None:
+        """Send, unless what the client has not read yet is over ``MAX_BACKLOG``: then close
+        the connection instead of buffering without bound. (Every frame goes out here.)"""
+        if self.closing:
+            return
+        if self.connection is not None and self.connection.backlog() > MAX_BACKLOG:
+            await self.close_for(NOT_READING, "the client does not read")
+            return
+        await super().send_json(content, close=close)
 
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
         kind = content.get("type")
@@ -121,6 +204,19 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     async def engines_changed(self, event: dict[str, Any]) -> None:
         """A broadcaster message: forward it as a ``changes`` frame."""
         await self.send_json({**event, "type": "changes"})
+
+
+def _parse(text_data: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """A frame's JSON object, or what is wrong with it."""
+    if text_data is None or len(text_data) > MAX_FRAME:
+        return None, f"send a JSON text frame of at most {MAX_FRAME} bytes"
+    try:
+        content = json.loads(text_data)
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError
+        return None, "the frame is not valid JSON"
+    if not isinstance(content, dict):
+        return None, "the frame must be a JSON object"
+    return content, None
 
 
 def _valid_id(client_id: Any) -> bool:

@@ -9,7 +9,6 @@ exposed per runner (label ``runner``).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 from collections.abc import Iterator
 
@@ -27,7 +26,9 @@ from prometheus_client.core import (
 
 from ..models import Alert, Engine, EngineRestart, Incident, PrunedRestarts, RunnerHeartbeat
 from ..runtime import ACTIVE
-from ..selectors.engines import status_counts
+from ..selectors.engines import shown_status, status_counts
+from ..selectors.runners import live_since, runner_live
+from .clients import client_address, networks, within
 
 LOOPBACK = ["127.0.0.1", "::1"]
 ENGINE_COLUMNS = (
@@ -40,6 +41,8 @@ ENGINE_COLUMNS = (
     "daily_pnl",
     "total_pnl",
     "position",
+    "lease_owner",
+    "lease_expires_at",
 )
 
 
@@ -49,14 +52,18 @@ class FleetCollector:
     def collect(self) -> Iterator[Metric]:
         now = time.time()
         engines = list(Engine.objects.values_list(*ENGINE_COLUMNS))
-        yield self._by_status(engines)
+        yield self._by_status([shown_status(row[2], row[9], row[10], now) for row in engines])
         yield from self._per_engine(engines, now)
         yield from self._runners(now)
         yield from self._alerts()
 
-    def _by_status(self, engines: list[tuple]) -> Metric:
-        family = GaugeMetricFamily("levipanel_engines", "Engines by status.", labels=["status"])
-        counts = status_counts(row[2] for row in engines)
+    def _by_status(self, statuses: list[str]) -> Metric:
+        family = GaugeMetricFamily(
+            "levipanel_engines",
+            "Engines by status; unknown: no live runner holds the engine.",
+            labels=["status"],
+        )
+        counts = status_counts(statuses)
         del counts["total"]  # the sum of the series, not a status
         for status, count in counts.items():
             family.add_metric([status], count)
@@ -82,7 +89,7 @@ class FleetCollector:
         daily_f = GaugeMetricFamily("levipanel_engine_daily_pnl", "Daily PnL.", labels=lab)
         total_f = GaugeMetricFamily("levipanel_engine_total_pnl", "Total PnL.", labels=lab)
         position_f = GaugeMetricFamily("levipanel_engine_position", "Open position.", labels=lab)
-        for pk, symbol, status, heartbeat, errors, trades, daily, total, position in engines:
+        for pk, symbol, status, heartbeat, errors, trades, daily, total, position, *_ in engines:
             restarts_f.add_metric([symbol], restarts.get(pk, 0) + pruned.get(pk, 0))
             errors_f.add_metric([symbol], errors)
             fills_f.add_metric([symbol], trades)
@@ -90,6 +97,7 @@ class FleetCollector:
             total_f.add_metric([symbol], total)
             if position is not None:
                 position_f.add_metric([symbol], position)
+            # The stored status: an engine whose runner died keeps its growing age.
             if heartbeat is not None and status in ACTIVE:
                 age_f.add_metric([symbol], max(0.0, now - heartbeat.timestamp()))
         yield from (restarts_f, errors_f, fills_f, age_f, daily_f, total_f, position_f)
@@ -105,13 +113,22 @@ class FleetCollector:
             "Duration of engines' trading cycles, per runner since it started.",
             labels=["runner"],
         )
+        held = GaugeMetricFamily(
+            "levipanel_runner_engines",
+            "Engines whose lease the runner holds (live runners only).",
+            labels=["runner"],
+        )
+        since = live_since()
         for runner in RunnerHeartbeat.objects.all():
             age.add_metric([runner.name], max(0.0, now - runner.last_seen.timestamp()))
             buckets, total = _cumulative(runner.cycle_histogram)
             if buckets:
                 cycles.add_metric([runner.name], buckets, total)
+            if runner_live(runner, since):
+                held.add_metric([runner.name], runner.held)
         yield age
         yield cycles
+        yield held
 
     def _alerts(self) -> Iterator[Metric]:
         alerts = CounterMetricFamily(
@@ -147,12 +164,17 @@ def render() -> bytes:
 
 
 def refusal(request: HttpRequest) -> JsonResponse | None:
-    """Why this client may not scrape, as a 401/403 JSON response; None when it may."""
+    """Why this client may not scrape, as a 401/403 JSON response; None when it may.
+
+    The address is the peer's own, or the one a trusted proxy forwarded (``clients``)."""
     token = settings.METRICS_TOKEN
+    if not token and settings.METRICS_TOKEN_REQUIRED:
+        # Served beyond this host without a token (levipanel.E004): closed, not open.
+        return JsonResponse({"detail": "set METRICS_TOKEN to read the metrics"}, status=403)
     allowed = settings.METRICS_ALLOWED_IPS
     if allowed is None:
         allowed = [] if token else LOOPBACK
-    if _address_allowed(request.META.get("REMOTE_ADDR", ""), allowed):
+    if within(client_address(request), networks(allowed)):
         return None
     if token:
         given = request.headers.get("Authorization", "")
@@ -162,20 +184,6 @@ def refusal(request: HttpRequest) -> JsonResponse | None:
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     return JsonResponse({"detail": "this address may not read the metrics"}, status=403)
-
-
-def _address_allowed(address: str, allowed: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    for entry in allowed:
-        try:
-            if ip in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue  # reported by the system check levipanel.E002
-    return False
 
 
 @csrf_exempt  # it changes nothing; a POST must get the JSON 405, not the CSRF page

@@ -41,6 +41,7 @@ def engine_page(request: HttpRequest, symbol: str) -> HttpResponse:
         "commands": engine.commands.all()[:HISTORY_ROWS],
         "log_lines": dashboard.log_tail(symbol),
         "chart": dashboard.pnl_chart(engine),
+        "feed": dashboard.feed_label(engine.config),
         "can_control": request.user.has_perm(CONTROL_PERMISSION),
     }
     return render(request, "engines_app/engine.html", context)

@@ -23,6 +23,7 @@ from engines_app.runtime import risk
 from engines_app.runtime.broker import Book
 from engines_app.runtime.recovery import RecoveryPolicy, RecoverySettings
 from engines_app.runtime.risk import RiskLimits
+from engines_app.signals import engines_written
 from tests.helpers import HttpRecorder, eventually_sync
 
 TOKEN = "123456:test-token"
@@ -126,7 +127,7 @@ def write_status(
 def halt_reason() -> str:
     """The reason the engine's risk check gives when it halts on the daily loss limit."""
     book = Book()
-    book.day_realized = -120.0
+    book.realized = -120.0  # today's, the day having started at 0
     return risk.daily_loss_reason(RiskLimits(daily_loss_limit=100.0), book)
 
 
@@ -185,6 +186,74 @@ def test_runner_down_then_up(channels, recorder):
         "runner_down",
         "runner_up",
     ]
+
+
+def test_a_runner_stopped_on_a_signal_is_not_down(channels, recorder):
+    RunnerHeartbeat.objects.create(
+        name="runner-a", started_at=T0, last_seen=T0, stopped_at=T0, engines=0
+    )
+    RunnerHeartbeat.objects.create(name="runner-b", started_at=T0, last_seen=T0, engines=3)
+    with time_machine.travel(T0 + timedelta(hours=1), tick=False):
+        assert alerts.check_alerts()["runner_alerts"] == 1
+    (down,) = recorder.texts(SLACK)
+    assert "runner runner-b stopped heart-beating" in down
+
+
+def runner_took_over(*takeovers: dict) -> None:
+    """What the runner sends after its claim committed, with nothing else written."""
+    engines_written.send(
+        sender=Engine,
+        statuses=[],
+        errors=[],
+        restarts=[],
+        heartbeats=False,
+        acks=[],
+        books=[],
+        takeovers=list(takeovers),
+    )
+
+
+def test_a_takeover_is_alerted_naming_both_runners_and_the_engines(channels, recorder):
+    make_engines("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+    runner_took_over(
+        {
+            "runner": "runner-b",
+            "previous": "runner-a",
+            "symbols": ["SOLUSDT", "BTCUSDT", "ETHUSDT"],
+        },
+        {"runner": "runner-c", "previous": "runner-a", "symbols": ["XRPUSDT"]},
+    )
+    texts = recorder.texts(SLACK)
+    assert texts == [
+        "LeviPanel: Runner runner-b took over 3 engines from runner runner-a: "
+        "BTCUSDT, ETHUSDT, SOLUSDT",
+        "LeviPanel: Runner runner-c took over 1 engine from runner runner-a: XRPUSDT",
+    ]
+    assert recorder.texts(TELEGRAM) == texts
+    alerts_made = Alert.objects.order_by("id").values_list("kind", "key", "outcome")
+    assert list(alerts_made) == [("takeover", "runner:runner-a", "sent")] * 2
+
+
+def test_takeovers_count_against_the_rate_limit_of_the_silent_runner(channels, recorder):
+    for n in range(5):
+        runner_took_over({"runner": f"runner-{n}", "previous": "runner-a", "symbols": ["BTCUSDT"]})
+    assert len(recorder.texts(SLACK)) == 3  # ALERT_RATE_LIMIT
+    assert Alert.objects.filter(key="runner:runner-a", outcome="suppressed").count() == 2
+
+
+def test_a_long_takeover_names_the_first_engines_and_counts_the_rest():
+    symbols = [f"S{n:02d}USDT" for n in range(25)]
+    text = alerts.takeover_text({"runner": "b", "previous": "a", "symbols": symbols})
+    assert text.startswith("Runner b took over 25 engines from runner a: S00USDT, S01USDT")
+    assert text.endswith("S19USDT and 5 more")
+
+
+def test_a_write_without_takeovers_alerts_nothing_new(channels, recorder, monkeypatch):
+    calls = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda *a, **k: calls.append(a))
+    runner_took_over()
+    engines_written.send(sender=Engine, statuses=[], errors=[], restarts=[], heartbeats=True)
+    assert calls == []
 
 
 # Delivery failures --------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import call_command
@@ -15,7 +15,7 @@ from django.test import Client
 from engines_app.api.tokens import api_token_create
 from engines_app.models import Engine, EngineCommand
 from engines_app.runtime import Status as RuntimeStatus
-from tests.helpers import bearer, eventually_sync, make_user
+from tests.helpers import bearer, eventually_sync, heartbeat, hold, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -49,8 +49,9 @@ def same_shape(example: dict, actual: dict) -> None:
 
 @pytest.fixture
 def engines(db):
+    """Four engines a live runner holds, in four statuses."""
     now = datetime.now(UTC)
-    return [
+    engines = [
         Engine.objects.create(
             symbol="BTCUSDT", status="running", started_at=now, last_heartbeat=now, position=0.5
         ),
@@ -58,6 +59,9 @@ def engines(db):
         Engine.objects.create(symbol="SOLUSDT", status="stopped", desired_state="stopped"),
         Engine.objects.create(symbol="XRPUSDT", status="failed"),
     ]
+    heartbeat("runner-a", host="db-host", pid=4242, held=4, engines=3)
+    hold(engines, "runner-a")
+    return engines
 
 
 @pytest.fixture
@@ -94,6 +98,39 @@ def test_fleet_status_has_the_guides_shape_and_counts_every_status(client, engin
     assert btc["status"] == "running" and btc["position"] == 0.5
     assert btc["uptime_seconds"] >= 0 and btc["last_heartbeat"] > 1.6e9
     assert body["engines"][1]["last_error"] == "boom"
+    assert body["unknown"] == 0
+    assert {engine["runner"] for engine in body["engines"]} == {"runner-a"}
+
+
+def test_an_engine_whose_runner_went_silent_is_unknown_never_running(client, engines, token):
+    """The runner was killed: its rows still say running and crashed, but its lease ran out."""
+    seen = datetime.now(UTC) - timedelta(seconds=40)
+    heartbeat("runner-a", last_seen=seen)
+    hold(engines, "runner-a", seconds=-25)
+    body = client.get("/engines/status", **token).json()
+    assert (body["running"], body["crashed"], body["unknown"]) == (0, 0, 2)
+    assert (body["stopped"], body["failed"], body["total"]) == (1, 1, 4)
+    btc = body["engines"][0]
+    assert btc["status"] == "unknown" and btc["runner"] is None
+    assert btc["runner_last_seen"] == round(seen.timestamp(), 3)
+    assert btc["uptime_seconds"] == 0.0 and btc["heartbeat_age_seconds"] >= 0
+    one = client.get("/engines/status/ETHUSDT", **token).json()
+    assert (one["status"], one["runner"]) == ("unknown", None)
+    assert one["runner_last_seen"] == btc["runner_last_seen"]
+
+
+def test_an_engine_no_runner_ever_held_has_no_runner(client, token):
+    Engine.objects.create(symbol="BTCUSDT", status="running")  # a row from before leases
+    body = client.get("/engines/status/BTCUSDT", **token).json()
+    assert (body["status"], body["runner"], body["runner_last_seen"]) == ("unknown", None, None)
+
+
+def test_the_runner_of_a_live_engine_and_when_it_was_last_seen(client, engines, token):
+    hold(engines[:1], "runner-b")
+    beat = heartbeat("runner-b")
+    body = client.get("/engines/status/BTCUSDT", **token).json()
+    assert (body["status"], body["runner"]) == ("running", "runner-b")
+    assert body["runner_last_seen"] == round(beat.last_seen.timestamp(), 3)
 
 
 def test_the_statuses_counted_are_the_runtimes_and_migrated():
@@ -151,13 +188,52 @@ def test_schema_and_docs_are_generated_from_the_code(client):
         "/engines/restart/{symbol}",
         "/engines/trades/{symbol}",
         "/engines/profit",
+        "/runners",
     }
     fleet = schema["components"]["schemas"]["FleetOut"]["properties"]
-    assert {"total", "running", "crashed", "stopped", "engines"} <= set(fleet)
+    assert {"total", "running", "crashed", "stopped", "unknown", "engines"} <= set(fleet)
+    engine = schema["components"]["schemas"]["EngineOut"]["properties"]
+    assert {"runner", "runner_last_seen"} <= set(engine)
+    runner = schema["components"]["schemas"]["RunnerOut"]["properties"]
+    assert {"name", "host", "pid", "held", "engines", "last_seen", "live"} <= set(runner)
     assert "202" in schema["paths"]["/engines/stop/{symbol}"]["post"]["responses"]
     docs = client.get("/docs")
     assert docs.status_code == 200
     assert b"/openapi.json" in docs.content and b"swagger-ui" in docs.content
+
+
+# Runners -------------------------------------------------------------------------------
+
+
+def test_runners_lists_each_runner_and_whether_it_is_live(client, viewer):
+    now = datetime.now(UTC)
+    heartbeat("runner-a", host="host-1", pid=11, held=20, engines=20)
+    heartbeat("runner-b", host="host-2", pid=22, held=7, last_seen=now - timedelta(seconds=60))
+    heartbeat("runner-c", host="host-3", pid=33, stopped_at=now)  # stopped on a signal
+    response = client.get("/runners", **bearer(viewer))
+    assert response.status_code == 200
+    runners = response.json()["runners"]
+    assert [(r["name"], r["live"]) for r in runners] == [
+        ("runner-a", True),
+        ("runner-b", False),
+        ("runner-c", False),
+    ]
+    a = runners[0]
+    assert (a["host"], a["pid"], a["held"], a["engines"]) == ("host-1", 11, 20, 20)
+    assert a["stopped_at"] is None and a["last_seen"] >= a["started_at"] > 1.6e9
+    assert runners[2]["stopped_at"] == round(now.timestamp(), 3)
+
+
+def test_a_runner_is_live_within_the_lease(client, viewer, settings):
+    settings.LEVIPANEL = {**settings.LEVIPANEL, "LEASE": 60.0}
+    heartbeat("runner-b", last_seen=datetime.now(UTC) - timedelta(seconds=45))
+    (runner,) = client.get("/runners", **bearer(viewer)).json()["runners"]
+    assert runner["live"] is True
+
+
+def test_runners_needs_a_user(client):
+    response = client.get("/runners")
+    assert response.status_code == 401 and "detail" in response.json()
 
 
 # Who may call what ---------------------------------------------------------------------
@@ -420,3 +496,33 @@ def test_a_page_far_past_the_end_is_a_400_not_a_busy_database(client, engines, t
     response = client.get(f"/engines/trades/BTCUSDT?page={page}", **token)
     assert response.status_code == 400
     assert "page must be >= 1 (at most 1000000)" in response.json()["detail"]
+
+
+def api_operations() -> list[tuple[str, str]]:
+    """Every (method, path) the API serves, from its OpenAPI schema, with a symbol filled in."""
+    from engines_app.api import api
+
+    schema = api.get_openapi_schema()
+    return [
+        (method.upper(), path.replace("{symbol}", "BTCUSDT"))
+        for path, operations in schema["paths"].items()
+        for method in operations
+    ]
+
+
+@pytest.mark.parametrize(("method", "path"), api_operations())
+def test_every_method_on_every_path_without_credentials_is_a_json_401(engines, method, path):
+    client = Client(enforce_csrf_checks=True)  # as a real client: CSRF is checked
+    response = client.generic(method, path)
+    assert response.status_code == 401, response.content
+    assert response.json()["detail"]
+    assert not EngineCommand.objects.exists()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_an_unsafe_method_without_credentials_is_never_a_csrf_403(engines, method):
+    client = Client(enforce_csrf_checks=True)
+    for path in ("/engines/status", "/engines/stop/BTCUSDT"):
+        response = client.generic(method, path)
+        assert response.status_code in (401, 405), (path, response.content)
+        assert "CSRF" not in response.json()["detail"]

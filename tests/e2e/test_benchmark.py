@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 
 from benchmarks import Section, run_section, verdict
 from benchmarks.report import number
+from engines_app.testing import Installation
 
 ENGINES = 20
 FIGURES = [
@@ -64,6 +65,59 @@ def test_tiny_run_prints_every_figure_beside_a_baseline(project):
     saves = rows["DB write transactions/s (counted by SQLite)"]
     assert saves["baseline"] == ENGINES
     assert saves["value"] > 0
+
+
+# A small fleet, fast leases: takeover within seconds, so CI can afford it.
+FLEET_LEASE = 3.0
+FLEET_ENV = {
+    "LEVIPANEL_LEASE": f"{FLEET_LEASE:g}",
+    "LEVIPANEL_FLUSH_INTERVAL": "0.5",
+    "LEVIPANEL_POLL_INTERVAL": "0.25",
+}
+
+
+@pytest.mark.postgres
+def test_a_small_fleet_on_postgresql_is_measured(postgres_url, tmp_path):
+    out = tmp_path / "fleet.json"
+    env = FLEET_ENV | {"DATABASE_URL": postgres_url}  # the server to make its database on
+    with Installation(tmp_path / "data", env) as installation:
+        args = ["--engines", "200", "--seconds", "2", "--only", "fleet", "--json", str(out)]
+        done = installation.manage("benchmark", *args, check=False, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "error:" not in done.stdout and "skipped:" not in done.stdout, done.stdout
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+
+    def figure(start: str) -> dict:
+        found = [row for name, row in rows.items() if name.startswith(start)]
+        assert len(found) == 1, f"{start!r} not in {sorted(rows)}"
+        assert is_number(found[0]["value"]), found[0]
+        return found[0]
+
+    xids = figure("write transactions/s, 200 engines over 2 runners (PostgreSQL xids)")
+    counted = figure("write transactions/s (runners' own counters")
+    assert xids["baseline"] == counted["baseline"] == 20  # 200 engines / 10 s cycle
+    # Two runners flushing twice a second: 4 a second, seen by the database too (which
+    # also counts whatever else writes to the server meanwhile).
+    assert 2 <= counted["value"] <= 8, counted
+    assert xids["value"] >= counted["value"] - 1, (xids, counted)
+    takeover = figure("takeover after kill -9 of one runner (100 engines)")
+    assert takeover["baseline"] == FLEET_LEASE
+    assert 0 < takeover["value"] < FLEET_LEASE + 5, takeover
+    for start in ("event-loop lag p99, worst of 2", "event-loop lag p99, median of 2"):
+        lag = figure(start)
+        assert 0 <= lag["value"] < 1000 and is_number(lag["baseline"]), lag
+    assert is_number(figure("write transactions/s of the rest of the server")["value"])
+
+
+def engines_given(*, engines: int) -> list[dict]:
+    return [{"name": "engines", "value": engines}]
+
+
+def test_a_section_runs_its_own_engine_count_unless_one_is_given():
+    section = Section("probe", f"{__name__}:engines_given", engines=10_000)
+    assert run_section(section, engines=None).rows[0]["value"] == 10_000
+    assert run_section(section, engines=200).rows[0]["value"] == 200
+    assert run_section(Section("probe", f"{__name__}:engines_given")).rows[0]["value"] == 1000
 
 
 def test_a_missing_section_is_skipped_with_its_reason():

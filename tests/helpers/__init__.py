@@ -7,6 +7,7 @@ benchmarks use it too. Fixtures live in ``tests/conftest.py``.
 """
 
 from .clocks import DAY, T0, FakeClock, ShiftedClock
+from .fuzzing import fuzz_examples, fuzz_settings
 from .ledger import check_ledger, ledger_problems
 from .proxy import TcpProxy
 from .rows import bearer, book_rows, engine_row, heartbeat, hold, make_user, query, samples
@@ -36,6 +37,8 @@ __all__ = [
     "eventually",
     "eventually_sync",
     "fast_settings",
+    "fuzz_examples",
+    "fuzz_settings",
     "heartbeat",
     "hold",
     "ledger_problems",

@@ -99,3 +99,35 @@ async def test_a_halt_holds_across_a_runner_restart_until_the_next_day(tmp_path)
             await eventually(lambda: runner.manager.engine_of("BTCUSDT") is not held)
     finally:
         engines_written.disconnect(record)
+
+
+async def test_an_operators_restart_after_a_halt_holds_when_the_runner_restarts_that_day(tmp_path):
+    await db(services.engine_add, symbol="BTCUSDT", config=LOSING)
+    clock = ShiftedClock()
+    settings = fast_settings(tmp_path / "logs", symbols=[])
+    async with running(Runner(settings=settings, clock=clock)):
+        await eventually(lambda: _status("BTCUSDT", "halted"))
+        await eventually(lambda: _trades("BTCUSDT", 2))  # closed at market: -6 today
+        # The operator looks, sets a calmer feed and restarts it: today's 6 no longer count.
+        calm = LOSING | {"feed_options": {"prices": [95], "loop": True}}
+        await db(services.engine_configure, symbol="BTCUSDT", config=calm)
+        await db(services.engine_restart, symbol="BTCUSDT", source="test")
+        await eventually(lambda: _status("BTCUSDT", "running"))
+
+    for _ in range(2):  # a deploy, then another, the same UTC day
+        engine = await _three_cycles(Runner(settings=settings, clock=clock))
+        assert engine.state.daily_pnl == -6.0  # the loss stays today's; the limit ignores it
+        status, reason, daily, total, trades = await row("BTCUSDT")
+        assert (status, daily, total, trades) == ("stopped", -6.0, -6.0, 2)  # never halted
+
+
+async def _three_cycles(runner: Runner):
+    """Run ``runner`` until BTCUSDT has done three cycles (three prices), running; its engine."""
+
+    def cycles() -> int:
+        engine = runner.manager.engine_of("BTCUSDT")
+        return engine.cycles if engine and runner.manager.is_alive("BTCUSDT") else 0
+
+    async with running(runner):
+        await eventually(lambda: cycles() >= 3, message="it did not keep running")
+        return runner.manager.engine_of("BTCUSDT")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engines_app.runtime.broker import BUY, SELL, Book, execute, replay, utc_day
@@ -93,6 +95,23 @@ def test_daily_pnl_counts_today_only_and_the_roll_is_idempotent():
     fill(book, BUY, 1, 100.0, at=T0 + DAY + 30)
     book.mark = 98.0
     assert book.daily_pnl() == pytest.approx(-2.0)  # the open position counts today
+
+
+def test_the_days_pnl_add_up_to_the_total_with_positions_held_over_midnight():
+    rng = random.Random(3)
+    book, days, price, held_over = Book(), {}, 100.0, 0
+    for hour in range(7 * 24):  # a week of hourly prices, trading at a third of them
+        at = T0 + hour * 3600 + 1
+        price *= 1 + rng.uniform(-0.02, 0.02)
+        held_over += book.roll_day(utc_day(at)) and book.qty != 0
+        book.mark = price
+        if rng.random() < 0.3:
+            fill(
+                book, rng.choice((BUY, SELL)), rng.choice((0.5, 1, 2)), price, at=at, fee_rate=0.001
+            )
+        days[utc_day(at)] = book.daily_pnl()  # the day's figure so far
+    assert len(days) == 7 and held_over >= 3
+    assert sum(days.values()) == pytest.approx(book.total_pnl(), abs=1e-9)
 
 
 def test_replaying_the_fills_rebuilds_the_same_book():

@@ -78,6 +78,55 @@ def test_open_losses_count_toward_the_daily_limit():
     assert trades(recorder) == [("buy", 1, 101)]
 
 
+class Long:
+    """A strategy that wants one long unit whatever the price: it holds over midnight."""
+
+    def signal(self, price: float) -> int:
+        return 1
+
+
+def holding_engine(**options):
+    engine, recorder, clock = ticking_engine(strategy="sma_cross", **options)
+    engine.strategy = Long()
+    return engine, recorder, clock
+
+
+def test_a_loss_held_over_midnight_counts_only_the_new_days_move_toward_the_limit():
+    engine, recorder, clock = holding_engine(daily_loss_limit=5, fee_rate=0.001)
+    feed(engine, [100, 96])  # long at 100 (fee 0.1), marked at 96: -4.1 today
+    day_one = engine.state.daily_pnl
+    assert day_one == pytest.approx(-4.1)
+
+    clock.now = T0 + DAY + 1  # 00:00:01 the next day, the position still open
+    feed(engine, [95])  # from 96 at midnight: -1 today, though -5 since the entry
+    assert engine.state.daily_pnl == pytest.approx(-1.0)
+    with pytest.raises(RiskHalt, match=r"lost 6\.00 today \(limit 5\)"):
+        feed(engine, [90])  # 6 below the day's start: the new day's loss alone
+    assert trades(recorder) == [("buy", 1, 100)]
+    assert day_one + engine.state.daily_pnl == pytest.approx(engine.state.total_pnl)
+
+
+def test_a_gain_held_over_midnight_starts_the_new_day_at_zero():
+    engine, recorder, clock = holding_engine(daily_loss_limit=5, fee_rate=0.001)
+    feed(engine, [100, 110])  # long at 100, fee 0.1: +9.9 today
+    day_one = engine.state.daily_pnl
+
+    clock.now = T0 + DAY + 1
+    assert engine.roll_day(clock.now)  # the scheduled reset, before any price
+    assert engine.state.daily_pnl == 0.0
+    feed(engine, [108])  # 2 below midnight's 110: -2 today, still +8 since the entry
+    assert engine.state.daily_pnl == pytest.approx(-2.0)
+    engine.close_position("test")  # at 108, fee 0.108
+    day_two = engine.state.daily_pnl
+    assert day_two == pytest.approx(-2.108)
+    assert recorder.fills[-1].realized_pnl == pytest.approx(8.0)  # the trade's own, from entry
+
+    total = engine.state.total_pnl
+    assert total == pytest.approx(7.792)
+    assert day_one + day_two == pytest.approx(total)
+    assert engine.roll_day(T0 + 2 * DAY) and engine.state.daily_pnl == 0.0
+
+
 def test_stop_entries_keeps_managing_the_open_position_but_opens_nothing():
     engine, recorder, _ = ticking_engine(stop_entries=True)
     engine.state.book.qty, engine.state.book.avg_price = 1.0, 100.0  # a position from before

@@ -16,7 +16,7 @@ from engines_app.jobs.schedules import DAILY_RESET_NAME
 from engines_app.models import Engine, EngineCommand, EngineError, Trade
 from engines_app.runner import store
 from engines_app.runtime.broker import BUY, SELL, replay, utc_day
-from engines_app.runtime.events import ErrorRaised
+from engines_app.runtime.events import BookChanged, ErrorRaised
 from engines_app.selectors import engines as selectors
 from engines_app.selectors import trading as selectors_trading
 from engines_app.services import engines as services
@@ -83,14 +83,47 @@ def test_the_book_rebuilt_from_trade_rows_equals_a_replay_of_every_fill():
         "closes",
         "mark",
         "day",
-        "day_realized",
-        "day_fees",
+        "day_start",
     ):
         assert getattr(rebuilt[engine.id], name) == pytest.approx(getattr(replayed, name)), name
         assert getattr(rebuilt[engine.id], name) == pytest.approx(getattr(live, name)), name
     status, state = store.load_states(["BTCUSDT", "ETHUSDT"], now)["BTCUSDT"]
     assert (state.position, state.trade_count) == (-1.0, 4)
     assert state.daily_pnl == pytest.approx(live.daily_pnl())
+
+
+def test_the_days_start_and_an_operators_lift_are_stored_with_the_book_and_loaded_back():
+    engine = Engine.objects.create(symbol="BTCUSDT")
+    book, rows = book_rows(engine, STEPS[:1])  # long 2 at 100 on T0's day, fee 0.2
+    book.mark = 95.0
+    book.loss_base = book.daily_pnl()  # -10.2: an operator restarted it after a halt
+    lifted = BookChanged(
+        "BTCUSDT",
+        T0 + 30,
+        None,
+        book.qty,
+        book.daily_pnl(),
+        book.total_pnl(),
+        book.trade_count,
+        book.day,
+        book.day_start,
+        book.loss_base,
+    )
+    write([*rows, store.BookRow(engine.id, lifted)])
+    engine.refresh_from_db()
+    assert (engine.pnl_day, engine.day_start_pnl, engine.loss_base) == (
+        datetime(2026, 1, 1).date(),
+        0.0,
+        pytest.approx(-10.2),
+    )
+
+    _, state = store.load_states(["BTCUSDT"], T0 + 60)["BTCUSDT"]  # the same day
+    assert (state.book.day_start, state.book.loss_base) == (0.0, pytest.approx(-10.2))
+
+    _, state = store.load_states(["BTCUSDT"], T0 + DAY + 60)["BTCUSDT"]  # the next day
+    # It starts from the last total stored (marked at 95), the lift is forgotten.
+    assert state.book.day_start == pytest.approx(-10.2) and state.book.loss_base == 0.0
+    assert state.book.day == utc_day(T0 + DAY)
 
 
 def test_migrate_creates_the_daily_reset_schedule_at_midnight_utc():

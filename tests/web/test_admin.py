@@ -3,7 +3,9 @@ every change recorded as a command, runner-owned fields never written back."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import logging
+import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -11,6 +13,7 @@ from django.contrib.messages import get_messages
 from django.test import Client
 
 from engines_app.models import ApiToken, Engine, EngineCommand, EngineError, EngineRestart
+from tests.helpers import heartbeat, hold
 
 pytestmark = pytest.mark.django_db
 
@@ -112,6 +115,59 @@ def test_filter_by_status_and_search_by_symbol(engines, operator):
     assert list(crashed.context["cl"].result_list) == [engines["ETHUSDT"]]
     found = client.get(CHANGELIST, {"q": "sol"})
     assert list(found.context["cl"].result_list) == [engines["SOLUSDT"]]
+
+
+@pytest.fixture
+def silent_runner(engines):
+    """runner-a holds BTCUSDT; runner-b, silent for a minute, held ETHUSDT until its lease
+    ran out (its row still says crashed)."""
+    heartbeat("runner-a", host="host-1", pid=11, held=1, engines=1)
+    heartbeat("runner-b", last_seen=datetime.now(UTC) - timedelta(seconds=60))
+    hold([engines["BTCUSDT"]], "runner-a")
+    hold([engines["ETHUSDT"]], "runner-b", seconds=-45)
+
+
+def test_the_list_shows_the_runner_and_the_truthful_status(engines, operator, silent_runner):
+    response = as_user(operator).get(CHANGELIST)
+    rows = {engine.symbol: engine for engine in response.context["cl"].result_list}
+    admin = response.context["cl"].model_admin
+    shown = {symbol: admin.shown_status(engine) for symbol, engine in rows.items()}
+    assert shown == {
+        "BTCUSDT": "Running",
+        "ETHUSDT": "Unknown",
+        "SOLUSDT": "Failed (needs an operator)",
+        "XRPUSDT": "Stopped",
+    }
+    assert admin.runner(rows["BTCUSDT"]) == "runner-a"
+    assert admin.runner(rows["ETHUSDT"]).startswith("none (was runner-b, last seen 1 min ")
+    assert admin.runner(rows["XRPUSDT"]) == "-"
+    page = response.content.decode()
+    assert "Runner" in page and "runner-a" in page and "Unknown" in page
+
+
+@pytest.mark.parametrize(
+    ("status", "symbols"),
+    [("unknown", ["ETHUSDT"]), ("running", ["BTCUSDT"]), ("crashed", []), ("failed", ["SOLUSDT"])],
+)
+def test_filter_by_the_status_shown(engines, operator, silent_runner, status, symbols):
+    response = as_user(operator).get(CHANGELIST, {"status": status})
+    assert [engine.symbol for engine in response.context["cl"].result_list] == symbols
+
+
+def test_runners_page_lists_each_runner_and_whether_it_is_live(
+    engines, silent_runner, django_user_model
+):
+    client = as_user(django_user_model.objects.create_superuser("root"))
+    response = client.get("/admin/engines_app/runnerheartbeat/")
+    assert response.status_code == 200
+    admin = response.context["cl"].model_admin
+    live = {runner.name: admin.live(runner) for runner in response.context["cl"].result_list}
+    assert live == {"runner-a": True, "runner-b": False}
+    page = response.content.decode()
+    for column in ("Host", "Pid", "Held", "Engines", "Started at", "Last seen", "Stopped at"):
+        assert column in page
+    assert "host-1" in page
+    assert client.get("/admin/engines_app/runnerheartbeat/add/").status_code == 403
 
 
 # Actions -------------------------------------------------------------------------------
@@ -367,19 +423,42 @@ def test_logs_are_read_only(engines, django_user_model, model):
 def test_a_token_is_shown_once_and_works_for_its_user(engines, operator, django_user_model):
     operator.user_permissions.add(*Permission.objects.filter(codename__contains="apitoken"))
     other = django_user_model.objects.create_superuser("root")
-    response = as_user(operator).post(
-        "/admin/engines_app/apitoken/add/", {"name": "deploy", "user": other.pk}, follow=True
-    )
-    [message] = [m for m in messages_of(response) if "Bearer" in m]
-    key = message.split("Bearer ")[1].rstrip("'.")
+    client = as_user(operator)
+    response = client.post("/admin/engines_app/apitoken/add/", {"name": "deploy", "user": other.pk})
+    key = shown_key(response)
     token = ApiToken.objects.get()
     assert token.user == operator  # not the superuser: only a superuser mints for others
     assert key.startswith(token.key_prefix) and key not in token.key_hash
     api = Client().post("/engines/stop/BTCUSDT", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert api.status_code == 202
     assert commands() == [("BTCUSDT", "stop", "api", "operator")]
-    listing = as_user(operator).get("/admin/engines_app/apitoken/")
+    listing = client.get("/admin/engines_app/apitoken/")
     assert key not in listing.content.decode()
+
+
+def shown_key(response) -> str:
+    """The key on the page that created a token."""
+    assert response.status_code == 200
+    found = re.search(r'value="(lvp_[A-Za-z0-9_-]{43})"', response.content.decode())
+    assert found, "the key is not on the page"
+    return found.group(1)
+
+
+def test_a_new_key_is_in_no_cookie_message_or_log(engines, django_user_model, caplog):
+    caplog.set_level(logging.DEBUG)
+    root = django_user_model.objects.create_superuser("root")
+    client = as_user(root)
+    response = client.post("/admin/engines_app/apitoken/add/", {"name": "grafana", "user": root.pk})
+    key = shown_key(response)
+    assert "Copy the key now" in response.content.decode()
+    assert "no-store" in response["Cache-Control"]  # not kept by a browser's cache either
+    assert key not in response.cookies.output()  # no Set-Cookie carries it
+    assert key not in client.cookies.output()
+    assert all(key not in str(value) for value in client.session.values())
+    assert all(key not in str(m) for m in get_messages(response.wsgi_request))
+    after = client.get("/admin/engines_app/apitoken/")  # the next page: messages shown here
+    assert key not in after.content.decode()
+    assert key not in caplog.text
 
 
 def test_an_engine_deleted_under_an_action_is_reported_not_a_500(engines, operator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
@@ -12,14 +13,20 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
+from django.utils import timezone
 
 from engines_app.models import Engine, EngineCommand
 from engines_app.runner import store
+from engines_app.web import consumers
+from engines_app.web.consumers import DashboardConsumer
 from levipanel.asgi import application
+from tests.helpers import FakeClock, heartbeat, hold
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ORIGIN = (b"origin", b"http://127.0.0.1")
+# A page served at http://127.0.0.1:8000 opens its websocket with these two headers.
+HOST = (b"host", b"127.0.0.1:8000")
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
@@ -29,9 +36,18 @@ def session_cookie(user) -> tuple[bytes, bytes]:
     return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
 
 
+@pytest.fixture(autouse=True)
+def fresh_connect_buckets(monkeypatch) -> None:
+    """Each test starts with full per-user connection buckets (user ids repeat)."""
+    monkeypatch.setattr(consumers, "_connects", {})
+
+
 @pytest.fixture
 def engines() -> list[Engine]:
-    return [Engine.objects.create(symbol=s, status=Engine.Status.RUNNING) for s in SYMBOLS]
+    """Three running engines a live runner holds."""
+    engines = [Engine.objects.create(symbol=s, status=Engine.Status.RUNNING) for s in SYMBOLS]
+    hold(engines)
+    return engines
 
 
 @pytest.fixture
@@ -49,7 +65,7 @@ def operator() -> tuple[bytes, bytes]:
 
 
 async def connect(*headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(application, "/ws/engines/", headers=list(headers))
+    communicator = WebsocketCommunicator(application, "/ws/engines/", headers=[HOST, *headers])
     connected, _ = await communicator.connect(timeout=5)
     assert connected
     return communicator
@@ -123,22 +139,61 @@ async def test_changes_are_numbered_without_gaps(engines, viewer):
 
 
 async def test_anonymous_is_refused(engines):
-    communicator = WebsocketCommunicator(application, "/ws/engines/", headers=[ORIGIN])
+    communicator = WebsocketCommunicator(application, "/ws/engines/", headers=[HOST, ORIGIN])
     connected, code = await communicator.connect(timeout=5)
     assert not connected and code == 4403
 
 
-async def test_bad_origin_is_refused(engines, viewer):
-    headers = [(b"origin", b"http://evil.example"), viewer]
-    communicator = WebsocketCommunicator(application, "/ws/engines/", headers=headers)
+async def handshake(*headers: tuple[bytes, bytes]) -> bool:
+    """Whether a handshake with exactly these headers is accepted."""
+    communicator = WebsocketCommunicator(application, "/ws/engines/", headers=list(headers))
     connected, _ = await communicator.connect(timeout=5)
-    assert not connected
+    await communicator.disconnect()
+    return connected
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"http://127.0.0.1:9999",
+        b"https://127.0.0.1:8000",
+        b"http://127.0.0.1",
+        b"http://localhost:8000",
+        b"http://evil.example",
+        b"null",
+        b"",
+    ],
+    ids=["other-port", "other-scheme", "default-port", "other-host", "other-site", "null", "empty"],
+)
+async def test_an_origin_other_than_the_panels_own_is_refused(engines, viewer, origin):
+    assert not await handshake(HOST, (b"origin", origin), viewer)
 
 
 async def test_missing_origin_is_refused(engines, viewer):
-    communicator = WebsocketCommunicator(application, "/ws/engines/", headers=[viewer])
-    connected, _ = await communicator.connect(timeout=5)
-    assert not connected
+    assert not await handshake(HOST, viewer)
+
+
+async def test_the_exact_own_origin_is_accepted(engines, viewer):
+    assert await handshake(HOST, ORIGIN, viewer)
+
+
+async def test_a_host_outside_allowed_hosts_is_refused_even_with_its_own_origin(engines, viewer):
+    host, origin = (b"host", b"evil.example:8000"), (b"origin", b"http://evil.example:8000")
+    assert not await handshake(host, origin, viewer)
+
+
+async def test_an_origin_in_csrf_trusted_origins_is_accepted(engines, viewer, settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://panel.example.com", "https://*.ops.example"]
+    assert await handshake(HOST, (b"origin", b"https://panel.example.com"), viewer)
+    assert await handshake(HOST, (b"origin", b"https://a.ops.example"), viewer)
+    assert not await handshake(HOST, (b"origin", b"http://panel.example.com"), viewer)
+
+
+async def test_behind_a_tls_proxy_the_https_origin_is_its_own(engines, viewer, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    proto = (b"x-forwarded-proto", b"https")
+    assert await handshake(HOST, (b"origin", b"https://127.0.0.1:8000"), proto, viewer)
+    assert not await handshake(HOST, ORIGIN, proto, viewer)
 
 
 @pytest.mark.parametrize(
@@ -289,3 +344,139 @@ async def test_one_broadcaster_query_serves_every_dashboard(engines, viewer):
     await first.disconnect()
     await second.disconnect()
     assert broadcaster().subscribers == 0
+
+
+async def test_an_open_dashboard_shows_unknown_soon_after_the_lease_runs_out(engines, viewer):
+    """The runner was killed: its rows never change again, yet the page turns them unknown
+    within about a second of the lease running out, not ``running`` for ever."""
+    communicator = await connect(ORIGIN, viewer)
+    await receive(communicator, "snapshot")
+    await database_sync_to_async(hold)(engines[:1], "runner-a", 0.5)
+    expires = time.monotonic() + 0.5
+    changes = await receive_row(communicator, "BTCUSDT", status="unknown", runner=None)
+    assert time.monotonic() - expires < 1.5
+    assert [row["symbol"] for row in changes["engines"]] == ["BTCUSDT"]  # the others hold
+    await communicator.disconnect()
+
+
+async def test_an_open_dashboard_sees_a_runner_join_and_go_silent(engines, viewer):
+    communicator = await connect(ORIGIN, viewer)
+    assert (await receive(communicator, "snapshot"))["runners"] == []
+    await database_sync_to_async(heartbeat)("runner-b", host="host-2", pid=22, held=2)
+    joined = await receive_runners(communicator)
+    assert [(r["name"], r["host"], r["held"], r["live"]) for r in joined] == [
+        ("runner-b", "host-2", 2, True)
+    ]
+    gone = timezone.now() - timedelta(seconds=60)
+    await database_sync_to_async(heartbeat)("runner-b", last_seen=gone)
+    silent = await receive_runners(communicator)
+    assert [(r["name"], r["live"]) for r in silent] == [("runner-b", False)]
+    assert silent[0]["last_seen"] == round(gone.timestamp(), 3)
+    await communicator.disconnect()
+
+
+async def receive_runners(communicator: WebsocketCommunicator) -> list[dict]:
+    """The runners of the next changes frame that brings them."""
+    while (frame := await receive(communicator, "changes"))["runners"] is None:
+        pass
+    return frame["runners"]
+
+
+@pytest.fixture
+def frozen(monkeypatch) -> FakeClock:
+    """The consumers' throttle clock, standing still until the test moves it."""
+    clock = FakeClock()
+    monkeypatch.setattr(DashboardConsumer, "clock", staticmethod(clock))
+    return clock
+
+
+async def send_pings(communicator: WebsocketCommunicator, count: int) -> None:
+    for _ in range(count):
+        await communicator.send_json_to({"type": "ping"})
+
+
+async def reply(communicator: WebsocketCommunicator) -> dict:
+    """The next frame that answers one of ours (pushed changes skipped)."""
+    while (frame := await communicator.receive_json_from(timeout=5))["type"] == "changes":
+        pass
+    return frame
+
+
+async def test_frames_past_the_bucket_get_an_error_and_the_connection_stays_up(
+    engines, viewer, frozen
+):
+    communicator = await connect(ORIGIN, viewer)
+    await receive(communicator, "snapshot")
+    await send_pings(communicator, int(consumers.FRAME_BURST) + 1)
+    for _ in range(int(consumers.FRAME_BURST)):
+        assert (await reply(communicator))["type"] == "pong"
+    refused = await reply(communicator)
+    assert refused["type"] == "error" and "too many frames" in refused["message"]
+    frozen.now += 1.0  # a second refills FRAME_RATE tokens
+    await send_pings(communicator, 1)
+    assert (await reply(communicator))["type"] == "pong"
+    await communicator.disconnect()
+
+
+async def test_a_snapshot_counts_as_several_frames(engines, viewer, frozen):
+    communicator = await connect(ORIGIN, viewer)
+    await receive(communicator, "snapshot")
+    allowed = int(consumers.FRAME_BURST // consumers.SNAPSHOT_COST)
+    for _ in range(allowed + 1):
+        await communicator.send_json_to({"type": "snapshot"})
+    for _ in range(allowed):
+        assert (await reply(communicator))["type"] == "snapshot"
+    assert (await reply(communicator))["type"] == "error"
+    await communicator.disconnect()
+
+
+async def test_a_connection_that_keeps_flooding_is_closed_with_4429(engines, viewer, frozen):
+    communicator = await connect(ORIGIN, viewer)
+    await receive(communicator, "snapshot")
+    burst, patience = int(consumers.FRAME_BURST), int(consumers.PATIENCE)
+    await send_pings(communicator, burst + patience + 5)
+    kinds = [(await reply(communicator))["type"] for _ in range(burst + patience)]
+    assert kinds == ["pong"] * burst + ["error"] * patience
+    closed = await communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": consumers.FLOODING}
+    assert await communicator.receive_nothing(timeout=0.1)  # nothing after the close
+
+
+class UnreadConnection:
+    """A daphne connection whose client has read nothing of what it was sent."""
+
+    def backlog(self) -> int:
+        return consumers.MAX_BACKLOG + 1
+
+    def unread_frames(self) -> int:
+        return 0
+
+    def stop_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_a_client_that_does_not_read_is_closed_with_4408(engines, viewer, monkeypatch):
+    # Under daphne the backlog is the transport's write buffer; here one that is always full.
+    monkeypatch.setattr(consumers, "daphne_connection", lambda send: UnreadConnection())
+    communicator = await connect(ORIGIN, viewer)
+    closed = await communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": consumers.NOT_READING}
+
+
+async def test_a_user_reconnecting_too_often_is_closed_with_4429_before_any_snapshot(
+    engines, viewer, frozen
+):
+    for _ in range(int(consumers.CONNECT_BURST)):
+        communicator = await connect(ORIGIN, viewer)
+        await receive(communicator, "snapshot")
+        await communicator.disconnect()
+    communicator = await connect(ORIGIN, viewer)
+    closed = await communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": consumers.FLOODING}
+    frozen.now += 1 / consumers.CONNECT_RATE  # one more connection later on
+    communicator = await connect(ORIGIN, viewer)
+    await receive(communicator, "snapshot")
+    await communicator.disconnect()

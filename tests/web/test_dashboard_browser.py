@@ -129,6 +129,28 @@ def test_command_shows_pending_until_the_runner_acknowledges_it(page: Page, pane
     expect(btc.locator(".badge")).to_have_text("running")
 
 
+def test_a_killed_runner_shows_its_engines_unknown_without_a_reload(page: Page, tmp_path):
+    """kill -9: the runner writes nothing more, yet within about a second of its lease
+    running out the page says unknown, not running, and lists the runner as silent."""
+    env = {**PANEL_ENV, "LEVIPANEL_LEASE": "1.5", "LEVIPANEL_RUNNER_NAME": "runner-k"}
+    with Installation(tmp_path / "data", env) as panel:
+        panel.start_panel()
+        log_in(page, panel)
+        expect(counter(page, "running")).to_have_text("3")
+        btc = row(page, "BTCUSDT").locator('[data-field="runner"]')
+        expect(btc).to_have_text("runner-k")
+        runner = page.locator('tr[data-runner="runner-k"]')
+        expect(runner.locator('[data-field="state"]')).to_have_text("live")
+        expect(runner.locator('[data-field="last_seen"]')).to_have_text("now")
+        panel.processes[1].kill()
+        expect(counter(page, "unknown")).to_have_text("3")
+        expect(counter(page, "running")).to_have_text("0")
+        expect(page.locator("tr[data-symbol] .badge.unknown")).to_have_count(3)
+        expect(btc).to_contain_text("none (runner last seen")
+        expect(runner.locator('[data-field="state"]')).to_have_text("silent")
+        expect(runner.locator('[data-field="last_seen"]')).to_contain_text("ago")
+
+
 RECORD_SOCKETS = """
 window.__sockets = [];
 window.WebSocket = class extends window.WebSocket {

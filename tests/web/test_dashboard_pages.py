@@ -7,24 +7,30 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
+from django.utils import timezone
 
 from engines_app.models import Engine, EngineError, EnginePnlSample, EngineRestart
 from engines_app.services import engines as services
 from engines_app.web.broadcaster import Broadcaster
+from tests.helpers import heartbeat, hold
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def engines() -> list[Engine]:
-    return [
+    """Three engines a live runner holds."""
+    engines = [
         Engine.objects.create(symbol="BTCUSDT", status="running", total_pnl=12.5, daily_pnl=2.0),
         Engine.objects.create(symbol="ETHUSDT", status="crashed", last_error="boom"),
         Engine.objects.create(symbol="SOLUSDT", status="stopped", desired_state="stopped"),
     ]
+    hold(engines)
+    return engines
 
 
 def client_for(*, control: bool = False) -> Client:
@@ -67,6 +73,41 @@ def test_dashboard_renders_the_snapshot(engines):
     assert [counts[s] for s in ("total", "running", "crashed", "stopped")] == [3, 1, 1, 1]
     assert counts["backoff"] == counts["failed"] == 0
     assert b"canControl: false" in response.content
+    assert counts["unknown"] == 0 and b'data-count="unknown"' in response.content
+    assert {row["runner"] for row in snapshot["engines"]} == {"runner-a"}
+
+
+def snapshot_of(response) -> dict:
+    return json.loads(
+        response.content.decode()
+        .split('<script id="snapshot" type="application/json">')[1]
+        .split("</script>")[0]
+    )
+
+
+def test_dashboard_counts_engines_of_a_silent_runner_as_unknown_and_lists_runners(engines):
+    seen = timezone.now() - timedelta(seconds=30)
+    heartbeat("runner-a", host="host-1", pid=11, held=3, engines=2, last_seen=seen)
+    heartbeat("runner-b", host="host-2", pid=22, held=0)
+    hold(engines, "runner-a", seconds=-15)
+    response = client_for().get("/")
+    snapshot = snapshot_of(response)
+    counts = snapshot["counts"]
+    assert (counts["running"], counts["crashed"], counts["unknown"], counts["stopped"]) == (
+        0,
+        0,
+        2,
+        1,
+    )
+    btc = snapshot["engines"][0]
+    assert (btc["status"], btc["runner"], btc["started_at"]) == ("unknown", None, None)
+    assert btc["runner_last_seen"] == round(seen.timestamp(), 3)
+    runners = {r["name"]: r for r in snapshot["runners"]}
+    assert (runners["runner-a"]["live"], runners["runner-b"]["live"]) == (False, True)
+    assert (runners["runner-a"]["host"], runners["runner-a"]["pid"]) == ("host-1", 11)
+    assert (runners["runner-a"]["held"], runners["runner-a"]["engines"]) == (3, 2)
+    page = response.content.decode()
+    assert 'id="runners"' in page and "<th>Runner</th>" in page
 
 
 def test_dashboard_offers_control_to_the_permission_only(engines):
@@ -121,6 +162,15 @@ def test_engine_page_shows_history_log_and_pnl_chart(engines, settings, tmp_path
     assert ys[0] == max(ys) and ys[-1] == min(ys)  # -4 lowest on screen, 12.5 highest
 
 
+def test_engine_page_shows_its_runner_and_the_truthful_status(engines):
+    client = client_for()
+    page = client.get("/engine/BTCUSDT/").content.decode()
+    assert '<span class="badge running"' in page and '<b id="runner">runner-a</b>' in page
+    hold(engines[:1], "runner-a", seconds=-1)  # the runner died a second ago
+    page = client.get("/engine/BTCUSDT/").content.decode()
+    assert '<span class="badge unknown"' in page and '<b id="runner">none</b>' in page
+
+
 def test_broadcaster_sends_each_version_once_and_removals(engines):
     broadcaster = Broadcaster(layer=None, interval=0.2)
     first = broadcaster.changes()
@@ -134,3 +184,33 @@ def test_broadcaster_sends_each_version_once_and_removals(engines):
     services.engine_remove(symbol="SOLUSDT")
     removed = broadcaster.changes()
     assert removed["removed"] == ["SOLUSDT"] and removed["engines"] == []
+
+
+def test_broadcaster_sends_an_engine_whose_lease_ran_out_though_nothing_wrote_it(engines):
+    """A killed runner writes nothing more: the broadcaster must notice the expiry itself."""
+    broadcaster = Broadcaster(layer=None, interval=0.2)
+    broadcaster.changes()
+    assert broadcaster.changes() is None
+    with time_machine.travel(timezone.now() + timedelta(seconds=16)):  # past the 15 s lease
+        expired = broadcaster.changes()
+        assert broadcaster.changes() is None  # sent once
+    rows = {row["symbol"]: row for row in expired["engines"]}
+    assert {symbol: row["status"] for symbol, row in rows.items()} == {
+        "BTCUSDT": "unknown",
+        "ETHUSDT": "unknown",  # SOLUSDT is stopped: still true, and not sent again
+    }
+    assert rows["BTCUSDT"]["runner"] is None
+
+
+def test_broadcaster_sends_the_runners_when_one_joins_or_goes_silent(engines):
+    broadcaster = Broadcaster(layer=None, interval=0.2)
+    broadcaster.changes()
+    heartbeat("runner-a", held=3)
+    joined = broadcaster.changes()
+    assert [(r["name"], r["live"], r["held"]) for r in joined["runners"]] == [("runner-a", True, 3)]
+    assert joined["engines"] == []
+    heartbeat("runner-a", held=3)  # a flush: only last_seen moved
+    assert broadcaster.changes() is None
+    with time_machine.travel(timezone.now() + timedelta(seconds=16)):
+        silent = broadcaster.changes()
+    assert [(r["name"], r["live"]) for r in silent["runners"]] == [("runner-a", False)]

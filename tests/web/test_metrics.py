@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from django.test import Client
 
@@ -16,7 +17,8 @@ from engines_app.models import (
     RunnerHeartbeat,
 )
 from engines_app.runtime.cyclestats import CycleHistogram
-from tests.helpers import eventually_sync, samples
+from engines_app.testing import Installation, free_port
+from tests.helpers import eventually_sync, heartbeat, hold, samples
 
 pytestmark = pytest.mark.django_db
 TOKEN = "scrape-me"
@@ -38,7 +40,8 @@ def token(settings):
 
 @pytest.fixture
 def fleet():
-    """Three engines with restarts, errors, fills and PnL; one runner with a histogram."""
+    """Three engines with restarts, errors, fills and PnL; one runner holding them, with a
+    histogram."""
     now = datetime.now(UTC)
     btc = Engine.objects.create(
         symbol="BTCUSDT",
@@ -72,9 +75,11 @@ def fleet():
         name="runner-a",
         started_at=now,
         engines=1,
+        held=3,
         last_seen=now - timedelta(seconds=5),
         cycle_histogram=histogram.snapshot(),
     )
+    hold(Engine.objects.all(), "runner-a")
     Alert.objects.create(key="BTCUSDT", kind="crashed", text="x", created_at=now, outcome="sent")
     Incident.objects.create(opened_at=now, symbols=["BTCUSDT"])
     return btc, eth
@@ -114,6 +119,36 @@ def test_metrics_parse_and_match_the_database(client, token, fleet):
     assert values[(f"{cycles}_sum", runner)] == pytest.approx(3.056)
     assert values[("levipanel_alerts_total", (("kind", "crashed"), ("outcome", "sent")))] == 1
     assert values[("levipanel_incidents_open", ())] == 1
+    assert values[("levipanel_runner_engines", runner)] == 3
+    assert values[("levipanel_engines", (("status", "unknown"),))] == 0
+
+
+def test_engines_of_a_silent_runner_count_as_unknown(client, token, fleet):
+    """Killed -9, the runner left its rows saying running and backoff: not believed."""
+    heartbeat("runner-a", last_seen=datetime.now(UTC) - timedelta(seconds=40))
+    hold(Engine.objects.all(), "runner-a", seconds=-25)
+    values = scrape(client, **token)
+
+    def engines(status: str) -> float:
+        return values[("levipanel_engines", (("status", status),))]
+
+    assert (engines("running"), engines("backoff"), engines("stopped")) == (0, 0, 1)
+    assert engines("unknown") == 2
+    # Its heartbeat age keeps growing, for the alert rules that watch it.
+    assert ("levipanel_engine_heartbeat_age_seconds", (("symbol", "BTCUSDT"),)) in values
+    assert ("levipanel_runner_engines", (("runner", "runner-a"),)) not in values
+
+
+def test_engines_held_per_live_runner(client, token, fleet):
+    heartbeat("runner-b", held=5)
+    heartbeat("runner-c", held=4, stopped_at=datetime.now(UTC))  # stopped on a signal
+    values = scrape(client, **token)
+    held = {
+        labels[0][1]: value
+        for (name, labels), value in values.items()
+        if name == "levipanel_runner_engines"
+    }
+    assert held == {"runner-a": 3, "runner-b": 5}
 
 
 def test_a_degraded_engine_still_shows_its_heartbeat_age(client, token):
@@ -157,6 +192,59 @@ def test_closed_by_default_to_all_but_this_host(client, settings, fleet):
     settings.METRICS_ALLOWED_IPS = None
     scrape(client)  # the test client is 127.0.0.1
     assert client.get("/metrics", REMOTE_ADDR="198.51.100.1").status_code == 403
+
+
+@pytest.fixture
+def internal(settings):
+    """Scrapers on 10.0.0.0/8 only, no token: the address decides."""
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
+    settings.TRUSTED_PROXIES = []
+    return settings
+
+
+def test_forwarded_headers_from_an_untrusted_peer_are_not_believed(client, internal, fleet):
+    for header in ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP"):
+        forged = client.get("/metrics", REMOTE_ADDR="203.0.113.9", **{header: "10.1.2.3"})
+        assert forged.status_code == 403  # judged by the peer, 203.0.113.9
+    scrape(client, REMOTE_ADDR="10.1.2.3", HTTP_X_FORWARDED_FOR="203.0.113.9")
+
+
+def test_a_peer_rewritten_from_the_forwarded_header_is_not_believed(client, internal, fleet):
+    """daphne --proxy-headers puts the header's address in REMOTE_ADDR: a client that names
+    an allowed address in X-Forwarded-For must not become it."""
+    forged = client.get("/metrics", REMOTE_ADDR="10.1.2.3", HTTP_X_FORWARDED_FOR="10.1.2.3")
+    assert forged.status_code == 403
+
+
+def test_a_trusted_proxy_forwards_the_rightmost_untrusted_address(client, internal, fleet):
+    internal.TRUSTED_PROXIES = ["127.0.0.1", "172.16.0.0/12"]
+    via = {"REMOTE_ADDR": "127.0.0.1"}
+    scrape(client, **via, HTTP_X_FORWARDED_FOR="10.1.2.3")
+    scrape(client, **via, HTTP_X_FORWARDED_FOR="203.0.113.5, 10.1.2.3, 172.16.0.9")
+    # Entries left of the client's are whatever the client sent: not believed.
+    for chain in ("10.1.2.3, 203.0.113.5", "10.1.2.3, not-an-address", ""):
+        refused = client.get("/metrics", **via, HTTP_X_FORWARDED_FOR=chain)
+        assert refused.status_code == 403, chain
+
+
+def test_behind_a_local_proxy_the_world_is_not_this_host(client, settings, fleet):
+    """Loopback may scrape by default, but not everyone a trusted local proxy forwards."""
+    settings.METRICS_TOKEN, settings.METRICS_ALLOWED_IPS = "", None
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    forwarded = client.get("/metrics", HTTP_X_FORWARDED_FOR="198.51.100.1")
+    assert forwarded.status_code == 403
+    assert client.get("/metrics").status_code == 403  # from the proxy, saying for whom: no
+
+
+def test_a_panel_served_to_other_hosts_needs_the_token_even_from_loopback(client, settings, fleet):
+    settings.METRICS_TOKEN, settings.METRICS_ALLOWED_IPS = "", None
+    settings.METRICS_TOKEN_REQUIRED = True  # DJANGO_ALLOWED_HOSTS names a public host
+    refused = client.get("/metrics")
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "set METRICS_TOKEN to read the metrics"}
+    settings.METRICS_TOKEN = TOKEN
+    scrape(client, HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
 
 
 def test_only_get(token):
@@ -206,3 +294,19 @@ def test_a_real_runner_feeds_the_metrics(project):
     values = eventually_sync(cycled, timeout=20, interval=0.3, message="no cycles in /metrics")
     assert values[("levipanel_engines", (("status", "running"),))] == 2
     assert values[("levipanel_runner_heartbeat_age_seconds", (("runner", "runner-m"),))] < 5
+
+
+def test_daphne_proxy_headers_cannot_forge_an_allowed_address(tmp_path):
+    """Under ``daphne --proxy-headers`` the peer is taken from X-Forwarded-For: a client on
+    this host naming an allowed address is still refused."""
+    env = {"METRICS_ALLOWED_IPS": "10.0.0.0/8", "METRICS_TOKEN": ""}
+    with Installation(tmp_path / "data", env) as installation:
+        installation.migrate()
+        port = str(free_port())
+        installation.port = int(port)
+        daphne = ["-m", "daphne", "--proxy-headers", "-b", "127.0.0.1", "-p", port]
+        web = installation.start(*daphne, "levipanel.asgi:application", log_name="web")
+        installation.wait_for_line(web, "Listening on TCP address")
+        forged = httpx.get(f"{installation.url}/metrics", headers={"X-Forwarded-For": "10.9.9.9"})
+
+    assert forged.status_code == 403

@@ -32,9 +32,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--engines",
             type=positive(int),
-            default=1000,
             metavar="N",
-            help="Engines in one runner (default 1000); passed to every section that takes it.",
+            help=(
+                "Engines, passed to every section that takes them (default 1000 in one "
+                "runner; fleet: 10000 over 10 runners)."
+            ),
         )
         parser.add_argument(
             "--seconds",

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from levipanel.files import write_private
+
 USERNAME = "admin"
 
 
@@ -21,7 +23,6 @@ class Command(BaseCommand):
             else:
                 user.set_password(password)
                 user.save(update_fields=["password"])
-            password_file.write_text(password)
-            password_file.chmod(0o600)
+            write_private(password_file, password)
         password = password_file.read_text().strip()
         self.stdout.write(f"Demo login: username {USERNAME}  password {password}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from .sim import is_number
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -43,8 +44,7 @@ def inline_problems(options: Mapping[str, Any]) -> list[str]:
 
 
 def _is_price(value: object) -> bool:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return ok and math.isfinite(value) and value > 0
+    return is_number(value) and value > 0
 
 
 @functools.cache

@@ -11,18 +11,23 @@ MASK = (1 << 64) - 1
 OPTIONS = {"price": 100.0, "volatility": 0.002, "seed": None}
 
 
-def _is_number(value: object) -> bool:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return ok and math.isfinite(value)
+def is_number(value: object) -> bool:
+    """A finite int or float: not NaN, Infinity or an int too large for a float."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # JSON numbers have no size limit
+        return False
 
 
 def sim_problems(options: Mapping[str, Any]) -> list[str]:
     out = [f"unknown sim feed option: {key}" for key in sorted(set(options) - set(OPTIONS))]
     price = options.get("price", 100.0)
-    if not _is_number(price) or price <= 0:
+    if not is_number(price) or price <= 0:
         out.append("feed_options.price must be a number greater than 0")
     volatility = options.get("volatility", 0.002)
-    if not _is_number(volatility) or not 0 <= volatility < 0.5:
+    if not is_number(volatility) or not 0 <= volatility < 0.5:
         out.append("feed_options.volatility must be a number from 0 to 0.5")
     seed = options.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):

@@ -3,6 +3,7 @@
 Only engines configured with ``"feed": "ws"`` open a connection. The feed keeps the newest
 price; a dropped connection is opened again after a doubling, capped, jittered backoff.
 A malformed message is logged as an error and reported to the engine, which keeps running.
+The URL may hold credentials: it is logged and reported only through ``redact_url``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidURI, WebSocketException
+from websockets.uri import parse_uri
+
+from ..redact import redact_text, redact_url
+from .sim import is_number
 
 log = logging.getLogger("levipanel.engine")
 
@@ -32,10 +37,16 @@ def ws_problems(options: Mapping[str, Any]) -> list[str]:
     url = options.get("url")
     if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
         out.append("feed_options.url must be a ws:// or wss:// address")
+    else:
+        try:
+            parse_uri(url)
+        except InvalidURI as exc:
+            out.append(f"feed_options.url is not a valid address: {exc.msg}")  # not the URL
+        except ValueError as exc:  # a bad port or bracket, from urllib
+            out.append(f"feed_options.url is not a valid address: {exc}")
     for key, default in (("reconnect_base", 0.5), ("reconnect_cap", 30.0)):
         value = options.get(key, default)
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or value <= 0:
+        if not is_number(value) or value <= 0:
             out.append(f"feed_options.{key} must be a number greater than 0")
     return out
 
@@ -45,7 +56,7 @@ def parse_price(raw: str | bytes, symbol: str) -> float | None:
     symbol, a subscription reply). Raises MalformedMessage."""
     try:
         message = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting raises RecursionError
         raise MalformedMessage(f"not JSON: {str(raw)[:80]!r}") from exc
     if not isinstance(message, dict):
         raise MalformedMessage(f"not a JSON object: {str(raw)[:80]!r}")
@@ -64,7 +75,7 @@ def parse_price(raw: str | bytes, symbol: str) -> float | None:
         if message.get("s", symbol) != symbol:
             return None
         price = float(value)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Overflow: a huge int
         if isinstance(exc, MalformedMessage):
             raise
         raise MalformedMessage(f"bad {kind} message: {type(exc).__name__}: {exc}") from exc
@@ -128,16 +139,19 @@ class WebsocketFeed:
             try:
                 async with connect(self.url, open_timeout=10, max_size=2**20) as socket:
                     self.connections += 1
-                    log.info("Connected to market data at %s", self.url, extra=extra)
+                    log.info("Connected to market data at %s", redact_url(self.url), extra=extra)
                     async for raw in socket:
                         if self._receive(raw):
                             delay = self.base
                 log.warning("Market data stream closed by the server", extra=extra)
             except InvalidURI as exc:
-                self._report(exc)
+                # A new exception, not the raised one: its message and its traceback's
+                # would quote the URL with its credentials.
+                self._report(InvalidURI(redact_url(exc.uri), exc.msg))
             except (OSError, TimeoutError, WebSocketException) as exc:
+                reason = redact_text(str(exc))
                 log.warning(
-                    "Market data connection lost: %s: %s", type(exc).__name__, exc, extra=extra
+                    "Market data connection lost: %s: %s", type(exc).__name__, reason, extra=extra
                 )
             wait = delay * random.uniform(0.8, 1.2)
             log.info("Reconnecting to market data in %.2fs", wait, extra=extra)

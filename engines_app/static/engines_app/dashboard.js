@@ -4,13 +4,16 @@
   "use strict";
 
   const config = window.LEVIPANEL;
-  const COUNTED = ["running", "crashed", "stopped", "backoff", "failed", "degraded", "halted"];
+  const COUNTED = [
+    "running", "crashed", "stopped", "backoff", "failed", "degraded", "halted", "unknown",
+  ];
   const ACTIONS = ["start", "stop", "restart"];
   const SHOW_DONE_MS = 4000;
 
   const state = {
     engines: new Map(), // symbol -> row
     commands: new Map(), // command id -> command
+    runners: [], // every runner, by name
     seq: 0,
     offset: 0, // browser clock minus server clock, in seconds
     canControl: config.canControl,
@@ -20,6 +23,8 @@
   };
 
   const body = document.getElementById("engines");
+  const runnersBody = document.getElementById("runners");
+  const noRunners = document.getElementById("no-runners");
   const live = document.getElementById("live");
   const flash = document.getElementById("flash");
 
@@ -52,6 +57,7 @@
     if (typeof message.can_control === "boolean") state.canControl = message.can_control;
     state.engines = new Map();
     message.engines.forEach((row) => state.engines.set(row.symbol, row));
+    if (Array.isArray(message.runners)) state.runners = message.runners;
     const known = state.commands;
     state.commands = new Map();
     message.commands.forEach((command) => putCommand(command));
@@ -70,6 +76,8 @@
     message.engines.forEach(putEngine);
     message.commands.forEach(putCommand);
     message.removed.forEach((symbol) => state.engines.delete(symbol));
+    // Sent only when a runner joined, left, went silent or changed what it holds.
+    if (Array.isArray(message.runners)) state.runners = message.runners;
     render();
     if (gap) send({ type: "snapshot" });
   }
@@ -89,7 +97,46 @@
       if (body.rows[index] !== tr) body.insertBefore(tr, body.rows[index] || null);
       fillRow(tr, state.engines.get(symbol));
     });
+    renderRunners();
     tick();
+  }
+
+  function renderRunners() {
+    noRunners.hidden = state.runners.length > 0;
+    const names = state.runners.map((runner) => runner.name);
+    Array.from(runnersBody.rows).forEach((tr) => {
+      if (!names.includes(tr.dataset.runner)) tr.remove();
+    });
+    state.runners.forEach((runner, index) => {
+      let tr = Array.from(runnersBody.rows).find((row) => row.dataset.runner === runner.name);
+      if (!tr) {
+        tr = document.createElement("tr");
+        tr.dataset.runner = runner.name;
+        tr.innerHTML =
+          '<td class="symbol" data-field="name"></td>' +
+          '<td><span class="badge" data-field="state"></span></td><td data-field="host"></td>' +
+          '<td class="num" data-field="pid"></td><td class="num" data-field="held"></td>' +
+          '<td class="num" data-field="engines"></td><td data-field="started"></td>' +
+          '<td class="num" data-field="last_seen"></td>';
+      }
+      const at = runnersBody.rows[index] || null;
+      if (at !== tr) runnersBody.insertBefore(tr, at);
+      setText(field(tr, "name"), runner.name);
+      const badge = field(tr, "state");
+      const shown = runnerState(runner);
+      setText(badge, shown);
+      badge.className = `badge ${shown}`;
+      setText(field(tr, "host"), runner.host || "—");
+      setText(field(tr, "pid"), runner.pid === null ? "—" : runner.pid);
+      setText(field(tr, "held"), runner.held);
+      setText(field(tr, "engines"), runner.engines);
+      setText(field(tr, "started"), new Date(runner.started_at * 1000).toLocaleString());
+    });
+  }
+
+  function runnerState(runner) {
+    if (runner.live) return "live";
+    return runner.stopped_at ? "stopped" : "silent";
   }
 
   function renderCounters() {
@@ -108,6 +155,7 @@
     tr.innerHTML =
       `<td class="symbol">${link}</td>` +
       '<td><span class="badge" data-field="status"></span><span class="pending" data-field="pending"></span></td>' +
+      '<td data-field="runner"></td>' +
       '<td class="num" data-field="uptime"></td><td class="num" data-field="heartbeat"></td>' +
       '<td class="num" data-field="position"></td><td class="num" data-field="daily_pnl"></td>' +
       '<td class="num" data-field="total_pnl"></td><td class="num" data-field="trade_count"></td>' +
@@ -132,7 +180,10 @@
     const badge = field(tr, "status");
     setText(badge, row.status);
     badge.className = `badge ${row.status}`;
-    badge.title = row.status_reason || "";
+    badge.title =
+      row.status === "unknown"
+        ? "No live runner holds this engine: its runner stopped heart-beating"
+        : row.status_reason || "";
     setText(field(tr, "position"), row.position === null ? "—" : number(row.position, 4));
     money(field(tr, "daily_pnl"), row.daily_pnl);
     money(field(tr, "total_pnl"), row.total_pnl);
@@ -181,12 +232,30 @@
       setText(field(tr, "uptime"), row.started_at ? duration(now - row.started_at) : "—");
       const age = row.last_heartbeat ? Math.max(0, now - row.last_heartbeat) : null;
       const cell = field(tr, "heartbeat");
-      setText(cell, age === null ? "—" : `${age < 60 ? age.toFixed(1) + " s" : duration(age)} ago`);
+      setText(cell, age === null ? "—" : ago(age));
       cell.classList.toggle("stale", row.status === "running" && age !== null && age > 10);
+      setText(field(tr, "runner"), runnerCell(row, now));
       if (tr.classList.contains("has-pending") || tr.querySelector(".pending").textContent) {
         fillRow(tr, row); // lets a shown outcome fade out
       }
     });
+    runnersBody.querySelectorAll("tr").forEach((tr) => {
+      const runner = state.runners.find((r) => r.name === tr.dataset.runner);
+      if (!runner) return;
+      // A live runner's last_seen is pushed only when something else about it changes.
+      setText(field(tr, "last_seen"), runner.live ? "now" : ago(now - runner.last_seen));
+    });
+  }
+
+  function runnerCell(row, now) {
+    if (row.runner) return row.runner;
+    if (row.runner_last_seen === null || row.runner_last_seen === undefined) return "—";
+    return `none (runner last seen ${ago(now - row.runner_last_seen)})`;
+  }
+
+  function ago(seconds) {
+    const age = Math.max(0, seconds);
+    return `${age < 60 ? age.toFixed(1) + " s" : duration(age)} ago`;
   }
 
   function field(tr, name) {
