@@ -29,10 +29,6 @@ WORKER = "benchmarks.worker"
 START_TIMEOUT = 120.0
 
 
-def symbols(n: int) -> list[str]:
-    return [f"B{i:05d}USDT" for i in range(n)]
-
-
 # Start-up -------------------------------------------------------------------------------
 
 

@@ -27,11 +27,14 @@ LAG_INTERVAL = 0.01
 REPEATS = 20
 
 
+def symbols(n: int) -> list[str]:
+    return [f"B{i:05d}USDT" for i in range(n)]
+
+
 def prepare(*, engines: int) -> dict:
     """Migrate the temp database and create N engines, desired running."""
     from django.core.management import call_command
 
-    from benchmarks.runner import symbols
     from engines_app.models import Engine
 
     call_command("migrate", verbosity=0, interactive=False)
