@@ -155,6 +155,14 @@ def steady(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
             None,
         ),
         row(
+            f"reconcile poll when nothing changed, {n} engines (median)",
+            fleet["quiet_poll_ms"],
+            "ms",
+            fleet["raw_poll_ms"],
+            "raw SELECT of every control row",
+            "< 5",
+        ),
+        row(
             f"crash seen -> in the database p99 ({fleet['db_crash_samples']} crashes)",
             fleet["db_crash_written_p99_ms"],
             "ms",

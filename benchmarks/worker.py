@@ -258,11 +258,15 @@ def _poll_costs() -> dict:
             cursor.execute(sql)
             cursor.fetchall()
 
-    def poll() -> None:
-        store.pending_commands(0)
+    def poll() -> None:  # a poll that reads every control row (a command was given)
+        store.pending_commands("bench")
         store.control_rows()
 
-    return {"poll_ms": _median(poll), "raw_poll_ms": _median(raw)}
+    def quiet() -> None:  # a poll when nothing changed: the newest command, the pending ones
+        store.latest_command_id()
+        store.pending_commands("bench")
+
+    return {"poll_ms": _median(poll), "quiet_poll_ms": _median(quiet), "raw_poll_ms": _median(raw)}
 
 
 # Probes ---------------------------------------------------------------------------------

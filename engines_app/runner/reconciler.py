@@ -37,6 +37,9 @@ log = logging.getLogger("levipanel.runner")
 RUNNING = Engine.DesiredState.RUNNING
 # The most engines one claim takes (PostgreSQL, several runners): the rest at the next polls.
 CLAIM_BATCH = 1000
+# Control rows are read at least this often (or a fifth of the lease, if shorter) even when
+# no command was given: to see a joining runner, or a lease that expired.
+FULL_READ = 0.5
 
 
 class Reconciler:
@@ -76,6 +79,9 @@ class Reconciler:
         self._jobs: asyncio.TaskGroup | None = None
         self._deferred: list[Coroutine[Any, Any, object]] = []
         self.polls = 0  # polls done: progress a watcher can wait on
+        self._latest_command = -1  # the newest command when the rows were last read
+        self._full_read_due = 0.0  # monotonic
+        self._claiming = False
 
     # Start-up ---------------------------------------------------------------------------
 
@@ -87,7 +93,7 @@ class Reconciler:
         live = await db(store.live_runners)(within=self.leases.lease)
         await self._claim(self._share(len(self.control), live))
 
-    async def _claim(self, limit: int) -> None:
+    async def _claim(self, limit: int) -> int:
         if not self.exclusive:
             # A few at a time: runners starting together each get a share, and no claim is a
             # transaction too long to renew in.
@@ -104,6 +110,7 @@ class Reconciler:
             self.leases.claimed(claim.id, claim.epoch, began)
         if claims:
             await self._take([claim.symbol for claim in claims])
+        return len(claims)
 
     async def _take(self, symbols: list[str]) -> None:
         """Run the engines just claimed as their rows and history say."""
@@ -147,9 +154,27 @@ class Reconciler:
 
     async def poll(self) -> None:
         """Read commands and control rows and move the engines toward them; keep this
-        runner's share. A database error is raised to the caller, which backs off."""
+        runner's share. A database error is raised to the caller, which backs off.
+
+        Every operator change records a command, so the control rows are read again only
+        when a command was given since the last read, while claiming, and once every
+        ``FULL_READ`` seconds (a joining runner, an expired lease): a quiet poll costs two
+        small queries whatever the fleet's size."""
         runner = self.leases.runner
+        latest = await db(store.latest_command_id)()
         commands = await db(store.pending_commands)(runner, self.symbols)
+        full = latest != self._latest_command or self._claiming
+        if full or time.monotonic() >= self._full_read_due:
+            await self._read_rows()
+            self._latest_command = latest
+        self._queue(commands)
+        for symbol in self.manager.resume_halted(self.clock()):
+            self.say(f"Engine {symbol} resumed: a new UTC day")
+        self.polls += 1
+
+    async def _read_rows(self) -> None:
+        """Read every control row: desired states, new and removed engines, leases."""
+        self._full_read_due = time.monotonic() + min(FULL_READ, self.leases.lease / 5)
         rows = await db(store.control_rows)(self.symbols)
         live = await db(store.live_runners)(within=self.leases.lease)
         for symbol, row in rows.items():
@@ -168,24 +193,24 @@ class Reconciler:
             self.leases.drop(self.control[symbol].id)
             self.ids.pop(symbol, None)  # its last events have no row to go to
         self.control = rows
-        pending = {command.id for command in commands}
-        self._queued &= pending
+        self._claiming = await self._balance(rows, live)
+
+    def _queue(self, commands: list[store.CommandRow]) -> None:
+        """Queue the commands not queued yet; forget those carried out and acknowledged."""
+        self._queued &= {command.id for command in commands}
         for command in commands:
             if command.id not in self._queued:
                 self._queued.add(command.id)
                 self._commands.put_nowait(command)
-        for symbol in self.manager.resume_halted(self.clock()):
-            self.say(f"Engine {symbol} resumed: a new UTC day")
-        await self._balance(rows, live)
-        self.polls += 1
 
     def _share(self, engines: int, live: set[str]) -> int:
         if self.exclusive:
             return engines
         return fair_share(engines, len(live | {self.leases.runner}))
 
-    async def _balance(self, rows: dict[str, store.ControlRow], live: set[str]) -> None:
-        """Claim up to this runner's fair share, or hand the excess over."""
+    async def _balance(self, rows: dict[str, store.ControlRow], live: set[str]) -> bool:
+        """Claim up to this runner's fair share, or hand the excess over. True when it
+        claimed: there may be more to claim at the next poll."""
         share = self._share(len(rows), live)
         held = len(self.leases) - len(self._handing_over)
         if held < share:
@@ -194,11 +219,12 @@ class Reconciler:
                 not row.lease_live or (self.exclusive and row.lease_owner != runner)
                 for row in rows.values()
             ):
-                await self._claim(share - held)
+                return await self._claim(share - held) > 0
         elif held > share and not self._handing_over:
             excess = sorted(self.leases.epochs)[share:]
             self._handing_over |= set(excess)
             self._spawn(self._hand_over(set(excess)))
+        return False
 
     async def _hand_over(self, engine_ids: set[int]) -> None:
         """Stop these engines, then release them: a joining runner claims them."""

@@ -403,6 +403,11 @@ class Ack:
     engine_id: int | None = None  # None: the engine is gone (removed)
 
 
+def latest_command_id() -> int:
+    """The newest command's id (0 when none): every operator change records one."""
+    return EngineCommand.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
 def pending_commands(runner: str, symbols: list[str] | None = None) -> list[CommandRow]:
     """Commands not carried out yet for the engines ``runner`` holds, or whose engine is
     gone, oldest first."""

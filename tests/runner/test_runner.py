@@ -2,12 +2,14 @@
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 
 from engines_app.models import Engine, EngineCommand, EngineError, EngineRestart
+from engines_app.runner import store
 from engines_app.runner.lifecycle import Runner
 from engines_app.services import engines as services
 from engines_app.testing import TransactionCounter
@@ -64,16 +66,36 @@ async def test_symbols_subset_runs_only_those(tmp_path):
 
 
 async def test_desired_state_changed_in_the_database_is_applied(tmp_path):
+    # Written straight to the rows, with no command (the services record one): the runner
+    # sees such a change at its next full read of the control rows, within FULL_READ.
     async with running(make_runner(tmp_path)) as runner:
         await eventually(lambda: _is("ETHUSDT", "running"))
         await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="stopped"))
-        await eventually(lambda: _is("ETHUSDT", "stopped"), timeout=1)
+        await eventually(lambda: _is("ETHUSDT", "stopped"), timeout=3)
         await db(lambda: Engine.objects.filter(symbol="ETHUSDT").update(desired_state="running"))
-        await eventually(lambda: _is("ETHUSDT", "running"), timeout=1)
+        await eventually(lambda: _is("ETHUSDT", "running"), timeout=3)
         await db(Engine.objects.create, symbol="XRPUSDT")
-        await eventually(lambda: _is("XRPUSDT", "running"), timeout=1)
+        await eventually(lambda: _is("XRPUSDT", "running"), timeout=3)
         await db(lambda: Engine.objects.filter(symbol="XRPUSDT").delete())
-        await eventually(lambda: runner.manager.status_of("XRPUSDT") is None, timeout=1)
+        await eventually(lambda: runner.manager.status_of("XRPUSDT") is None, timeout=3)
+
+
+async def test_a_quiet_poll_reads_no_control_rows_until_a_command_is_given(tmp_path, monkeypatch):
+    reads = []
+    real_rows = store.control_rows
+
+    def control_rows(*args, **kwargs):
+        reads.append(time.monotonic())
+        return real_rows(*args, **kwargs)
+
+    monkeypatch.setattr(store, "control_rows", control_rows)
+    async with running(make_runner(tmp_path)) as runner:
+        await eventually(lambda: _is("ETHUSDT", "running"))
+        polls, before = runner.reconciler.polls, len(reads)
+        await eventually(lambda: runner.reconciler.polls >= polls + 20)  # 20 polls, 0.05 s apart
+        assert len(reads) - before <= 3  # a full read every 0.5 s, not one a poll
+        await db(services.engine_stop, symbol="ETHUSDT")
+        await eventually(lambda: _is("ETHUSDT", "stopped"), timeout=1)  # a command: at once
 
 
 async def _is(symbol, status):
