@@ -206,6 +206,7 @@ class Runner:
             if self.clock() >= poll_due:
                 try:
                     await self.reconciler.poll()
+                    self.writer.database_back()
                 except DatabaseError as exc:
                     await self.writer.database_error(exc)
                 poll_due = self.clock() + self.settings.poll_interval

@@ -19,6 +19,7 @@ from django.db import DatabaseError
 from ..models import EngineError
 from ..runtime import ACTIVE, EngineManager
 from ..runtime.events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
+from ..runtime.ratelimit import LogLimiter
 from . import store
 from .leases import Leases
 from .store import db
@@ -66,6 +67,7 @@ class Writer:
         self._flushing: dict[str, float] = {}
         self._retry_at = 0.0
         self._failures = 0
+        self._log_limiter = LogLimiter(limit=1, window=10.0)  # an outage: a line per 10 s
         self._release: set[int] = set()
         self.released: asyncio.Event = asyncio.Event()  # set after a release committed
         self.stopped = False  # the final flush: the runner stops, its heartbeat says so
@@ -115,8 +117,22 @@ class Writer:
         self._failures += 1
         delay = min(30.0, self.leases.lease / 4, 0.5 * 2 ** (self._failures - 1))
         self._retry_at = self.clock() + delay
-        log.warning("database error (%s), retrying in %.1fs: %s", type(exc).__name__, delay, exc)
+        self._log_limiter.log(
+            log,
+            logging.WARNING,
+            "database",
+            "database error (%s), writes retried from %.1fs on: %s",
+            type(exc).__name__,
+            delay,
+            exc,
+        )
         await db(store.close_connection)()
+
+    def database_back(self) -> None:
+        """The database answered (a poll went through): write at the next turn, not after
+        the backoff that earlier errors set, so the leases are renewed in time."""
+        self._retry_at = 0.0
+        self._failures = 0
 
     async def _write(self, now: float, heartbeat_due: bool) -> bool:
         statuses, errors, restarts, books = self._rows(self._pending)

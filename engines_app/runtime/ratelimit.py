@@ -3,8 +3,10 @@ were left out."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 class LogLimiter:
@@ -30,3 +32,14 @@ class LogLimiter:
             return True, left_out
         self._windows[key] = (start, lines, left_out + 1)
         return False, 0
+
+    def log(
+        self, logger: logging.Logger, level: int, key: str, msg: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """Log ``msg`` if ``key`` has lines left in its window, after a line saying how
+        many were left out since the last one."""
+        logged, left_out = self.allow(key)
+        if left_out:
+            logger.log(level, "Suppressed %d more lines like the next one", left_out)
+        if logged:
+            logger.log(level, msg, *args, **kwargs)

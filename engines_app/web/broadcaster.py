@@ -26,11 +26,14 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from ..models import Engine
+from ..runtime.ratelimit import LogLimiter
 from ..selectors import dashboard
 from ..selectors.engines import AT_REST, runners_seen
 from ..selectors.runners import runners_list
 
 log = logging.getLogger("levipanel.dashboard")
+# With Redis away these would be a line a poll: one per kind per 10 s, and a count.
+LOG_LIMITER = LogLimiter(limit=1, window=10.0)
 
 HINT_GROUP = "engines-hints"
 # A writer stamps ``updated_at`` before it commits, so a row can become visible with a
@@ -102,7 +105,9 @@ class Broadcaster:
                 try:
                     await self.poll()
                 except Exception:  # one bad look must not end the pushes of every page
-                    log.exception("dashboard broadcast failed")
+                    LOG_LIMITER.log(
+                        log, logging.ERROR, "poll", "dashboard broadcast failed", exc_info=True
+                    )
                 await self._sleep()
         finally:
             if hints is not None:
@@ -217,7 +222,7 @@ def send_hint(sender: Any, **kwargs: Any) -> None:
     try:
         async_to_sync(_send_hint)(layer)
     except Exception as exc:  # a hint is optional, the runner's work is not
-        log.warning("dashboard hint not sent: %s", exc)
+        LOG_LIMITER.log(log, logging.WARNING, "hint", "dashboard hint not sent: %s", exc)
 
 
 async def _send_hint(layer: BaseChannelLayer) -> None:

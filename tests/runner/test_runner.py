@@ -302,3 +302,34 @@ def _engine_rows():
 async def _all_running(n):
     rows = await _engine_rows()
     return len(rows) == n and {status for _, status in rows} == {"running"}
+
+
+async def test_writes_resume_as_soon_as_the_database_answers_again(tmp_path, monkeypatch):
+    from django.db import OperationalError
+
+    async with running(make_runner(tmp_path)) as runner:
+        await eventually(lambda: _is("BTCUSDT", "running"))
+        real_write, real_pending = store.write, store.pending_commands
+        written: list[float] = []
+
+        def write(**kwargs):
+            done = real_write(**kwargs)
+            written.append(time.monotonic())
+            return done
+
+        def down(*args, **kwargs):
+            raise OperationalError("database is gone")
+
+        monkeypatch.setattr(store, "write", down)
+        monkeypatch.setattr(store, "pending_commands", down)
+        # Polls and writes fail for 2 s: the backoff grows with every failed poll.
+        outage_end = time.monotonic() + 2.0
+        await eventually(lambda: time.monotonic() > outage_end, timeout=5)
+        monkeypatch.setattr(store, "pending_commands", real_pending)
+        monkeypatch.setattr(store, "write", write)
+        back = time.monotonic()
+        await eventually(lambda: written, timeout=5)
+        # The first poll that goes through lifts the backoff: the leases are renewed now,
+        # not seconds later (which, with a longer outage, would fence the runner).
+        assert written[0] - back < 1.0
+        assert runner.manager.is_alive("BTCUSDT")

@@ -312,7 +312,8 @@
     socket.onclose = () => {
       setLive(false);
       // daphne closes websockets after a day, networks drop: come back by itself.
-      const delay = Math.min(10000, 500 * 2 ** state.attempts++);
+      // At most 4 s apart: a push is back within 5 s of the server (or Redis) coming back.
+      const delay = Math.min(4000, 500 * 2 ** state.attempts++);
       setTimeout(opened ? connect : reconnectOrLogIn, delay);
     };
   }
