@@ -1,9 +1,10 @@
 """Benchmarks of the targets in the design's "Targets" table, each beside a baseline.
 
 A section is one line in ``SECTIONS``: a name, ``"module:function"`` and the engines it
-runs when ``--engines`` is not given (1000 unless it says otherwise). The function
+runs when ``--engines`` is not given (1000 unless it says otherwise); a long one runs only
+when ``--only`` names it. The function
 takes keyword-only options (it gets only those of ``engines``/``seconds``/``samples`` it
-names) and returns rows shaped::
+names, ``minutes`` included) and returns rows shaped::
 
     {"name": ..., "value": float, "unit": "ms", "baseline": float,
      "baseline_name": "what the baseline is", "target": "< 50" | 50 | None}
@@ -36,6 +37,7 @@ class Section:
     target: str  # "package.module:function"
     note: str = ""
     engines: int = 1000  # when ``--engines`` is not given
+    only_when_named: bool = False  # a long run: only with ``--only NAME``
 
 
 SECTIONS = [
@@ -46,8 +48,9 @@ SECTIONS = [
     Section("push", "benchmarks.push:run"),
     Section("status", "benchmarks.status:run"),
     Section("fleet", "benchmarks.fleet:run", engines=10_000),
+    Section("soak", "benchmarks.soak:run", note="--minutes, default 30", only_when_named=True),
 ]
-OPTIONS = ("engines", "seconds", "samples")
+OPTIONS = ("engines", "seconds", "samples", "minutes")
 
 
 class Skip(Exception):
@@ -64,6 +67,13 @@ class Outcome:
 
 def section_names() -> list[str]:
     return [section.name for section in SECTIONS]
+
+
+def chosen(only: list[str] | None) -> list[Section]:
+    """The sections ``--only`` names, in table order; without it, all but the long ones."""
+    if only:
+        return [section for section in SECTIONS if section.name in only]
+    return [section for section in SECTIONS if not section.only_when_named]
 
 
 def load(section: Section) -> Callable[..., list[Row]]:

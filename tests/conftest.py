@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engines_app.testing import Installation
+from tests.helpers.figures import Figures
 from tests.helpers.services import CHROMIUM, IN_CI, POSTGRES_URL, REDIS_URL, need_service
 
 
@@ -62,6 +63,15 @@ def project(tmp_path: Path) -> Iterator[Installation]:
     with Installation(tmp_path / "data") as installation:
         installation.migrate()
         yield installation
+
+
+@pytest.fixture(scope="session")
+def figures() -> Figures:
+    """The failure suite's figures: ``figures.record(scenario, figure, value, unit, expected)``
+    adds a row to ``test-artifacts/reliability.json`` ({"date", "machine", "rows": [{"scenario",
+    "figure", "value", "unit", "expected"}]}), the table of ``docs/reliability.md``; see
+    ``tests/helpers/figures.py``."""
+    return Figures()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,7 @@ import math
 import pytest
 from django.core.management import CommandError, call_command
 
-from benchmarks import Section, run_section, verdict
+from benchmarks import Section, chosen, run_section, verdict
 from benchmarks.report import number
 from engines_app.testing import Installation
 
@@ -67,6 +67,33 @@ def test_tiny_run_prints_every_figure_beside_a_baseline(project):
     assert saves["value"] > 0
 
 
+def test_a_short_soak_reports_memory_lag_recovery_and_writes(project):
+    """The CI version of ``--only soak --minutes 30``: 200 engines for 2 minutes, 10 of
+    them crashing now and then and 5 hanging every 20 cycles."""
+    out = project.data_dir / "soak.json"
+    project.manage(
+        "benchmark",
+        *("--only", "soak", "--engines", "200", "--minutes", "2", "--json", str(out)),
+        timeout=600,
+    )
+    rows = json.loads(out.read_text())["rows"]
+
+    def figure(prefix: str) -> dict:
+        return next(row for row in rows if row["name"].startswith(prefix))
+
+    slope = figure("RSS slope after warm-up")
+    assert is_number(slope["value"]) and slope["baseline"] > 0, slope
+    lag = figure("loop lag p99, worst minute")
+    assert 0 <= lag["value"] < 1000, lag
+    recovered = figure("crashes recovered")
+    assert recovered["value"] > 0, recovered  # the hangs alone recover a few times
+    assert recovered["value"] <= recovered["baseline"], recovered
+    locked = figure('"database is locked" errors')
+    assert locked["value"] == 0 and locked["baseline"] > 0, locked
+    lost = figure("lost writes")
+    assert lost["value"] == 0 and lost["baseline"] == 200, lost
+
+
 # A small fleet, fast leases: takeover within seconds, so CI can afford it.
 FLEET_LEASE = 3.0
 FLEET_ENV = {
@@ -120,6 +147,11 @@ def test_a_section_runs_its_own_engine_count_unless_one_is_given():
     assert run_section(Section("probe", f"{__name__}:engines_given")).rows[0]["value"] == 1000
 
 
+def test_the_soak_runs_only_when_named():
+    assert "soak" not in [section.name for section in chosen(None)]
+    assert [section.name for section in chosen(["soak", "crash"])] == ["crash", "soak"]
+
+
 def test_a_missing_section_is_skipped_with_its_reason():
     outcome = run_section(Section("later", "benchmarks.not_written_yet:run"))
     assert outcome.rows == [] and outcome.error is None
@@ -131,6 +163,7 @@ def test_a_missing_section_is_skipped_with_its_reason():
     [
         (["--engines", "0"], "must be greater than 0"),
         (["--seconds", "soon"], "is not a number"),
+        (["--minutes", "0"], "must be greater than 0"),
         (["--only", "nothing"], "invalid choice"),
         (["--json", "no-such-directory/out.json"], "does not exist"),
     ],

@@ -1,12 +1,22 @@
-"""Per-symbol JSONL logs: the guide's fields, a new file each UTC day, nothing lost."""
+"""Per-symbol JSONL logs: the guide's fields, a new file each UTC day, nothing lost; a full
+disk reported once, the lines it drops counted, logging resumed when it frees."""
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 
 import time_machine
 
-from engines_app.runtime.jsonlog import ENGINE_LOGGER, EngineLogs
+from engines_app.runtime import jsonlog
+from engines_app.runtime.jsonlog import (
+    ENGINE_LOGGER,
+    RETRY_AFTER,
+    EngineLogs,
+    SymbolFileHandler,
+    log_path,
+)
+from tests.helpers import FakeClock
 
 log = logging.getLogger(ENGINE_LOGGER)
 
@@ -60,3 +70,45 @@ def test_many_symbols_do_not_hold_many_files_open(tmp_path):
         assert len(logs.file_handler._files) <= logs.file_handler.max_open
     assert len(list(tmp_path.iterdir())) == 200
     assert all(len(read(p)) == 1 for p in tmp_path.iterdir())
+
+
+def test_a_full_disk_is_reported_once_drops_lines_and_logging_resumes(tmp_path, caplog):
+    # /dev/full fails every write with ENOSPC, as a full disk does; removing the link frees it.
+    clock = FakeClock()
+    handler = SymbolFileHandler(tmp_path, clock=clock)
+    path = log_path(tmp_path, "BTCUSDT", time.time())
+    path.symlink_to("/dev/full")
+
+    def emit(message):
+        handler.emit(
+            log.makeRecord(
+                ENGINE_LOGGER, logging.INFO, "", 0, message, (), None, extra={"symbol": "BTCUSDT"}
+            )
+        )
+
+    with caplog.at_level(logging.WARNING, logger=jsonlog.__name__):
+        for i in range(50):
+            emit(f"full {i}")
+        clock.now += RETRY_AFTER
+        emit("still full")  # one try a second, and still no second report
+        path.unlink()
+        emit("dropped: the next try is a second later")
+        clock.now += RETRY_AFTER
+        emit("written again")
+        emit("and again")
+    handler.close()
+    reports = [record.getMessage() for record in caplog.records]
+    assert len(reports) == 2, reports
+    assert "cannot be written" in reports[0] and "No space left on device" in reports[0]
+    assert reports[1].endswith("52 lines lost")
+    assert handler.lost == 52
+    assert [line["msg"] for line in read(path)] == ["written again", "and again"]
+
+
+def test_a_line_cut_short_by_a_full_disk_stays_alone_on_its_line(tmp_path):
+    path = log_path(tmp_path, "BTCUSDT", time.time())
+    path.write_text('{"ts": "2026-01-01 00:00:00,000", "msg": "cut sh')
+    with EngineLogs(tmp_path):
+        log.info("after the disk freed", extra={"symbol": "BTCUSDT"})
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["msg"] == "after the disk freed"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from benchmarks import SECTIONS, run_section, section_names
+from benchmarks import chosen, run_section, section_names
 from benchmarks.report import document, table
 
 
@@ -52,6 +52,12 @@ class Command(BaseCommand):
             help="Samples for the sections that take them (their own default otherwise).",
         )
         parser.add_argument(
+            "--minutes",
+            type=positive(float),
+            metavar="M",
+            help="How long the soak runs (default 30; CI runs 2).",
+        )
+        parser.add_argument(
             "--only",
             nargs="+",
             choices=section_names(),
@@ -66,16 +72,15 @@ class Command(BaseCommand):
             help="Also write the figures as JSON to PATH (or after the table with no PATH).",
         )
 
-    def handle(self, *args, engines, seconds, samples, only, json, **options):
+    def handle(self, *args, engines, seconds, samples, minutes, only, json, **options):
         if json not in (None, "-") and not Path(json).parent.is_dir():
             raise CommandError(f"--json {json}: directory {Path(json).parent} does not exist")
         outcomes = []
-        for section in SECTIONS:
-            if only and section.name not in only:
-                continue
+        for section in chosen(only):
             self.stderr.write(f"benchmark: {section.name} ...")
             started = time.perf_counter()
-            outcomes.append(run_section(section, engines=engines, seconds=seconds, samples=samples))
+            given = {"seconds": seconds, "samples": samples, "minutes": minutes}
+            outcomes.append(run_section(section, engines=engines, **given))
             took = time.perf_counter() - started
             self.stderr.write(f"benchmark: {section.name} took {took:.1f}s")
         self.stdout.write(table(outcomes, engines=engines, seconds=seconds))
