@@ -1,7 +1,7 @@
 """System checks: the engine settings (levipanel.E001), the alert, metrics and retention
 settings (levipanel.E002), the production profile (levipanel.E003), the metrics token
-(levipanel.E004) and private files (levipanel.W005). An error stops ``runengines`` and
-``migrate`` with its message."""
+(levipanel.E004), private files (levipanel.W005) and the strategy modules
+(levipanel.E006). An error stops ``runengines`` and ``migrate`` with its message."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 from . import conf
+from .runtime.strategies import module_problem
 
 
 @register()
@@ -119,3 +120,20 @@ def private_file_modes() -> list[tuple[Path, int]]:
         except (OSError, TypeError):
             continue
     return found
+
+
+def strategy_module_problems() -> list[str]:
+    """Every LEVIPANEL_STRATEGY_MODULES entry that cannot be imported."""
+    return [
+        f"LEVIPANEL_STRATEGY_MODULES: {problem}"
+        for entry in getattr(settings, "LEVIPANEL_STRATEGY_MODULES", [])
+        if (problem := module_problem(entry))
+    ]
+
+
+@register()
+def strategy_modules_check(app_configs, **kwargs):
+    hint = "List importable modules, comma-separated (see docs/strategies.md), and start again."
+    return [
+        Error(problem, hint=hint, id="levipanel.E006") for problem in strategy_module_problems()
+    ]

@@ -266,6 +266,13 @@ try:
 except EnvValidationError as exc:
     LEVIPANEL_ENV_ERRORS = {**exc.error_messages, **_env_errors}
 
+# Strategies: the only modules an engine's "package.module:ClassName" may come from (checked
+# by "levipanel.E006"), the worker threads heavy strategies decide in, and the event loop lag
+# the runner's watchdog reports (naming the strategy that held the loop).
+LEVIPANEL_STRATEGY_MODULES = env.list("LEVIPANEL_STRATEGY_MODULES", [])
+LEVIPANEL_STRATEGY_WORKERS = env.int("LEVIPANEL_STRATEGY_WORKERS", 2)
+LEVIPANEL_LOOP_LAG_WARN = env.float("LEVIPANEL_LOOP_LAG_WARN", 0.5)
+
 # Dashboard push: how often each web process's broadcaster looks for changed rows (the
 # embedded default's latency floor) and how often the runner samples PnL for the charts.
 LEVIPANEL_PUSH_INTERVAL = env.float("LEVIPANEL_PUSH_INTERVAL", 0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, JsonResponse
 from ninja import Router, Status
 from ninja.errors import HttpError
@@ -15,9 +16,16 @@ from ..runtime.engine import SYMBOL_RE, symbol_problem
 from ..selectors.engines import engine_status, fleet_status
 from ..selectors.runners import runners_list
 from ..selectors.trading import MAX_PAGE_SIZE, profit_summary, trades_list
-from ..services.engines import EngineNotFound, engine_restart, engine_start, engine_stop
+from ..services.engines import (
+    EngineNotFound,
+    engine_configure,
+    engine_restart,
+    engine_start,
+    engine_stop,
+)
 from .schemas import (
     CommandOut,
+    ConfigureIn,
     EngineOut,
     ErrorOut,
     FleetOut,
@@ -72,14 +80,30 @@ def status_one(request: HttpRequest, symbol: Symbol):
     return engine_status(_engine(symbol))
 
 
-def _steer(request: HttpRequest, symbol: str, service: Callable[..., EngineCommand]):
+def _steer(request: HttpRequest, symbol: str, service: Callable[..., EngineCommand], **edit):
     checked_symbol(symbol)
     if not request.auth.has_perm(CONTROL_PERMISSION):
         raise HttpError(403, "you do not have permission to control engines")
     try:
-        command = service(symbol=symbol, user=request.auth, source="api")
+        command = service(symbol=symbol, user=request.auth, source="api", **edit)
     except EngineNotFound as exc:
         raise HttpError(404, str(exc)) from None
+    except DjangoValidationError as exc:  # a bad config: the reason, and nothing changed
+        raise HttpError(400, "; ".join(exc.messages)) from None
+    if command is None:
+        engine = Engine.objects.get(symbol=symbol)
+        return Status(
+            200,
+            {
+                "symbol": symbol,
+                "action": "configure",
+                "command_id": 0,
+                "outcome": "done",
+                "desired_state": engine.desired_state,
+                "status": engine.status,
+                "message": "nothing changed",
+            },
+        )
     engine = command.engine
     return Status(
         202,
@@ -96,6 +120,21 @@ def _steer(request: HttpRequest, symbol: str, service: Callable[..., EngineComma
 
 
 CONTROL = {"response": {202: CommandOut, **ERRORS}}
+
+
+@router.post(
+    "/configure/{symbol}",
+    summary="Change an engine's config",
+    response={200: CommandOut, 202: CommandOut, **ERRORS},
+)
+def configure(request: HttpRequest, symbol: Symbol, body: ConfigureIn):
+    """Replace the engine's config (strategy, its ``params``, limits …) and, when given, its
+    cycle interval. A bad value is refused with the reason (400) and nothing changes; the
+    runner restarts a running engine with the new config (202). 200: nothing changed."""
+    edit = {"config": body.config}
+    if "cycle_interval" in body.model_fields_set:
+        edit["cycle_interval"] = body.cycle_interval
+    return _steer(request, symbol, engine_configure, **edit)
 
 
 @router.post("/start/{symbol}", summary="Start an engine", **CONTROL)

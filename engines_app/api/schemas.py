@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ninja import Schema
 
 
@@ -71,6 +73,14 @@ class CommandOut(Schema):
 
 class ErrorOut(Schema):
     detail: str
+
+
+class ConfigureIn(Schema):
+    """The engine's new config (replacing the old one whole) and, when given, its cycle
+    interval (null: the default)."""
+
+    config: dict[str, Any]
+    cycle_interval: float | None = None
 
 
 class TradeOut(Schema):

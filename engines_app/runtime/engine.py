@@ -7,18 +7,21 @@ broker. Failure injection (crash, hang, fatal) exists for demos and tests.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from . import risk
-from .broker import BUY, SELL, Book, Fill, execute, utc_day
+from .broker import BUY, DAY, SELL, Book, Fill, execute, utc_day
+from .candles import INTERVALS, Candle, CandleBuilder
 from .cyclestats import CycleHistogram
 from .errors import (
     ConfigError,
@@ -28,10 +31,19 @@ from .errors import (
     InjectedCrash,
     InvalidSymbolError,
     RiskHalt,
+    SlowStrategy,
+    StrategyError,
 )
 from .feeds import Feed, feed_problems, make_feed
 from .ratelimit import LogLimiter
-from .strategies import Strategy, make_strategy, strategy_problems
+from .strategies import (
+    Order,
+    Strategy,
+    Target,
+    interval_problem,
+    make_strategy,
+    strategy_problems,
+)
 
 log = logging.getLogger("levipanel.engine")
 
@@ -41,6 +53,9 @@ SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 # A cycle that keeps failing is no longer "an error now and then": crash and let recovery act.
 MAX_CONSECUTIVE_ERRORS = 3
 MAX_CYCLE = 86_400  # seconds: a day between cycles is slow enough for any strategy
+# A strategy call longer than its cycle interval, and than this, is reported as slow.
+SLOW_FLOOR = 0.1
+MAX_TARGET = 1e12  # a target position (units of order_qty) past this is a strategy's bug
 
 
 def symbol_problem(symbol: object) -> str | None:
@@ -70,6 +85,9 @@ class EngineConfig:
     feed_options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     strategy: str = "sma_cross"
     params: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    # Candles the strategy trades on ("1m", "5m", "1h" …); None: the strategy's own choice
+    # (the built-ins: none, a decision on every price).
+    candle_interval: str | None = None
     order_qty: float = 1.0
     max_position_notional: float | None = None
     max_order_notional: float | None = None
@@ -122,6 +140,8 @@ class EngineConfig:
                 out.append(f"{name} must be a whole number >= 0")
         out.extend(feed_problems(self.feed, self.feed_options, self.symbol))
         out.extend(strategy_problems(self.strategy, self.params))
+        if problem := interval_problem(self.candle_interval):
+            out.append(problem)
         out.extend(self._trading_problems())
         return out
 
@@ -189,6 +209,12 @@ class EngineState:
     trade_count: int = 0
     book: Book = field(default_factory=Book)
     last_tick_at: float | None = None
+    # The strategy's exit levels for the open position, enforced by the engine.
+    stop_loss: float | None = None
+    take_profit: float | None = None
+    # The newest closed candles (bounded): a restarted strategy warms up on them.
+    candles: deque[Candle] = field(default_factory=deque)
+    candle_seconds: float = 0.0
 
     def sync(self) -> None:
         book = self.book
@@ -220,6 +246,16 @@ class TradingEngine:
         "rejected",
         "cycle_histogram",
         "_log_limiter",
+        "builder",
+        "candle_span",
+        "tick_strategy",
+        "heavy",
+        "pool",
+        "watch",
+        "log_fills",
+        "slow_after",
+        "_due",
+        "_decide",
     )
 
     def __init__(
@@ -230,6 +266,8 @@ class TradingEngine:
         state: EngineState | None = None,
         clock: Callable[[], float] = time.time,
         cycle_histogram: CycleHistogram | None = None,
+        pool: concurrent.futures.Executor | None = None,
+        watch: Any = None,
     ) -> None:
         self.config = config
         self.cycle_histogram = cycle_histogram
@@ -249,6 +287,17 @@ class TradingEngine:
         self.degraded = False
         self.rejected = ""  # the last order rejection, logged once rather than every cycle
         self._log_limiter: LogLimiter | None = None  # made on the first error
+        self.builder: CandleBuilder | None = None  # None: the strategy decides per price
+        self.candle_span = 0.0  # the length of the candles the feed hands over whole
+        self.tick_strategy = False  # its on_tick is called on every price
+        self.heavy = False
+        self.pool = pool  # where a heavy strategy's decisions run
+        self.watch = watch  # the runner's loop-lag watchdog, told of long strategy calls
+        self.log_fills = True
+        interval = config.cycle_interval
+        self.slow_after = max(interval, SLOW_FLOOR) if _is_number(interval) else SLOW_FLOOR
+        self._due: Candle | None = None  # a closed candle a heavy strategy decides on next
+        self._decide: Callable[[Candle, float], Any] | None = None  # strategy.on_candle
 
     @property
     def log_limiter(self) -> LogLimiter:
@@ -290,18 +339,36 @@ class TradingEngine:
             self.feed.close()
             log.info("Engine for %s stopped after %d cycles", symbol, self.cycles, extra=extra)
 
-    def prepare(self) -> None:
-        """Build the feed, strategy and limits of a validated config."""
-        config, book = self.config, self.state.book
-        self.feed = make_feed(
-            config.feed,
-            config.feed_options,
-            symbol=config.symbol,
-            seed=None if config.seed is None else config.seed + book.trade_count,
-            mark=book.mark,
-        )
-        self.strategy = make_strategy(config.strategy, config.params)
+    def prepare(self, *, feed: bool = True) -> None:
+        """Build the feed, strategy and limits of a validated config. A strategy on candles
+        warms up on the candles the engine kept from its last run."""
+        config, state, book = self.config, self.state, self.state.book
+        if feed:
+            self.feed = make_feed(
+                config.feed,
+                config.feed_options,
+                symbol=config.symbol,
+                seed=None if config.seed is None else config.seed + book.trade_count,
+                mark=book.mark,
+            )
+            self.candle_span = getattr(self.feed, "candle_span", 0.0)
+        self.strategy = strategy = make_strategy(config.strategy, config.params)
         self.limits = config.risk_limits()
+        interval = config.candle_interval or strategy.interval
+        self.heavy = bool(strategy.heavy)
+        if interval is None:
+            self.builder, self.tick_strategy = None, True
+            return
+        seconds = float(INTERVALS[interval])
+        self.builder, self.tick_strategy = CandleBuilder(seconds), bool(strategy.wants_ticks)
+        kept = state.candles if state.candle_seconds == seconds else ()
+        state.candles = strategy.candles = deque(maxlen=max(strategy.history, strategy.warmup, 1))
+        state.candle_seconds = seconds
+        self._decide = strategy.on_candle
+        position = book.qty / config.order_qty
+        for candle in kept:  # warm-up: its decisions are dropped, nothing is traded
+            state.candles.append(candle)
+            strategy.on_candle(candle, position)
 
     async def _guarded_cycle(self) -> None:
         try:
@@ -349,15 +416,26 @@ class TradingEngine:
         if config.hang_after_cycles is not None and n > config.hang_after_cycles:
             await asyncio.Event().wait()  # hung: no heartbeat until cancelled
         now = self.clock()
-        price = self.feed.poll() if self.feed is not None else None
-        if price is None:
+        item = self.feed.poll() if self.feed is not None else None
+        if item is None:
             self._silent(now)
+            return
+        began = time.perf_counter()
+        if type(item) is Candle:
+            self._feed_candle(item, now)
         else:
-            self.on_tick(price, now)
+            self.on_tick(item, now)
+        spent = time.perf_counter() - began
+        if spent > self.slow_after:
+            self._slow(spent, blocking=True)
+        if self._due is not None:  # a heavy strategy: its decision runs in the pool
+            candle, self._due = self._due, None
+            await self._decide_in_pool(candle, now)
 
     def on_tick(self, price: float, now: float) -> None:
-        """Mark the book, let the strategy speak, trade toward its signal within the limits.
-        Raises RiskHalt when today's loss reaches the daily limit."""
+        """Mark the book, enforce the exit levels, let the strategy speak (on this price,
+        or on the candle it closed), trade toward what it wants within the limits. Raises
+        RiskHalt when today's loss reaches the daily limit."""
         state, book = self.state, self.state.book
         state.last_tick_at = now
         if self.degraded:
@@ -367,10 +445,136 @@ class TradingEngine:
             self.listener.engine_filled(self, None)  # the day's start, stored
         book.mark = price
         self._check_daily_loss()
-        signal = self.strategy.signal(price)
-        if signal is not None:
-            self._trade_toward(signal * self.config.order_qty, price, now)
+        if state.stop_loss is not None or state.take_profit is not None:
+            self._exit_at(price, price, price, now)
+        if self.tick_strategy:
+            self._act(self.strategy.on_tick(price, book.qty / self.config.order_qty), price, now)
+        if self.builder is not None and (closed := self.builder.add(price, now)) is not None:
+            self._closed(closed, price, now)
         state.sync()
+
+    def _feed_candle(self, candle: Candle, now: float) -> None:
+        """A whole candle from the feed (a candle file, the stream's klines)."""
+        if self.builder is None:
+            self.on_tick(candle[4], now)
+            return
+        self.state.last_tick_at = now
+        if self.degraded:
+            self.degraded = False
+            self._tell_feed(None)
+        if (closed := self.builder.add_candle(candle, self.candle_span)) is not None:
+            self.on_candle(closed, now)
+        else:
+            self.state.book.mark = candle[4]
+        self.state.sync()
+
+    def on_candle(self, candle: Candle, now: float) -> None:
+        """A closed candle, whole: the exit levels are checked against its range (a stop
+        fills at its level, or at the open past it), the book is marked at its close and the
+        strategy decides; the order fills at the close. The backtest's step and the live
+        engine's alike. Raises RiskHalt when today's loss reaches the daily limit."""
+        state, book = self.state, self.state.book
+        if now >= (book.day + 1) * DAY and self.roll_day(now) and self.listener:
+            self.listener.engine_filled(self, None)
+        if state.stop_loss is not None or state.take_profit is not None:
+            self._exit_at(candle[1], candle[3], candle[2], now)
+        book.mark = close = candle[4]
+        if self.limits.daily_loss_limit is not None:
+            self._check_daily_loss()
+        state.candles.append(candle)
+        if self.heavy and self.pool is not None:
+            self._due = candle
+            return
+        qty = self.config.order_qty
+        decision = self._decide(candle, book.qty / qty)
+        # Most candles change nothing: that case costs one comparison, not a call.
+        if decision is not None and (type(decision) is not int or decision * qty != book.qty):
+            self._act(decision, close, now)
+
+    def _closed(self, candle: Candle, price: float, now: float) -> None:
+        """A candle built from prices closed (its prices were marked and checked already)."""
+        self.state.candles.append(candle)
+        if self.heavy and self.pool is not None:
+            self._due = candle
+            return
+        book = self.state.book
+        self._act(self._decide(candle, book.qty / self.config.order_qty), price, now)
+
+    async def _decide_in_pool(self, candle: Candle, now: float) -> None:
+        """A heavy strategy decides in a worker thread; the loop (the other engines) goes on."""
+        began = time.perf_counter()
+        position = self.state.book.qty / self.config.order_qty
+        loop = asyncio.get_running_loop()
+        decision = await loop.run_in_executor(self.pool, self.strategy.on_candle, candle, position)
+        if (spent := time.perf_counter() - began) > self.slow_after:
+            self._slow(spent, blocking=False)
+        book = self.state.book
+        if book.mark is not None:
+            self._act(decision, book.mark, now)
+            self.state.sync()
+
+    def _act(self, decision: object, price: float, now: float) -> None:
+        """Trade toward what the strategy answered (see ``strategies``)."""
+        if decision is None:
+            return
+        state, qty = self.state, self.config.order_qty
+        kind = type(decision)
+        if kind is int or kind is float:
+            target = decision * qty
+            if target == state.book.qty:
+                return  # nothing to do: the common case, kept short
+        elif kind is Target:
+            target = decision.position * qty
+            state.stop_loss, state.take_profit = decision.stop_loss, decision.take_profit
+        elif kind is Order:
+            target = state.book.qty + decision.qty * qty
+            state.stop_loss, state.take_profit = decision.stop_loss, decision.take_profit
+        elif isinstance(decision, int | float) and not isinstance(decision, bool):
+            target = float(decision) * qty  # a numpy number, say
+        else:
+            raise StrategyError(
+                f"strategy answered {decision!r}: expected None, a number, Target or Order"
+            )
+        if not -MAX_TARGET < target < MAX_TARGET:  # NaN fails this too
+            raise StrategyError(f"strategy answered a target of {target!r}")
+        self._trade_toward(target, price, now)
+        if not state.book.qty and (state.stop_loss is not None or state.take_profit is not None):
+            state.stop_loss = state.take_profit = None
+
+    def _exit_at(self, open_: float, low: float, high: float, now: float) -> None:
+        """Close the position when the price range reached its stop loss or take profit: at
+        the level, or at the open when the price opened past it. Stop first when both."""
+        state, qty = self.state, self.state.book.qty
+        stop, take = state.stop_loss, state.take_profit
+        price = None
+        if qty > 0:
+            if stop is not None and low <= stop:
+                price = min(open_, stop)
+            elif take is not None and high >= take:
+                price = max(open_, take)
+        elif qty < 0:
+            if stop is not None and high >= stop:
+                price = max(open_, stop)
+            elif take is not None and low <= take:
+                price = min(open_, take)
+        if qty == 0 or price is not None:
+            state.stop_loss = state.take_profit = None
+        if price is not None:
+            self._fill(SELL if qty > 0 else BUY, abs(qty), price, now)
+            self._check_daily_loss()
+
+    def _slow(self, spent: float, *, blocking: bool) -> None:
+        """Report a strategy slower than its cycle; one that held the event loop is named
+        to the runner's watchdog, so the others' late heartbeats are not blamed on them."""
+        interval = self.config.cycle_interval
+        self.record_error(
+            SlowStrategy(
+                f"strategy {self.config.strategy} took {spent:.2f}s, longer than its "
+                f"{interval:g}s cycle" + ("" if blocking else " (in the worker pool)")
+            )
+        )
+        if blocking and self.watch is not None:
+            self.watch.note(self.config.symbol, spent)
 
     def roll_day(self, now: float) -> bool:
         """Start a new UTC day's PnL when the date changed (idempotent)."""
@@ -429,15 +633,16 @@ class TradingEngine:
             slippage=config.slippage,
         )
         self.state.sync()
-        log.info(
-            "Filled %s %s %g @ %.6g fee %.6g",
-            config.symbol,
-            side,
-            qty,
-            fill.price,
-            fill.fee,
-            extra={"symbol": config.symbol},
-        )
+        if self.log_fills:
+            log.info(
+                "Filled %s %s %g @ %.6g fee %.6g",
+                config.symbol,
+                side,
+                qty,
+                fill.price,
+                fill.fee,
+                extra={"symbol": config.symbol},
+            )
         if self.listener:
             self.listener.engine_filled(self, fill)
         return fill

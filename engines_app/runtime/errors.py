@@ -49,3 +49,11 @@ class RiskHalt(EngineError):
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StrategyError(EngineError):
+    """A strategy answered with something that is not a decision (a cycle error)."""
+
+
+class SlowStrategy(EngineError):
+    """A strategy's decision took longer than its cycle. Reported, never raised."""

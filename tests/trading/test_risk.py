@@ -81,7 +81,7 @@ def test_open_losses_count_toward_the_daily_limit():
 class Long:
     """A strategy that wants one long unit whatever the price: it holds over midnight."""
 
-    def signal(self, price: float) -> int:
+    def on_tick(self, price: float, position: float) -> int:
         return 1
 
 

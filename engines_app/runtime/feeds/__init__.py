@@ -1,7 +1,8 @@
 """Market data feeds, chosen per engine: ``sim`` (default), ``csv``, ``prices``, ``ws``.
 
-A feed is polled once per cycle: ``poll()`` returns the newest price since the last poll,
-or None when nothing new arrived (the engine then measures how long it has been silent).
+A feed is polled once per cycle: ``poll()`` returns the newest price since the last poll
+(or a whole ``Candle``, from a feed of candles), or None when nothing new arrived (the
+engine then measures how long it has been silent).
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from .replay import ReplayFeed, csv_problems, inline_problems, load_csv
+from ..candles import Candle
+from .replay import (
+    ReplayFeed,
+    candle_span,
+    csv_problems,
+    inline_problems,
+    load_candles,
+    load_csv,
+)
 from .sim import SimulatedFeed, sim_problems
 
 ErrorCallback = Callable[[BaseException], None]
@@ -17,7 +26,7 @@ ErrorCallback = Callable[[BaseException], None]
 
 class Feed(Protocol):
     def start(self, on_error: ErrorCallback) -> None: ...
-    def poll(self) -> float | None: ...
+    def poll(self) -> float | Candle | None: ...
     def close(self) -> None: ...
 
 
@@ -49,8 +58,11 @@ def make_feed(
     if kind == "sim":
         return SimulatedFeed.from_options(options, symbol=symbol, seed=seed, mark=mark)
     if kind == "csv":
-        loop = options.get("loop", True)
-        return ReplayFeed(load_csv(options.get("file", "sample_btcusdt_1m.csv")), loop=loop)
+        loop, name = options.get("loop", True), options.get("file", "sample_btcusdt_1m.csv")
+        if options.get("candles", False):
+            candles = load_candles(name)
+            return ReplayFeed(candles, loop=loop, candle_span=candle_span(candles))
+        return ReplayFeed(load_csv(name), loop=loop)
     if kind == "prices":
         return ReplayFeed(
             tuple(float(p) for p in options["prices"]), loop=options.get("loop", False)

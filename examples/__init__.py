@@ -1,0 +1,1 @@
+"""Example strategies, to copy and adapt (see docs/strategies.md)."""
