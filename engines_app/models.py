@@ -412,3 +412,45 @@ class Trade(models.Model):
 
     def __str__(self) -> str:
         return f"{self.symbol} {self.side} {self.qty:g} @ {self.price:g}"
+
+
+class Backtest(models.Model):
+    """A strategy config run over candles by the live engine's code, and what it made."""
+
+    engine = models.ForeignKey(
+        Engine,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="backtests",
+        help_text="The engine whose config it tried, if any.",
+    )
+    symbol = models.CharField(max_length=20)
+    strategy = models.CharField(max_length=200)
+    params = models.JSONField(default=dict, blank=True)
+    config = models.JSONField(default=dict, blank=True, help_text="The whole config it ran.")
+    source = models.CharField(max_length=300, help_text="The candle file.")
+    interval = models.CharField(max_length=8, help_text="The candles the strategy saw.")
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    candles = models.PositiveIntegerField()
+    seconds = models.FloatField(help_text="The run over the candles, without loading them.")
+    metrics = models.JSONField(default=dict, blank=True)
+    trades = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="[time, side, qty, price, fee, realized PnL, position after] per fill.",
+    )
+    equity = models.JSONField(
+        default=list, blank=True, help_text="[time, total PnL] at candle closes, for the chart."
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.strategy} backtest {self.pk}"

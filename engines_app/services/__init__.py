@@ -1,6 +1,7 @@
 """Every operator write (admin, API, dashboard, tasks, shell) goes through a service here:
 the desired state or settings and an ``EngineCommand`` audit row change in one transaction."""
 
+from .backtests import backtest_run
 from .engines import (
     EngineExists,
     EngineNotFound,
@@ -14,6 +15,7 @@ from .engines import (
 )
 
 __all__ = [
+    "backtest_run",
     "EngineExists",
     "EngineNotFound",
     "engine_add",
