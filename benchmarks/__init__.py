@@ -48,6 +48,7 @@ SECTIONS = [
     Section("push", "benchmarks.push:run"),
     Section("status", "benchmarks.status:run"),
     Section("fleet", "benchmarks.fleet:run", engines=10_000),
+    Section("backtest", "benchmarks.backtest:run"),
     Section("soak", "benchmarks.soak:run", note="--minutes, default 30", only_when_named=True),
 ]
 OPTIONS = ("engines", "seconds", "samples", "minutes")
