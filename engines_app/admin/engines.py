@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import OuterRef, QuerySet, Subquery
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
@@ -27,7 +27,9 @@ from ..models import (
     EngineRestart,
     RunnerHeartbeat,
 )
+from ..runtime.feeds.replay import csv_files
 from ..selectors.engines import STATUSES, lease_live, shown_status, with_shown_status
+from ..services.backtests import backtest_run
 from ..services.engines import (
     EngineNotFound,
     engine_add,
@@ -180,9 +182,26 @@ class EngineForm(forms.ModelForm):
         return value
 
 
+BACKTEST_PERMISSION = "engines_app.add_backtest"
+
+
+class BacktestForm(forms.Form):
+    """An engine's config over one of the shipped candle files (never a path from a form)."""
+
+    source = forms.ChoiceField(label="Candles", help_text="Synthetic candle files shipped.")
+    start = forms.DateTimeField(label="From (UTC)", required=False)
+    end = forms.DateTimeField(label="To (UTC, not included)", required=False)
+    config = ConfigField(help_text="The engine's config; change it here to try another.")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["source"].choices = [(name, name) for name in csv_files()]
+
+
 @admin.register(Engine)
 class EngineAdmin(admin.ModelAdmin):
     form = EngineForm
+    change_form_template = "admin/engines_app/engine/change_form.html"
     list_display = (
         "symbol",
         "shown_status",
@@ -355,7 +374,57 @@ class EngineAdmin(admin.ModelAdmin):
     def get_urls(self):
         view = self.admin_site.admin_view(require_POST(self.restart_crashed_view))
         name = "engines_app_engine_restart_crashed"
-        return [path("restart-crashed/", view, name=name), *super().get_urls()]
+        backtest = self.admin_site.admin_view(self.backtest_view)
+        return [
+            path("restart-crashed/", view, name=name),
+            path("<path:object_id>/backtest/", backtest, name="engines_app_engine_backtest"),
+            *super().get_urls(),
+        ]
+
+    def backtest_view(self, request: HttpRequest, object_id: str):
+        """Backtest this engine's config (or an edit of it) over a shipped candle file; on
+        success, the backtest's page."""
+        if not request.user.has_perm(BACKTEST_PERMISSION):
+            raise PermissionDenied
+        engine = self.get_object(request, object_id)
+        if engine is None:
+            raise Http404("no such engine")
+        default = next((n for n in csv_files() if engine.symbol.lower() in n), "")
+        initial = {"config": engine.config, "source": default or "sample_btcusdt_1m.csv"}
+        form = BacktestForm(request.POST or None, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                row = backtest_run(
+                    symbol=engine.symbol,
+                    config=data["config"],
+                    source=data["source"],
+                    start=data["start"],
+                    end=data["end"],
+                    shipped_only=True,
+                    engine=engine,
+                    user=request.user,
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                self.message_user(request, f"Backtest {row.pk} of {engine.symbol} stored.")
+                return HttpResponseRedirect(reverse("backtest", args=[row.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": engine,
+            "title": f"Backtest {engine.symbol}'s config",
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/engines_app/engine/backtest.html", context)
+
+    def change_view(self, request: HttpRequest, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_backtest": request.user.has_perm(BACKTEST_PERMISSION),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def restart_crashed_view(self, request: HttpRequest) -> HttpResponseRedirect:
         """One click: restart every crashed, waiting (backoff) or failed engine."""

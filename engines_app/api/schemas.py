@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from ninja import Schema
+from pydantic import Field
 
 
 class EngineOut(Schema):
@@ -80,7 +81,7 @@ class ConfigureIn(Schema):
     interval (null: the default)."""
 
     config: dict[str, Any]
-    cycle_interval: float | None = None
+    cycle_interval: Annotated[float, Field(gt=0, le=86_400)] | None = None
 
 
 class TradeOut(Schema):

@@ -196,6 +196,8 @@ def report(
     if picks[-1] != len(times) - 1:
         picks.append(len(times) - 1)
     curve = [(float(times[i]), round(float(equity[i]), 8)) for i in picks]
+    held = _held(closes, config)
+    metrics["buy_and_hold_curve"] = [[float(times[i]), round(float(held[i]), 8)] for i in picks]
     return metrics, curve
 
 
@@ -230,11 +232,16 @@ def _sharpe(daily: np.ndarray) -> float | None:
     return float(np.mean(daily) / std * math.sqrt(365))
 
 
-def _buy_and_hold(closes: np.ndarray, config: EngineConfig) -> dict[str, Any]:
-    """Buy ``order_qty`` at the first close (with the slippage and fee a fill pays), hold."""
+def _held(closes: np.ndarray, config: EngineConfig) -> np.ndarray:
+    """Buy ``order_qty`` at the first close (with the slippage and fee a fill pays), hold:
+    its total PnL at each close."""
     entry = closes[0] * (1 + config.slippage)
-    fee = config.order_qty * entry * config.fee_rate
-    equity = (closes - entry) * config.order_qty - fee
+    return (closes - entry) * config.order_qty - config.order_qty * entry * config.fee_rate
+
+
+def _buy_and_hold(closes: np.ndarray, config: EngineConfig) -> dict[str, Any]:
+    equity = _held(closes, config)
+    fee = config.order_qty * closes[0] * (1 + config.slippage) * config.fee_rate
     return {
         "total_pnl": float(equity[-1]),
         "return_pct": float(equity[-1] / (closes[0] * config.order_qty) * 100),

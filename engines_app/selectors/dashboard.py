@@ -110,27 +110,20 @@ def feed_label(config: Mapping[str, Any] | Any) -> str:
     return f"{kind} {redact_url(url)}" if isinstance(url, str) else kind
 
 
-def pnl_chart(engine: Engine, *, width: int = 720, height: int = 200) -> dict[str, Any]:
-    """The engine's sampled total PnL (and its current value) as SVG polyline points."""
+def pnl_chart(engine: Engine) -> dict[str, Any]:
+    """The engine's sampled total PnL (and its current value), as the page's chart reads
+    it (``data``), with its span for the caption."""
     points = [
         (sample.at.timestamp(), sample.total_pnl)
         for sample in EnginePnlSample.objects.filter(engine=engine).order_by("-at")[:500]
     ][::-1]
     points.append((engine.updated_at.timestamp(), engine.total_pnl))
     (t0, t1), (v0, v1) = _span(p[0] for p in points), _span(p[1] for p in points)
-    pad = 10
-
-    def x(t: float) -> float:
-        return round(pad + (t - t0) / (t1 - t0) * (width - 2 * pad), 1)
-
-    def y(v: float) -> float:
-        return round(height - pad - (v - v0) / (v1 - v0) * (height - 2 * pad), 1)
-
     return {
-        "width": width,
-        "height": height,
-        "points": " ".join(f"{x(t)},{y(v)}" for t, v in points),
-        "zero_y": y(0.0) if v0 <= 0 <= v1 else None,
+        "data": {
+            "series": [{"label": "total PnL", "points": [[t, v] for t, v in points]}],
+            "unit": "",
+        },
         "min": v0,
         "max": v1,
         "first_at": datetime.fromtimestamp(t0, UTC),

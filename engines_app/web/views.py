@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from ..models import CONTROL_PERMISSION, Engine
+from ..models import CONTROL_PERMISSION, Backtest, Engine
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
 
@@ -45,3 +46,39 @@ def engine_page(request: HttpRequest, symbol: str) -> HttpResponse:
         "can_control": request.user.has_perm(CONTROL_PERMISSION),
     }
     return render(request, "engines_app/engine.html", context)
+
+
+TRADES_SHOWN = 500
+
+
+@require_GET
+@login_required(login_url="login")
+def backtest_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """One stored backtest: its report beside buy-and-hold, its equity curve, its trades."""
+    backtest = get_object_or_404(Backtest, pk=pk)
+    metrics = backtest.metrics
+    hold = metrics.get("buy_and_hold", {})
+    first = backtest.equity[0][0] if backtest.equity else None
+    chart = {
+        "series": [
+            {"label": "strategy", "points": backtest.equity},
+            {"label": "buy and hold", "points": metrics.get("buy_and_hold_curve", [])},
+        ],
+        "unit": "",
+    }
+    if first is None:
+        chart["series"] = chart["series"][:1]
+    context = {
+        "backtest": backtest,
+        "m": metrics,
+        "hold": hold,
+        "chart": chart,
+        "trades": [[_utc(row[0]), *row[1:]] for row in backtest.trades[:TRADES_SHOWN]],
+        "trades_total": len(backtest.trades),
+        "daily": [(_utc(day), pnl) for day, pnl in metrics.get("daily_pnl", [])],
+    }
+    return render(request, "engines_app/backtest.html", context)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

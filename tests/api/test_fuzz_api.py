@@ -9,6 +9,7 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
+from schemathesis.checks import positive_data_acceptance
 
 from engines_app.api.tokens import api_token_create
 from engines_app.models import Engine
@@ -45,5 +46,10 @@ def keep_connection():
 def test_every_answer_is_documented(case, token):
     """Status documented, body valid, never a 5xx; a request without the token is a 401,
     another method a 405 (schemathesis's own checks, run by ``call_and_validate``)."""
-    response = case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
+    # An engine config's validity (a strategy's parameters, its module being listed) is not
+    # a JSON schema's to say: a schema-valid config may still get its reasoned 400.
+    excluded = [positive_data_acceptance] if case.path == "/engines/configure/{symbol}" else []
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {token}"}, excluded_checks=excluded
+    )
     assert response.status_code < 500

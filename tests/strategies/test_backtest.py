@@ -164,3 +164,11 @@ def test_the_command_refuses_bad_input_with_the_reason_and_stores_nothing(args, 
     with pytest.raises(CommandError, match=reason.replace("[", r"\[")):
         call_command("backtest", *argv, *args)
     assert not Backtest.objects.exists()
+
+
+def test_the_benchmarks_bare_loop_makes_the_backtests_trades():
+    from benchmarks.backtest import bare_loop, config
+    from benchmarks.synthetic import synthetic_candles
+
+    candles = list(synthetic_candles("BTCUSDT", count=20_000))
+    assert bare_loop(candles) == run_backtest(config(), candles).metrics["trades"] > 100

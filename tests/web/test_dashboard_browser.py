@@ -107,7 +107,7 @@ def test_engine_page_shows_history_log_and_chart(page: Page, panel):
     expect(page).to_have_url(panel.url + "/engine/BTCUSDT/")
     expect(page.locator("h1")).to_contain_text("BTCUSDT")
     expect(page.locator("#log")).to_contain_text("Starting engine for BTCUSDT")
-    expect(page.locator("#pnl-chart polyline")).to_have_count(1)
+    expect(page.locator("#pnl-chart .uplot canvas")).to_have_count(1)  # drawn by uPlot
 
 
 def test_command_shows_pending_until_the_runner_acknowledges_it(page: Page, panel):

@@ -156,10 +156,12 @@ def test_engine_page_shows_history_log_and_pnl_chart(engines, settings, tmp_path
     assert "line 50</span>" not in page  # only the last 100 lines
     assert "old day" not in page  # the newest file only
     assert "4 points" in page  # three samples and the current value
-    points = page.split('<polyline class="line" points="')[1].split('"')[0].split()
-    assert len(points) == 4
-    ys = [float(p.split(",")[1]) for p in points]
-    assert ys[0] == max(ys) and ys[-1] == min(ys)  # -4 lowest on screen, 12.5 highest
+    data = json.loads(page.split('<script id="pnl-data" type="application/json">')[1].split("<")[0])
+    points = data["series"][0]["points"]
+    assert [value for _, value in points] == [-4.0, 3.0, 8.0, btc.total_pnl]
+    assert "vendor/uplot-1.6.32/uPlot.iife.min.js" in page
+    times = [at for at, _ in points]
+    assert times == sorted(times) and len(set(times)) == 4  # oldest first, for the time axis
 
 
 def test_engine_page_shows_its_runner_and_the_truthful_status(engines):
