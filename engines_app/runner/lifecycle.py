@@ -17,6 +17,7 @@ from django.db import DatabaseError, connection
 
 from ..conf import EngineSettings, engine_settings
 from ..runtime import EngineManager, HealthMonitor, RecoveryPolicy
+from ..runtime.health import LoopWatchdog
 from ..runtime.jsonlog import EngineLogs
 from . import store
 from .leases import (
@@ -67,7 +68,11 @@ class Runner:
         self.clock = clock
         policy = RecoveryPolicy(self.settings.recovery(), clock=clock)
         self.manager = EngineManager(
-            policy=policy, clock=clock, stop_timeout=self.settings.stop_timeout
+            policy=policy,
+            clock=clock,
+            stop_timeout=self.settings.stop_timeout,
+            strategy_workers=django_settings.LEVIPANEL_STRATEGY_WORKERS,
+            watchdog=LoopWatchdog(warn_after=django_settings.LEVIPANEL_LOOP_LAG_WARN, clock=clock),
         )
         self.health = HealthMonitor(
             self.manager,
@@ -181,6 +186,7 @@ class Runner:
     async def _serve(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             health = tasks.create_task(self.health.run(), name="health-monitor")
+            watchdog = tasks.create_task(self.manager.watchdog.run(), name="loop-watchdog")
             reconciler = tasks.create_task(self.reconciler.run(), name="reconciler")
             fence = tasks.create_task(self.reconciler.fence(), name="self-fence")
             await asyncio.sleep(0)  # both take their first step: the reconciler takes jobs
@@ -194,6 +200,7 @@ class Runner:
                 await self._loop()
             finally:
                 health.cancel()
+                watchdog.cancel()
                 reconciler.cancel()
                 fence.cancel()
 
@@ -232,6 +239,7 @@ class Runner:
     async def shutdown(self) -> None:
         """Stop every engine (a failed or halted one stays so) and write the final state."""
         await self.manager.stop_all(reason="runner stopped", keep_failed=True)
+        self.manager.close_pool()
         await self.writer.flush_final()
         self.say("LeviPanel engine runner stopped")
 

@@ -426,8 +426,11 @@ class TradingEngine:
         else:
             self.on_tick(item, now)
         spent = time.perf_counter() - began
-        if spent > self.slow_after:
-            self._slow(spent, blocking=True)
+        if spent > SLOW_FLOOR:  # held the event loop: the watchdog may need a name
+            if self.watch is not None:
+                self.watch.note(self.config.symbol, spent)
+            if spent > self.slow_after:
+                self._slow(spent, blocking=True)
         if self._due is not None:  # a heavy strategy: its decision runs in the pool
             candle, self._due = self._due, None
             await self._decide_in_pool(candle, now)
@@ -564,8 +567,8 @@ class TradingEngine:
             self._check_daily_loss()
 
     def _slow(self, spent: float, *, blocking: bool) -> None:
-        """Report a strategy slower than its cycle; one that held the event loop is named
-        to the runner's watchdog, so the others' late heartbeats are not blamed on them."""
+        """Report a strategy slower than its cycle (``blocking``: it held the event loop,
+        and was named to the runner's watchdog)."""
         interval = self.config.cycle_interval
         self.record_error(
             SlowStrategy(
@@ -573,8 +576,6 @@ class TradingEngine:
                 f"{interval:g}s cycle" + ("" if blocking else " (in the worker pool)")
             )
         )
-        if blocking and self.watch is not None:
-            self.watch.note(self.config.symbol, spent)
 
     def roll_day(self, now: float) -> bool:
         """Start a new UTC day's PnL when the date changed (idempotent)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import logging
 import time
@@ -15,7 +16,9 @@ from .cyclestats import CycleHistogram
 from .engine import EngineConfig, EngineState, TradingEngine
 from .errors import HeartbeatTimeout, RiskHalt, is_fatal
 from .events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
+from .health import LoopWatchdog
 from .recovery import RecoveryPolicy
+from .strategies import load_strategy
 
 log = logging.getLogger("levipanel.engine")
 
@@ -76,8 +79,13 @@ class EngineManager:
         policy: RecoveryPolicy | None = None,
         clock: Callable[[], float] = time.time,
         stop_timeout: float = 5.0,
+        strategy_workers: int = 2,
+        watchdog: LoopWatchdog | None = None,
     ) -> None:
         self.policy = policy or RecoveryPolicy(clock=clock)
+        self.strategy_workers = strategy_workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.watchdog = watchdog or LoopWatchdog(clock=clock)
         self.clock = clock
         self.stop_timeout = stop_timeout
         self.slots: dict[str, Slot] = {}
@@ -362,14 +370,32 @@ class EngineManager:
 
     # Internals --------------------------------------------------------------------------
 
+    @property
+    def strategy_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The worker threads heavy strategies decide in, made when the first one starts."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.strategy_workers, thread_name_prefix="strategy"
+            )
+        return self._pool
+
+    def close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
     def _launch(self, slot: Slot) -> None:
         state = slot.engine.state
+        strategy = load_strategy(slot.config.strategy)  # a bad one fails in the engine's run
+        heavy = not isinstance(strategy, str) and strategy.heavy
         slot.engine = TradingEngine(
             slot.config,
             listener=self,
             state=state,
             clock=self.clock,
             cycle_histogram=self.cycle_histogram,
+            pool=self.strategy_pool if heavy else None,
+            watch=self.watchdog,
         )
         slot.stopping = False
         slot.next_retry_at = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from engines_app.runtime.strategies import Order, Param, Strategy, Target
@@ -71,10 +72,12 @@ class Sleeper(Strategy):
     """Holds the thread for ``seconds`` on every candle: slow, and (not heavy) blocking."""
 
     params = {"seconds": Param(0.3, minimum=0.0, maximum=10.0)}
+    threads: set[str] = set()  # where its decisions ran
 
     def on_candle(self, candle, position):
-        time.sleep(self.seconds)
-        return None
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.seconds)  # a model's work, which (like numpy) lets go of the GIL
+        return 1
 
 
 class HeavySleeper(Sleeper):
