@@ -139,7 +139,9 @@ class Strategy:
     interval: ClassVar[str | None] = "1m"
     wants_ticks: ClassVar[bool] = False  # also call on_tick on every price
     heavy: ClassVar[bool] = False  # decisions run in the runner's worker threads
-    warmup: ClassVar[int] = 0  # candles it needs before it can decide (replayed on restart)
+    # Candles it needs before it can decide (kept, and replayed to it on a restart); a
+    # property when it depends on the parameters, as the built-ins' does.
+    warmup: ClassVar[int] = 0
     history: ClassVar[int] = 0  # candles the engine keeps for it in ``self.candles``
 
     def __init__(self, **params: Any) -> None:
@@ -178,9 +180,12 @@ class SmaCross(Strategy):
         "allow_short": Param(False, help="short below instead of flat"),
     }
     interval = None  # ticks unless the config asks for candles
-    warmup = 20
 
     __slots__ = ("fast", "slow", "allow_short", "candles", "_ring", "_fsum", "_ssum", "_n", "_low")
+
+    @property
+    def warmup(self) -> int:  # type: ignore[override]
+        return self.slow
 
     def __init__(self, fast: int = 5, slow: int = 20, allow_short: bool = False) -> None:
         self.fast, self.slow, self.allow_short = fast, slow, allow_short
@@ -232,9 +237,12 @@ class Breakout(Strategy):
         "allow_short": Param(False, help="short below instead of flat"),
     }
     interval = None
-    warmup = 20
 
     __slots__ = ("lookback", "allow_short", "candles", "_prices")
+
+    @property
+    def warmup(self) -> int:  # type: ignore[override]
+        return self.lookback
 
     def __init__(self, lookback: int = 20, allow_short: bool = False) -> None:
         self.lookback, self.allow_short = lookback, allow_short

@@ -4,10 +4,13 @@ a crash, a restart), one that is slower than its cycle is reported; the runner g
 from __future__ import annotations
 
 from engines_app.runtime import EngineConfig, EngineManager, RecoveryPolicy, RecoverySettings
+from engines_app.runtime.candles import Candle
+from engines_app.runtime.engine import TradingEngine
 from engines_app.runtime.events import ErrorRaised, RestartScheduled, StatusChanged
 from tests.helpers import eventually
 
 CANDLES = {"feed": "csv", "feed_options": {"candles": True}}
+T0 = 1_767_225_600.0
 
 
 def manager() -> EngineManager:
@@ -67,3 +70,21 @@ async def test_an_answer_that_is_no_decision_is_an_engine_error(allowed):
         "strategy answered 'buy please': expected None, a number, Target or Order"
     )
     await m.stop_all()
+
+
+def test_a_restarted_engine_warms_its_strategy_up_on_the_candles_it_kept():
+    config = EngineConfig(
+        "BTCUSDT", params={"fast": 2, "slow": 3}, candle_interval="1m", fee_rate=0.0, slippage=0
+    )
+    first = TradingEngine(config)
+    first.prepare(feed=False)
+    for i, close in enumerate([100.0, 101.0, 102.0]):
+        first.on_candle(Candle(T0 + 60 * i, close, close, close, close, 1.0), T0 + 60 * i + 60)
+    assert first.state.book.qty == 1  # warm after 3 candles: long
+
+    again = TradingEngine(config, state=first.state)  # as recovery restarts it
+    again.prepare(feed=False)
+    assert list(again.strategy.candles) == list(first.state.candles)
+    # Warm at once: the next candle is decided on (a fresh strategy would wait 3).
+    again.on_candle(Candle(T0 + 180, 90.0, 90.0, 90.0, 90.0, 1.0), T0 + 240)
+    assert (again.state.book.qty, again.state.book.trade_count) == (0, 2)
