@@ -32,7 +32,9 @@ def staff_client(django_user_model, *codenames: str) -> Client:
 @pytest.mark.django_db
 def test_backtest_this_config_from_the_engine_admin_page(django_user_model):
     engine = Engine.objects.create(symbol="ETHUSDT", config=CONFIG)
-    client = staff_client(django_user_model, "view_engine", "change_engine", "add_backtest")
+    client = staff_client(
+        django_user_model, "view_engine", "change_engine", "add_backtest", "view_backtest"
+    )
     change = client.get(f"/admin/engines_app/engine/{engine.pk}/change/").content.decode()
     url = f"/admin/engines_app/engine/{engine.pk}/backtest/"
     assert f'href="{url}"' in change and "Backtest this config" in change
@@ -66,6 +68,8 @@ def test_backtest_this_config_from_the_engine_admin_page(django_user_model):
     assert [s["label"] for s in chart["series"]] == ["strategy", "buy and hold"]
     assert chart["series"][0]["points"] == row.equity
     assert "vendor/uplot-1.6.32/uPlot.iife.min.js" in page
+    listed = client.get("/admin/engines_app/backtest/").content.decode()
+    assert f'href="/backtest/{row.pk}/"' in listed and "ETHUSDT" in listed
 
 
 @pytest.mark.django_db
