@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -302,7 +301,7 @@ class Writer:
             )
             now = row.values()
             if values.get(engine_id) == now and engine_id % REFRESH_FLUSHES != turn:
-                row = dataclasses.replace(row, changed=False)
+                row.changed = False
             else:
                 self._flushing_values[engine_id] = now
             rows.append(row)
