@@ -149,7 +149,9 @@ class Writer:
         fence = store.Fence(
             self.leases.runner,
             dict(self.leases.epochs),
-            lease=self.leases.lease if heartbeat_due and self.leases.renewal_due() else None,
+            # Due by time, whatever the write carries: a start-up that claimed and started
+            # a large fleet renews in its first write after.
+            lease=self.leases.lease if self.leases.renewal_due() else None,
             release=release,
         )
         began = time.monotonic()
