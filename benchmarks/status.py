@@ -1,61 +1,78 @@
-"""GET /engines/status at N engines under concurrent clients, beside a bare Django JSON view
-of the same payload, both served by one daphne process on a temp SQLite installation."""
+"""GET /engines/status (whole, revalidated, one filtered page) and GET /engines/status/{symbol}
+at N engines under concurrent clients, each beside a bare Django JSON view of the same
+payload, all served by one daphne process on a temp SQLite installation."""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
 import time
+from dataclasses import dataclass
 
 from benchmarks import Row
 from benchmarks.runner import data_dir
+from benchmarks.worker import symbols
 from engines_app.testing import Installation
 
 CLIENTS = 8
 WARM_UP = 10
-
-
-# The figures, each timed against a bare view served by the same process in the same rounds:
-# (row name, URL, send the ETag back?, bare URL, target in ms).
-PAGE = "?status=stopped&symbol=B00&page=2&page_size=50"
-ONE = "B00500USDT"
-FIGURES = [
-    ("list, no parameters, no ETag: p99", "/engines/status", False, "", "< 50"),
-    ("list, If-None-Match (304): p99", "/engines/status", True, "", "< 50"),
-    (f"filtered page {PAGE}: p99", f"/engines/status{PAGE}", False, "", "< 50"),
-    (f"one engine /engines/status/{ONE}: p99", f"/engines/status/{ONE}", False, ONE, "< 10"),
-]
+ROUND = 50  # requests a round; the figures' rounds are interleaved with their baselines'
 BARE = "/bench/bare-status"
+PAGE = "?status=stopped&symbol=B00&page=2&page_size=50"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One URL timed beside a bare view of the same payload, served by the same process."""
+
+    label: str
+    url: str
+    bare: str
+    target: str | None
+    revalidate: bool = False  # send the last ETag back as If-None-Match
+    clients: int = CLIENTS
+
+
+def figures(engines: int) -> list[Figure]:
+    one = symbols(engines)[engines // 2]
+    return [
+        Figure("/engines/status, no ETag", "/engines/status", BARE, "< 50"),
+        Figure("/engines/status, If-None-Match: 304", "/engines/status", BARE, "< 50", True),
+        Figure(f"/engines/status{PAGE}", f"/engines/status{PAGE}", BARE, "< 50"),
+        Figure(f"/engines/status/{one}", f"/engines/status/{one}", f"{BARE}/{one}", None),
+        Figure(
+            f"/engines/status/{one}", f"/engines/status/{one}", f"{BARE}/{one}", "< 10", clients=1
+        ),
+    ]
 
 
 def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
-    """Time ``samples`` requests to each URL from ``CLIENTS`` concurrent clients."""
+    """Time ``samples`` requests to each figure's URL and to its bare view."""
     import httpx  # noqa: F401  (fail early, before starting anything)
 
     with data_dir(engines) as path, Installation(path) as installation:
         token = _token(installation)
         installation.serve("benchmarks.bare_asgi:application")
-        times = asyncio.run(_measure(installation.url, token, samples))
-    name = f"GET /engines/status, {engines} engines, {CLIENTS} clients"
-    rows = [_row(f"{name}, list, no parameters: p50", times[0], times[BARE], 50, "", None)]
-    for index, (label, _, _, bare, target) in enumerate(FIGURES):
-        rows.append(_row(f"{name}, {label}", times[index], times[_bare(bare)], 99, bare, target))
+        times = asyncio.run(_measure(installation.url, token, samples, figures(engines)))
+    rows = []
+    for figure in figures(engines):
+        api, bare = times[figure], times[(figure.bare, figure.clients)]
+        clients = f"{figure.clients} client{'s' if figure.clients > 1 else ''}"
+        name = f"GET {figure.label}, {engines} engines, {clients}"
+        rows.append(_row(f"{name}: p50", api, bare, 50, figure))
+        rows.append(_row(f"{name}: p99", api, bare, 99, figure))
     return rows
 
 
-def _bare(symbol: str) -> str:
-    return f"{BARE}/{symbol}" if symbol else BARE
-
-
-def _row(name: str, api: list[float], bare: list[float], pct: int, symbol: str, target):
-    payload = f"{symbol}'s status" if symbol else "the fleet's status"
+def _row(name: str, api: list[float], bare: list[float], pct: int, figure: Figure) -> Row:
+    payload = "one engine's status" if figure.bare != BARE else "the fleet's status"
     return {
         "name": name,
         "value": _pct(api, pct),
         "unit": "ms",
         "baseline": _pct(bare, pct),
         "baseline_name": f"bare Django JSON view of {payload}",
-        "target": target,
+        "target": figure.target if pct == 99 else None,
     }
 
 
@@ -63,30 +80,29 @@ def _pct(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000
 
 
-async def _measure(base: str, token: str, samples: int) -> dict:
-    """Request times by figure (its index) and by bare URL."""
+async def _measure(base: str, token: str, samples: int, figures: list[Figure]) -> dict:
+    """Request times by figure and by (bare URL, clients)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
-    bare_urls = sorted({_bare(figure[3]) for figure in FIGURES})
-    times: dict = {index: [] for index in range(len(FIGURES))} | {url: [] for url in bare_urls}
+    bares = sorted({(figure.bare, figure.clients) for figure in figures})
+    times: dict = {key: [] for key in [*figures, *bares]}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         await _wait_ready(client)
-        for url in [figure[1] for figure in FIGURES] + bare_urls:
+        for url in {figure.url for figure in figures} | {url for url, _ in bares}:
             for _ in range(WARM_UP):
                 (await client.get(url)).raise_for_status()
-        # Interleave rounds so every figure and its baseline see the same machine load.
-        for _ in range(max(1, samples // 50)):
-            for index, (_, url, revalidate, *_) in enumerate(FIGURES):
-                times[index] += await _round(client, url, 50, revalidate)
-            for url in bare_urls:
-                times[url] += await _round(client, url, 50, False)
+        for _ in range(max(1, samples // ROUND)):
+            for figure in figures:
+                times[figure] += await _round(client, figure.url, figure.clients, figure.revalidate)
+            for url, clients in bares:
+                times[(url, clients)] += await _round(client, url, clients, False)
     return times
 
 
-async def _round(client, url: str, count: int, revalidate: bool) -> list[float]:
+async def _round(client, url: str, clients: int, revalidate: bool) -> list[float]:
     times: list[float] = []
-    queue = list(range(count))
+    queue = list(range(ROUND))
 
     async def one_client() -> None:
         etag = None
@@ -100,7 +116,7 @@ async def _round(client, url: str, count: int, revalidate: bool) -> list[float]:
                 response.raise_for_status()
                 etag = response.headers.get("ETag")
 
-    await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
+    await asyncio.gather(*(one_client() for _ in range(clients)))
     return times
 
 
