@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils.cache import get_conditional_response
+from django.http import HttpRequest, HttpResponse, HttpResponseNotModified, JsonResponse
+from django.utils.http import parse_etags
 from ninja import Router, Status
 from ninja.errors import HttpError
 from pydantic import WithJsonSchema
@@ -98,12 +98,19 @@ def checked_page(page: int | None, page_size: int | None) -> None:
 
 
 def etagged(request: HttpRequest, body: bytes, etag: str) -> HttpResponse:
-    """``body`` as JSON with its ETag, or a 304 with no body when the client has it."""
-    response = HttpResponse(body, content_type="application/json; charset=utf-8")
+    """``body`` as JSON with its ETag, or a 304 with no body when the client has it
+    (If-None-Match, compared weakly as RFC 9110 says; other preconditions are ignored)."""
+    sent = parse_etags(request.headers.get("If-None-Match", ""))
+    fresh = "*" in sent or etag in {tag.removeprefix("W/") for tag in sent}
+    response = (
+        HttpResponseNotModified()
+        if fresh
+        else HttpResponse(body, content_type="application/json; charset=utf-8")
+    )
     response["ETag"] = etag
     # Each client asks again each time; it may keep the answer and ask with If-None-Match.
     response["Cache-Control"] = "private, no-cache"
-    return get_conditional_response(request, etag=etag, response=response) or response
+    return response
 
 
 @router.get(

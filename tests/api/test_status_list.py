@@ -76,6 +76,14 @@ def test_the_answer_has_a_strong_etag_and_a_304_needs_no_body(client, fleet, tok
     assert other.status_code == 200 and other.content == first.content
 
 
+def test_if_none_match_takes_a_list_a_weak_tag_and_a_star(client, fleet, token):
+    etag = get(client, token)["ETag"]
+    for sent in (f'"other", {etag}', f"W/{etag}", "*"):
+        assert get(client, token, HTTP_IF_NONE_MATCH=sent).status_code == 304, sent
+    # Other preconditions are not this endpoint's: the answer is the usual one.
+    assert get(client, token, HTTP_IF_MATCH='"other"').status_code == 200
+
+
 def test_the_snapshot_is_built_once_and_served_to_every_client(client, fleet, token, operator2):
     with CaptureQueriesContext(connection) as queries:
         first = get(client, token)
