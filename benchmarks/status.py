@@ -9,6 +9,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import psutil
+
 from benchmarks import Row
 from benchmarks.runner import data_dir
 from benchmarks.worker import symbols
@@ -52,25 +54,36 @@ def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
 
     with data_dir(engines) as path, Installation(path) as installation:
         token = _token(installation)
-        installation.serve("benchmarks.bare_asgi:application")
-        times = asyncio.run(_measure(installation.url, token, samples, figures(engines)))
+        server = psutil.Process(installation.serve("benchmarks.bare_asgi:application").pid)
+        times, cpu = asyncio.run(
+            _measure(installation.url, token, samples, figures(engines), server)
+        )
     rows = []
     for figure in figures(engines):
-        api, bare = times[figure], times[(figure.bare, figure.clients)]
+        bare = (figure.bare, figure.clients)
         clients = f"{figure.clients} client{'s' if figure.clients > 1 else ''}"
         name = f"GET {figure.label}, {engines} engines, {clients}"
-        rows.append(_row(f"{name}: p50", api, bare, 50, figure))
-        rows.append(_row(f"{name}: p99", api, bare, 99, figure))
+        rows.append(_row(f"{name}: p50", times[figure], times[bare], 50, figure))
+        rows.append(_row(f"{name}: p99", times[figure], times[bare], 99, figure))
+    # What the machine's load does not change much: the server's CPU time per request.
+    for figure in figures(engines)[:4]:
+        row = _row(f"server CPU per request, GET {figure.label}", [], [], 0, figure)
+        bare = (figure.bare, figure.clients)
+        rows.append(row | {"value": _mean(cpu[figure]), "baseline": _mean(cpu[bare])})
     return rows
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) * 1000
 
 
 def _row(name: str, api: list[float], bare: list[float], pct: int, figure: Figure) -> Row:
     payload = "one engine's status" if figure.bare != BARE else "the fleet's status"
     return {
         "name": name,
-        "value": _pct(api, pct),
+        "value": _pct(api, pct) if api else None,
         "unit": "ms",
-        "baseline": _pct(bare, pct),
+        "baseline": _pct(bare, pct) if bare else None,
         "baseline_name": f"bare Django JSON view of {payload}",
         "target": figure.target if pct == 99 else None,
     }
@@ -80,24 +93,35 @@ def _pct(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000
 
 
-async def _measure(base: str, token: str, samples: int, figures: list[Figure]) -> dict:
-    """Request times by figure and by (bare URL, clients)."""
+async def _measure(
+    base: str, token: str, samples: int, figures: list[Figure], server: psutil.Process
+) -> tuple[dict, dict]:
+    """Request times, and the server's CPU time per request of each round, by figure and
+    by (bare URL, clients)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
     bares = sorted({(figure.bare, figure.clients) for figure in figures})
     times: dict = {key: [] for key in [*figures, *bares]}
+    cpu: dict = {key: [] for key in times}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         await _wait_ready(client)
         for url in {figure.url for figure in figures} | {url for url, _ in bares}:
             for _ in range(WARM_UP):
                 (await client.get(url)).raise_for_status()
         for _ in range(max(1, samples // ROUND)):
-            for figure in figures:
-                times[figure] += await _round(client, figure.url, figure.clients, figure.revalidate)
-            for url, clients in bares:
-                times[(url, clients)] += await _round(client, url, clients, False)
-    return times
+            rounds = [(f, f.url, f.clients, f.revalidate) for f in figures]
+            rounds += [((url, clients), url, clients, False) for url, clients in bares]
+            for key, url, clients, revalidate in rounds:
+                began = _cpu(server)
+                times[key] += await _round(client, url, clients, revalidate)
+                cpu[key].append((_cpu(server) - began) / ROUND)
+    return times, cpu
+
+
+def _cpu(process: psutil.Process) -> float:
+    used = process.cpu_times()
+    return used.user + used.system
 
 
 async def _round(client, url: str, clients: int, revalidate: bool) -> list[float]:
