@@ -89,6 +89,8 @@ def checked_prefix(symbol: str) -> str:
 
 
 def checked_page(page: int | None, page_size: int | None) -> None:
+    """A 400 for a page out of range. A page far past the end would overflow SQLite's
+    OFFSET ("datatype mismatch")."""
     if (page is not None and not 1 <= page <= MAX_PAGE) or (
         page_size is not None and not 1 <= page_size <= MAX_PAGE_SIZE
     ):
@@ -204,11 +206,7 @@ def restart(request: HttpRequest, symbol: Symbol):
 def trades(request: HttpRequest, symbol: Symbol, page: Page = 1, page_size: PageSize = 50):
     """The engine's paper fills, newest first, ``page_size`` (1-500) a page."""
     engine = _engine(symbol)
-    # A page far past the end would overflow SQLite's OFFSET ("datatype mismatch").
-    if not 1 <= page <= MAX_PAGE or not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise HttpError(
-            400, f"page must be >= 1 (at most {MAX_PAGE}) and page_size from 1 to {MAX_PAGE_SIZE}"
-        )
+    checked_page(page, page_size)
     return trades_list(symbol=engine.symbol, page=page, page_size=page_size)
 
 

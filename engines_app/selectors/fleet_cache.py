@@ -33,7 +33,6 @@ from ..models import Engine, RunnerHeartbeat
 from .engines import STATUS_FIELDS, STATUSES, runners_seen, status_counts, status_row
 
 MAX_AGE = 1.0  # seconds a snapshot's ages may lag behind
-MAX_PAGE_SIZE = 500
 
 # Each stamp as whole milliseconds (SQLite keeps dates to the millisecond), summed exactly.
 _VERSION_SQL = {
