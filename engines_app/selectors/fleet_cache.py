@@ -15,7 +15,8 @@ all of these hold:
 
 Not the newest row stamp: a writer stamps ``updated_at`` before it commits, so a row can
 become visible with a stamp older than the newest one already seen. A sum moves whenever
-any row's stamp moves.
+any row's stamp moves (on SQLite, to the millisecond: a second write of one row within the
+same millisecond, read between the two, is seen when the snapshot's ``MAX_AGE`` runs out).
 """
 
 from __future__ import annotations
