@@ -4,7 +4,9 @@ and pages over it, with the fleet's counts kept."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 
 import pytest
@@ -323,3 +325,41 @@ def test_the_data_version_on_postgresql(postgres_database, tmp_path):
     with Installation(tmp_path / "data", {"DATABASE_URL": postgres_database}) as installation:
         done = installation.manage("shell", "-c", VERSIONS)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True, 1.0]
+
+
+# Another process writes -------------------------------------------------------------------
+
+SETUP = """
+from django.contrib.auth import get_user_model
+from engines_app.api.tokens import api_token_create
+from engines_app.models import Engine
+Engine.objects.bulk_create([Engine(symbol=s) for s in ("BTCUSDT", "ETHUSDT")])
+print(api_token_create(user=get_user_model().objects.create_user("reader"), name="t")[1])
+"""
+
+
+def write_as_a_runner(project, symbol: str, position: float) -> None:
+    """What a runner's flush does to a row, from a connection of its own: the values and a
+    new ``updated_at``, committed."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with closing(sqlite3.connect(project.data_dir / "levipanel.sqlite3", timeout=20)) as db, db:
+        db.execute(
+            "UPDATE engines_app_engine SET position = ?, updated_at = ? WHERE symbol = ?",
+            (position, stamp, symbol),
+        )
+
+
+def test_a_write_by_another_process_is_seen_by_the_next_request(project):
+    """The web server's snapshot, and a write from another connection at once after it
+    (well within the snapshot's ``MAX_AGE``)."""
+    import httpx
+
+    key = project.manage("shell", "-c", SETUP).stdout.split()[-1]
+    project.serve()
+    with httpx.Client(base_url=project.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        etag = http.get("/engines/status").headers["ETag"]
+        assert http.get("/engines/status", headers={"If-None-Match": etag}).status_code == 304
+        write_as_a_runner(project, "ETHUSDT", 7.0)
+        after = http.get("/engines/status", headers={"If-None-Match": etag})
+    assert after.status_code == 200
+    assert [e["position"] for e in after.json()["engines"]] == [None, 7.0]
