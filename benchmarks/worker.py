@@ -243,10 +243,13 @@ def _write_costs(counter: TransactionCounter) -> dict:
         lambda: store.write(statuses=[status], errors=[], restarts=[], heartbeats=[])
     )
     connection.ensure_connection()
-    connection.connection.set_trace_callback(counter)
-    before = counter.count
-    save_each()  # one cycle's worth, counted the same way as the runner's
-    connection.connection.set_trace_callback(None)
+    if connection.vendor == "sqlite":
+        connection.connection.set_trace_callback(counter)
+        before = counter.count
+        save_each()  # one cycle's worth, counted the same way as the runner's
+        connection.connection.set_trace_callback(None)
+    else:  # autocommit: each save() is a transaction of its own
+        before, counter.count = 0, len(engines)
     return {
         "flush_ms": flush_ms,
         "flush_changed_ms": flush_changed_ms,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -150,7 +149,9 @@ class Writer:
         fence = store.Fence(
             self.leases.runner,
             dict(self.leases.epochs),
-            lease=self.leases.lease if heartbeat_due and self.leases.renewal_due() else None,
+            # Due by time, whatever the write carries: a start-up that claimed and started
+            # a large fleet renews in its first write after.
+            lease=self.leases.lease if self.leases.renewal_due() else None,
             release=release,
         )
         began = time.monotonic()
@@ -302,7 +303,7 @@ class Writer:
             )
             now = row.values()
             if values.get(engine_id) == now and engine_id % REFRESH_FLUSHES != turn:
-                row = dataclasses.replace(row, changed=False)
+                row.changed = False
             else:
                 self._flushing_values[engine_id] = now
             rows.append(row)

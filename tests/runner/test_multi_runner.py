@@ -24,21 +24,19 @@ import psycopg
 import pytest
 
 from engines_app.testing import Installation
-from tests.helpers import TcpProxy, check_ledger, eventually_sync, ledger_problems, query
+from tests.helpers import (
+    FAST_RUNNER,
+    TRADES_OFTEN,
+    TcpProxy,
+    check_ledger,
+    eventually_sync,
+    ledger_problems,
+    query,
+)
 
 LEASE = 3.0
-FAST = {
-    "LEVIPANEL_LEASE": f"{LEASE:g}",
-    "LEVIPANEL_FLUSH_INTERVAL": "0.2",
-    "LEVIPANEL_POLL_INTERVAL": "0.1",
-    "LEVIPANEL_CYCLE_INTERVAL": "0.2",
-    "LEVIPANEL_STOP_TIMEOUT": "2",
-    "LEVIPANEL_BACKOFF_BASE": "0.5",
-    "LEVIPANEL_BACKOFF_CAP": "2",
-}
+FAST = {**FAST_RUNNER, "LEVIPANEL_LEASE": f"{LEASE:g}"}
 SYMBOLS = [f"T{n:02d}USDT" for n in range(40)]
-# A fast/slow crossover of 1/2 on a jumpy walk: a fill every few cycles.
-TRADES_OFTEN = {"params": {"fast": 1, "slow": 2}, "feed_options": {"volatility": 0.01}}
 ADD = (
     "from engines_app import services\n"
     "for symbol in {symbols!r}:\n"
