@@ -152,6 +152,25 @@ def test_a_small_fleet_on_postgresql_is_measured(postgres_url, tmp_path):
     assert is_number(figure("write transactions/s of the rest of the server")["value"])
 
 
+def test_the_status_section_prints_each_figure_beside_its_bare_view(project):
+    out = project.data_dir / "bench.json"
+    args = ["--engines", str(ENGINES), "--samples", "50", "--only", "status", "--json", str(out)]
+    project.manage("benchmark", *args, timeout=300)
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    one = f"/engines/status/B{ENGINES // 2:05d}USDT"
+    for figure, bare in [
+        ("/engines/status, no ETag", "the fleet's status"),
+        ("/engines/status, If-None-Match: 304", "the fleet's status"),
+        ("/engines/status?status=stopped&symbol=B00&page=2&page_size=50", "the fleet's status"),
+        (f"{one}, {ENGINES} engines, 8 clients", "one engine's status"),
+        (f"{one}, {ENGINES} engines, 1 client", "one engine's status"),
+    ]:
+        for pct in ("p50", "p99"):
+            row = next(r for name, r in rows.items() if figure in name and name.endswith(pct))
+            assert is_number(row["value"]) and is_number(row["baseline"]), row
+            assert row["baseline_name"] == f"bare Django JSON view of {bare}"
+
+
 def engines_given(*, engines: int) -> list[dict]:
     return [{"name": "engines", "value": engines}]
 
