@@ -14,7 +14,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -246,6 +246,7 @@ class TradingEngine:
         "rejected",
         "cycle_histogram",
         "_log_limiter",
+        "_sleep",
         "builder",
         "candle_span",
         "tick_strategy",
@@ -266,10 +267,12 @@ class TradingEngine:
         state: EngineState | None = None,
         clock: Callable[[], float] = time.time,
         cycle_histogram: CycleHistogram | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         pool: concurrent.futures.Executor | None = None,
         watch: Any = None,
     ) -> None:
         self.config = config
+        self._sleep = sleep  # between cycles; the manager passes its Ticker's
         self.cycle_histogram = cycle_histogram
         self.state = state or EngineState()
         self.listener = listener
@@ -334,7 +337,7 @@ class TradingEngine:
                 self.cycles += 1
                 self.last_heartbeat = self.clock()
                 if not self._stopping:
-                    await asyncio.sleep(self.config.cycle_interval)
+                    await self._sleep(self.config.cycle_interval)
         finally:
             self.feed.close()
             log.info("Engine for %s stopped after %d cycles", symbol, self.cycles, extra=extra)

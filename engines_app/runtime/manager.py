@@ -19,6 +19,7 @@ from .events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusCha
 from .health import LoopWatchdog
 from .recovery import RecoveryPolicy
 from .strategies import load_strategy
+from .ticker import Ticker
 
 log = logging.getLogger("levipanel.engine")
 
@@ -92,6 +93,7 @@ class EngineManager:
         self.events: list[Event] = []
         self.changed = asyncio.Event()
         self.cycle_histogram = CycleHistogram()
+        self.ticker = Ticker()  # one timer per few ms for all the engines' sleeps
 
     # Commands ---------------------------------------------------------------------------
 
@@ -394,6 +396,7 @@ class EngineManager:
             state=state,
             clock=self.clock,
             cycle_histogram=self.cycle_histogram,
+            sleep=self.ticker.sleep,
             pool=self.strategy_pool if heavy else None,
             watch=self.watchdog,
         )
