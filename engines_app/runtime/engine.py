@@ -454,7 +454,10 @@ class TradingEngine:
         if state.stop_loss is not None or state.take_profit is not None:
             self._exit_at(price, price, price, now)
         if self.tick_strategy:
-            self._act(self.strategy.on_tick(price, book.qty / self.config.order_qty), price, now)
+            qty = self.config.order_qty
+            decision = self.strategy.on_tick(price, book.qty / qty)
+            if decision is not None and (type(decision) is not int or decision * qty != book.qty):
+                self._act(decision, price, now)
         if self.builder is not None and (closed := self.builder.add(price, now)) is not None:
             self._closed(closed, price, now)
         state.sync()
