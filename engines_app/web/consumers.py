@@ -11,6 +11,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from ..models import CONTROL_PERMISSION
@@ -60,6 +61,9 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     ``{"type": "ping"}``. Frames out: ``snapshot``, ``changes``, ``command``, ``error``,
     ``pong``."""
 
+    # The broadcaster's in-memory layer: no Redis between this process's broadcaster and its
+    # pages, so a Redis outage does not end the consumer (and close the page's socket).
+    channel_layer_alias = settings.DASHBOARD_CHANNEL_LAYER
     broadcaster: Broadcaster | None = None
     clock = staticmethod(time.monotonic)
     closing = False
