@@ -26,7 +26,7 @@ class LoopWatchdog:
     def __init__(
         self,
         *,
-        interval: float = 0.1,
+        interval: float = 0.25,
         warn_after: float = 0.5,
         clock: Callable[[], float] = time.time,
     ) -> None:
