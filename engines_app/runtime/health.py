@@ -97,10 +97,16 @@ class HealthMonitor:
         self.check_interval = check_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.clock = clock
+        # When the wall clock last jumped forward (an NTP step): heartbeats from before it
+        # count from it, or every engine would look hung at once.
+        self.clock_jumped_at: float | None = None
 
     async def run(self) -> None:
         while True:
+            began, woke = time.perf_counter(), self.clock()
             await asyncio.sleep(self.check_interval)
+            if (self.clock() - woke) - (time.perf_counter() - began) > 1.0:
+                self.clock_jumped_at = self.clock()
             self.check()
 
     def check(self) -> list[str]:
@@ -109,8 +115,11 @@ class HealthMonitor:
         the timeout is not taken for hung while it sleeps between cycles."""
         now, hung = self.clock(), {}
         watchdog = self.manager.watchdog
+        jumped = self.clock_jumped_at
         for engine in self.manager.running_engines():
             last = engine.last_heartbeat or 0
+            if jumped is not None and last < jumped:
+                last = jumped
             late = now - last - engine.config.cycle_interval
             if late > self.heartbeat_timeout:
                 # Time another engine's strategy held the loop is not this engine's fault.
