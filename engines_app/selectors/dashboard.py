@@ -16,7 +16,7 @@ from ..conf import engine_settings
 from ..models import Engine, EngineCommand, EnginePnlSample
 from ..runtime import ACTIVE
 from ..runtime.redact import redact_text, redact_url
-from .engines import engine_status, epoch, runners_seen, status_counts
+from .engines import STATUS_FIELDS, engine_status, epoch, runners_seen, status_counts, status_row
 from .runners import runners_list
 
 LOG_TAIL_LINES = 100
@@ -35,6 +35,79 @@ def engine_row(
     return row
 
 
+# A row's heartbeat is stale past this age (the page marks a running engine's age red): the
+# push sends ``last_heartbeat`` when a row crosses it, not on every flush.
+STALE_AFTER = 10.0
+# What the dashboard shows of an engine: the push compares these and sends only the changed.
+PAGE_FIELDS = (
+    "symbol",
+    "status",
+    "status_reason",
+    "desired_state",
+    "runner",
+    "runner_last_seen",
+    "started_at",
+    "last_heartbeat",
+    "stale",
+    "position",
+    "daily_pnl",
+    "total_pnl",
+    "trade_count",
+    "error_count",
+    "last_error",
+)
+
+
+def page_row(values: Mapping[str, Any], now: float, seen: Mapping[str, float]) -> dict[str, Any]:
+    """One engine as the dashboard shows it, from its ``STATUS_FIELDS`` values: only what
+    changes what the page shows, so that a heartbeat alone changes nothing but ``stale``
+    when it crosses ``STALE_AFTER`` (the page counts a fresh row's age from the frame's
+    ``flushed_at``). PnL is rounded to the cent the page shows."""
+    row = status_row(values, now, seen)
+    started = values["started_at"]
+    heartbeat = row["last_heartbeat"]
+    return {
+        "symbol": row["symbol"],
+        "status": row["status"],
+        "status_reason": row["status_reason"],
+        "desired_state": row["desired_state"],
+        "runner": row["runner"],
+        # Only read when no live runner holds the engine: a live runner's moves every flush.
+        "runner_last_seen": None if row["runner"] else row["runner_last_seen"],
+        "started_at": epoch(started) if started and row["status"] in ACTIVE else None,
+        "last_heartbeat": heartbeat,
+        "stale": heartbeat is None or now - heartbeat > STALE_AFTER,
+        "position": row["position"],
+        "daily_pnl": round(row["daily_pnl"], 2),
+        "total_pnl": round(row["total_pnl"], 2),
+        "trade_count": row["trade_count"],
+        "error_count": row["error_count"],
+        "last_error": row["last_error"],
+    }
+
+
+def page_rows(
+    rows: Any, now: float, seen: Mapping[str, float]
+) -> tuple[dict[str, dict[str, Any]], dict[str, float], float | None]:
+    """``rows`` (``values(*ROW_FIELDS)``) as page rows by symbol, their versions
+    (``updated_at``) by symbol, and the newest version."""
+    out, versions, newest = {}, {}, None
+    for values in rows:
+        symbol, version = values["symbol"], values["updated_at"].timestamp()
+        out[symbol] = page_row(values, now, seen)
+        versions[symbol] = version
+        newest = version if newest is None or version > newest else newest
+    return out, versions, newest
+
+
+ROW_FIELDS = (*STATUS_FIELDS, "updated_at")
+
+
+def fleet_rows(now: float) -> tuple[dict[str, dict[str, Any]], dict[str, float], float | None]:
+    """Every engine as a page row (see ``page_rows``)."""
+    return page_rows(Engine.objects.values(*ROW_FIELDS), now, runners_seen())
+
+
 def command_row(command: EngineCommand) -> dict[str, Any]:
     return {
         "id": command.pk,
@@ -48,18 +121,28 @@ def command_row(command: EngineCommand) -> dict[str, Any]:
     }
 
 
-def snapshot() -> dict[str, Any]:
-    """Every engine, every command the runner has not acknowledged yet, every runner."""
-    now, seen = time.time(), runners_seen()
-    rows = [engine_row(engine, now, seen) for engine in Engine.objects.all()]
-    pending = EngineCommand.objects.filter(acked_at=None).order_by("id")[:500]
+def snapshot(
+    rows: list[dict[str, Any]] | None = None, flushed_at: float | None = None
+) -> dict[str, Any]:
+    """Every engine as a page row (``rows`` when given: the broadcaster's, as last sent),
+    every command the runner has not acknowledged yet, every runner."""
+    now = time.time()
+    if rows is None:
+        by_symbol, _, flushed_at = fleet_rows(now)
+        rows = list(by_symbol.values())
     return {
         "now": now,
+        "flushed_at": flushed_at,
         "counts": status_counts(row["status"] for row in rows),
         "engines": rows,
-        "commands": [command_row(command) for command in pending],
+        "commands": pending_commands(),
         "runners": runners_list(),
     }
+
+
+def pending_commands() -> list[dict[str, Any]]:
+    pending = EngineCommand.objects.filter(acked_at=None).order_by("id")[:500]
+    return [command_row(command) for command in pending]
 
 
 def changed_commands(since: datetime) -> list[EngineCommand]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 import weakref
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,9 +64,12 @@ def broadcaster() -> Broadcaster:
 
 
 class Broadcaster:
-    """Send the rows changed since the last look to ``group``, numbered by ``seq``.
+    """Keep the dashboard rows as last sent, look for what changed, send only that to
+    ``group``, numbered by ``seq``.
 
-    It runs while at least one consumer is subscribed."""
+    The rows it keeps are the whole fleet as the pages have it: a page's snapshot is taken
+    from them (with their ``seq``), so every later frame applies to it exactly. It runs
+    while at least one consumer is subscribed; a new run loads the fleet afresh."""
 
     def __init__(self, layer: BaseChannelLayer, *, interval: float) -> None:
         self.layer = layer
@@ -74,17 +79,23 @@ class Broadcaster:
         self.subscribers = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._since = timezone.now() - OVERLAP
-        self._expired_since = timezone.now()
-        self._versions: dict[str, float] = {}
+        self.ready = asyncio.Event()  # set once the fleet is loaded
+        # Written by ``changes`` in a database thread, read by ``state`` in the event loop.
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._rows: dict[str, dict[str, Any]] = {}  # symbol -> page row, as last sent
+        self._versions: dict[str, float] = {}  # symbol -> updated_at last read
+        self.flushed_at: float | None = None  # the newest updated_at read
+        self._since = self._expired_since = self._stale_since = timezone.now()
         self._commands: dict[int, float | None] = {}
         self._runners: list[dict[str, Any]] = []  # as last sent, live ones without last_seen
 
     def subscribe(self) -> None:
         self.subscribers += 1
         if self._task is None or self._task.done():
-            self._since = timezone.now() - OVERLAP
-            self._expired_since = timezone.now()
+            with self._lock:
+                self._loaded = False
+            self.ready.clear()
             self._task = asyncio.create_task(self.run(), name="dashboard-broadcaster")
 
     def unsubscribe(self) -> None:
@@ -95,6 +106,13 @@ class Broadcaster:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def state(self) -> tuple[int, list[dict[str, Any]], float | None]:
+        """``seq``, every row as last sent (by symbol) and ``flushed_at``: a snapshot that
+        the frames numbered after ``seq`` apply to."""
+        with self._lock:
+            rows = [self._rows[symbol] for symbol in sorted(self._rows)]
+            return self.seq, rows, self.flushed_at
 
     async def run(self) -> None:
         hints = None
@@ -120,36 +138,80 @@ class Broadcaster:
             log.warning("dashboard poll failed: %s", exc)
             await database_sync_to_async(close_old_connections)()
             return
+        if self._loaded:
+            self.ready.set()
         if message is not None:
-            self.seq += 1
-            await self.layer.group_send(
-                self.group, {"type": "engines.changed", "seq": self.seq, **message}
-            )
+            await self.layer.group_send(self.group, {"type": "engines.changed", **message})
 
     def changes(self) -> dict[str, Any] | None:
-        """The engine, command and runner rows not sent yet, or None when nothing changed."""
-        now = timezone.now()
-        since, self._since = self._since, now - OVERLAP
-        stamps = Engine.objects.filter(updated_at__gte=since).values_list("symbol", "updated_at")
-        changed = [s for s, at in stamps if self._versions.get(s) != at.timestamp()]
-        changed += self._expired(now)
-        engines = list(Engine.objects.filter(symbol__in=changed)) if changed else []
-        commands, removed = self._changed_commands(since)
-        runners = self._changed_runners()
-        if not (engines or commands or removed or runners is not None):
+        """What changed since the last look, numbered, or None when nothing did. The first
+        look loads the fleet and sends nothing (pages take a snapshot)."""
+        if not self._loaded:
+            self._load()
             return None
+        now = timezone.now()
         epoch = now.timestamp()
-        seen = runners_seen() if engines else {}
-        rows = [dashboard.engine_row(engine, epoch, seen) for engine in engines]
-        for row in rows:
-            self._versions[row["symbol"]] = row["version"]
+        since = now - OVERLAP
+        stamps = Engine.objects.filter(updated_at__gte=self._since).values_list(
+            "symbol", "updated_at"
+        )
+        changed = {s for s, at in stamps if self._versions.get(s) != at.timestamp()}
+        changed.update(self._expired(now))
+        changed.update(self._turned_stale(now))
+        gone: set[str] = set()
+        if Engine.objects.count() != len(self._rows) + len(changed - self._rows.keys()):
+            present = set(Engine.objects.values_list("symbol", flat=True))
+            gone = self._rows.keys() - present
+            changed |= present - self._rows.keys()
+        commands, removed = self._changed_commands(self._since)
+        runners = self._changed_runners()
+        seen = runners_seen() if changed else {}
+        rows, versions, newest = dashboard.page_rows(_read(changed), epoch, seen)
+        deltas, kept = [], {}
+        for symbol, row in rows.items():
+            delta = row_delta(self._rows.get(symbol), row)
+            if delta is not None:
+                deltas.append(delta)
+                kept[symbol] = {**self._rows.get(symbol, {}), **delta}
+        removed = sorted((set(removed) | gone) & (self._rows.keys() - rows.keys()))
+        flushed = self.flushed_at if newest is None else max(newest, self.flushed_at or 0.0)
+        with self._lock:
+            self._since, self._expired_since, self._stale_since = since, now, now
+            self._versions.update(versions)
+            self._rows.update(kept)
+            for symbol in removed:
+                self._rows.pop(symbol, None)
+                self._versions.pop(symbol, None)
+            if not (deltas or commands or removed or runners is not None) and (
+                flushed == self.flushed_at
+            ):
+                return None
+            self.flushed_at = flushed
+            self.seq += 1
+            seq = self.seq
         return {
+            "seq": seq,
             "now": epoch,
-            "engines": rows,
+            "flushed_at": flushed,
+            "engines": deltas,
             "commands": commands,
             "removed": removed,
             "runners": runners,
         }
+
+    def _load(self) -> None:
+        """Read the whole fleet as the pages will be sent it."""
+        now = timezone.now()
+        rows, versions, newest = dashboard.fleet_rows(now.timestamp())
+        since = now - OVERLAP
+        for command in dashboard.changed_commands(since):
+            self._commands[command.pk] = command.acked_at.timestamp() if command.acked_at else None
+        runners = runners_list()
+        with self._lock:
+            self._rows, self._versions, self.flushed_at = rows, versions, newest
+            self._since, self._expired_since, self._stale_since = since, now, now
+            self._runners = [{**r, "last_seen": None} if r["live"] else r for r in runners]
+            self._loaded = True
 
     def _expired(self, now: datetime) -> list[str]:
         """Engines whose lease ran out since the last look: nothing wrote them (their runner
@@ -157,9 +219,15 @@ class Broadcaster:
         rows = Engine.objects.filter(
             lease_expires_at__gt=self._expired_since, lease_expires_at__lte=now
         )
-        symbols = list(rows.exclude(status__in=AT_REST).values_list("symbol", flat=True))
-        self._expired_since = now  # only once read: a failed look is looked at again
-        return symbols
+        return list(rows.exclude(status__in=AT_REST).values_list("symbol", flat=True))
+
+    def _turned_stale(self, now: datetime) -> list[str]:
+        """Engines whose heartbeat got older than ``STALE_AFTER`` since the last look."""
+        stale = timedelta(seconds=dashboard.STALE_AFTER)
+        rows = Engine.objects.filter(
+            last_heartbeat__gt=self._stale_since - stale, last_heartbeat__lte=now - stale
+        )
+        return list(rows.values_list("symbol", flat=True))
 
     def _changed_runners(self) -> list[dict[str, Any]] | None:
         """Every runner when one joined, left, went silent or changed what it holds; None
@@ -172,6 +240,8 @@ class Broadcaster:
         return runners
 
     def _changed_commands(self, since: datetime) -> tuple[list[dict[str, Any]], list[str]]:
+        """Commands given or acknowledged since ``since`` not sent yet, and the symbols of
+        the engines removed by them."""
         commands, removed = [], []
         for command in dashboard.changed_commands(since):
             acked = command.acked_at.timestamp() if command.acked_at else None
@@ -181,7 +251,6 @@ class Broadcaster:
             commands.append(dashboard.command_row(command))
             if command.action == command.Action.REMOVE and command.engine_id is None:
                 removed.append(command.symbol)
-                self._versions.pop(command.symbol, None)
         if len(self._commands) > 10_000:
             self._commands = dict(list(self._commands.items())[-5_000:])
         return commands, removed
@@ -212,6 +281,35 @@ class Broadcaster:
                 log.warning("dashboard hints unavailable: %s", exc)
                 channel = None
                 await asyncio.sleep(1.0)
+
+
+def row_delta(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields of page row ``new`` that differ from ``old`` (with ``symbol``), all of
+    them for a new engine, None when nothing shown changed. ``last_heartbeat`` goes along
+    only when ``stale`` flips: a heartbeat alone is the frame's ``flushed_at``."""
+    if old is None:
+        return new
+    delta = {
+        name: value
+        for name, value in new.items()
+        if name != "last_heartbeat" and old.get(name) != value
+    }
+    if not delta:
+        return None
+    if "stale" in delta:
+        delta["last_heartbeat"] = new["last_heartbeat"]
+    return {"symbol": new["symbol"], **delta}
+
+
+READ_CHUNK = 2000  # symbols per query: SQLite takes at most 32,766 parameters
+
+
+def _read(symbols: set[str]) -> Iterator[dict[str, Any]]:
+    """The ``dashboard.ROW_FIELDS`` of the engines ``symbols``."""
+    ordered = sorted(symbols)
+    for start in range(0, len(ordered), READ_CHUNK):
+        chunk = ordered[start : start + READ_CHUNK]
+        yield from Engine.objects.filter(symbol__in=chunk).values(*dashboard.ROW_FIELDS)
 
 
 def send_hint(sender: Any, **kwargs: Any) -> None:

@@ -14,6 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from engines_app.models import Engine, EngineError, EnginePnlSample, EngineRestart
+from engines_app.selectors import dashboard
 from engines_app.services import engines as services
 from engines_app.web.broadcaster import Broadcaster
 from tests.helpers import heartbeat, hold
@@ -171,25 +172,66 @@ def test_engine_page_shows_its_runner_and_the_truthful_status(engines):
     assert '<span class="badge unknown"' in page and '<b id="runner">none</b>' in page
 
 
-def test_broadcaster_sends_each_version_once_and_removals(engines):
-    broadcaster = Broadcaster(layer=None, interval=0.2)
-    first = broadcaster.changes()
-    assert {row["symbol"] for row in first["engines"]} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
-    assert broadcaster.changes() is None  # nothing new: nothing sent, one cheap query
+def loaded(layer=None) -> Broadcaster:
+    """A broadcaster after its first look, which loads the fleet and sends nothing."""
+    broadcaster = Broadcaster(layer=layer, interval=0.2)
+    assert broadcaster.changes() is None
+    return broadcaster
+
+
+def test_broadcaster_sends_only_the_changed_fields_and_removals(engines):
+    broadcaster = loaded()
+    _, rows, _ = broadcaster.state()
+    assert [row["symbol"] for row in rows] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    assert broadcaster.changes() is None  # nothing new: nothing sent
     command = services.engine_stop(symbol="BTCUSDT")
     changed = broadcaster.changes()
-    assert [row["symbol"] for row in changed["engines"]] == ["BTCUSDT"]
-    assert changed["engines"][0]["desired_state"] == "stopped"
+    assert changed["engines"] == [{"symbol": "BTCUSDT", "desired_state": "stopped"}]
     assert [c["id"] for c in changed["commands"]] == [command.id]
     services.engine_remove(symbol="SOLUSDT")
     removed = broadcaster.changes()
     assert removed["removed"] == ["SOLUSDT"] and removed["engines"] == []
+    assert [row["symbol"] for row in broadcaster.state()[1]] == ["BTCUSDT", "ETHUSDT"]
+    assert broadcaster.changes() is None
+
+
+def test_a_heartbeat_alone_sends_the_flush_time_not_the_rows(engines):
+    broadcaster = loaded()
+    beat = timezone.now()
+    flush = Engine.objects.filter(symbol="BTCUSDT").update  # as the runner's flush writes
+    flush(last_heartbeat=beat, daily_pnl=2.001, updated_at=timezone.now())
+    frame = broadcaster.changes()
+    # A fresh heartbeat: stale flips, so the row says so once, with its heartbeat.
+    assert frame["engines"] == [
+        {"symbol": "BTCUSDT", "stale": False, "last_heartbeat": round(beat.timestamp(), 3)}
+    ]
+    assert frame["flushed_at"] == Engine.objects.get(symbol="BTCUSDT").updated_at.timestamp()
+    later = beat + timedelta(seconds=1)
+    flush(last_heartbeat=later, daily_pnl=2.004, updated_at=timezone.now())
+    frame = broadcaster.changes()
+    assert frame["engines"] == []  # the same cent, a newer heartbeat: only the flush time
+    assert frame["flushed_at"] > round(beat.timestamp(), 3)
+    with time_machine.travel(later + timedelta(seconds=11)):
+        frame = broadcaster.changes()  # nothing wrote it: the heartbeat just got old
+        assert broadcaster.changes() is None
+    assert frame["engines"] == [
+        {"symbol": "BTCUSDT", "stale": True, "last_heartbeat": round(later.timestamp(), 3)}
+    ]
+
+
+def test_broadcaster_sends_an_engine_added_in_full_and_notices_a_deleted_one(engines):
+    broadcaster = loaded()
+    Engine.objects.create(symbol="XRPUSDT", status="stopped")
+    added = broadcaster.changes()
+    assert [row["symbol"] for row in added["engines"]] == ["XRPUSDT"]
+    assert set(added["engines"][0]) == set(dashboard.PAGE_FIELDS)
+    Engine.objects.filter(symbol="ETHUSDT").delete()  # no command says so
+    assert broadcaster.changes()["removed"] == ["ETHUSDT"]
 
 
 def test_broadcaster_sends_an_engine_whose_lease_ran_out_though_nothing_wrote_it(engines):
     """A killed runner writes nothing more: the broadcaster must notice the expiry itself."""
-    broadcaster = Broadcaster(layer=None, interval=0.2)
-    broadcaster.changes()
+    broadcaster = loaded()
     assert broadcaster.changes() is None
     with time_machine.travel(timezone.now() + timedelta(seconds=16)):  # past the 15 s lease
         expired = broadcaster.changes()
@@ -203,8 +245,7 @@ def test_broadcaster_sends_an_engine_whose_lease_ran_out_though_nothing_wrote_it
 
 
 def test_broadcaster_sends_the_runners_when_one_joins_or_goes_silent(engines):
-    broadcaster = Broadcaster(layer=None, interval=0.2)
-    broadcaster.changes()
+    broadcaster = loaded()
     heartbeat("runner-a", held=3)
     joined = broadcaster.changes()
     assert [(r["name"], r["live"], r["held"]) for r in joined["runners"]] == [("runner-a", True, 3)]
