@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -193,3 +194,165 @@ def panel(
     with Installation(data_dir, env) as installation:
         installation.start_panel()
         yield installation
+
+
+# Bytes per flush: a worker process on a temp data dir ------------------------------------
+
+FILLED_EVERY = 10  # one engine in ten trades in the flush measured
+
+
+def flush_bytes(*, engines: int) -> dict:
+    """Bytes an open dashboard gets for one heartbeat flush of ``engines`` running engines,
+    one in ``FILLED_EVERY`` of them with a fill: whole rows (every row the flush wrote, as
+    pushed before) and only the changed fields; then a flush that changed nothing but the
+    heartbeats. Also the size of a snapshot and the broadcaster's look."""
+    from django.core.management import call_command
+    from django.db.models import F
+    from django.utils import timezone
+
+    from engines_app.models import Engine, RunnerHeartbeat
+    from engines_app.selectors import dashboard
+    from engines_app.selectors.engines import runners_seen
+    from engines_app.web.broadcaster import Broadcaster
+
+    call_command("migrate", verbosity=0, interactive=False)
+    now = timezone.now()
+    RunnerHeartbeat.objects.create(name="bench", started_at=now, last_seen=now)
+    lease = {"lease_owner": "bench", "lease_expires_at": now + timedelta(minutes=10)}
+    Engine.objects.bulk_create(
+        Engine(
+            symbol=f"B{i:05d}USDT", status="running", started_at=now, last_heartbeat=now, **lease
+        )
+        for i in range(engines)
+    )
+    broadcaster = Broadcaster(layer=None, interval=PUSH_INTERVAL)
+    broadcaster.changes()  # loads the fleet
+
+    def flush(fills: bool) -> tuple[int, int, float]:
+        stamp = timezone.now()
+        Engine.objects.update(last_heartbeat=stamp, last_tick_at=stamp, updated_at=stamp)
+        if fills:
+            ids = Engine.objects.values_list("id", flat=True)[::FILLED_EVERY]
+            Engine.objects.filter(id__in=list(ids)).update(
+                trade_count=F("trade_count") + 1,
+                position=1.25,
+                daily_pnl=F("daily_pnl") + 1.37,
+                total_pnl=F("total_pnl") + 1.37,
+            )
+        RunnerHeartbeat.objects.filter(name="bench").update(last_seen=stamp)
+        epoch, seen = stamp.timestamp(), runners_seen()
+        written = Engine.objects.filter(updated_at__gte=stamp)
+        whole = {
+            "type": "changes",
+            "seq": 1,
+            "now": epoch,
+            "engines": [dashboard.engine_row(engine, epoch, seen) for engine in written],
+            "commands": [],
+            "removed": [],
+            "runners": None,
+        }
+        start = time.perf_counter()
+        delta = broadcaster.changes()
+        look = (time.perf_counter() - start) * 1000
+        return _size(whole), _size({"type": "changes", **delta}), look
+
+    whole_fills, delta_fills, look_fills = flush(fills=True)
+    whole_beats, delta_beats, look_beats = flush(fills=False)
+    _, rows, flushed_at = broadcaster.state()
+    old_rows = [dashboard.engine_row(e, time.time(), runners_seen()) for e in Engine.objects.all()]
+    return {
+        "engines": engines,
+        "whole_fills": whole_fills,
+        "delta_fills": delta_fills,
+        "whole_beats": whole_beats,
+        "delta_beats": delta_beats,
+        "look_fills_ms": look_fills,
+        "look_beats_ms": look_beats,
+        "snapshot": _size({"type": "snapshot", **dashboard.snapshot(rows, flushed_at)}),
+        "snapshot_whole_rows": _size({"type": "snapshot", "engines": old_rows}),
+    }
+
+
+def _size(frame: dict) -> int:
+    return len(json.dumps(frame).encode())
+
+
+def bytes_rows(engines: int) -> list[dict]:
+    """The bytes per flush at ``engines``, each beside the whole rows of the same flush."""
+    with tempfile.TemporaryDirectory(prefix="levipanel-push-") as tmp:
+        found = _job(Path(tmp), "bytes", engines=engines)
+    whole = "whole rows of the same flush (as pushed before)"
+    pct = 100 // FILLED_EVERY
+    return [
+        _kb(
+            f"bytes per flush, {engines} engines, {pct} % with a fill",
+            found["delta_fills"],
+            found["whole_fills"],
+            whole,
+        ),
+        _kb(
+            f"bytes per flush, {engines} engines, heartbeats only",
+            found["delta_beats"],
+            found["whole_beats"],
+            whole,
+        ),
+        _kb(
+            f"snapshot, {engines} engines",
+            found["snapshot"],
+            found["snapshot_whole_rows"],
+            "snapshot of whole rows (as sent before)",
+        ),
+        {
+            "name": f"broadcaster look after a flush of {engines} engines",
+            "value": round(found["look_fills_ms"], 1),
+            "unit": "ms",
+            "baseline": round(found["look_beats_ms"], 1),
+            "baseline_name": "the same after a heartbeats-only flush",
+            "target": None,
+        },
+    ]
+
+
+def _kb(name: str, value: int, baseline: int, baseline_name: str) -> dict:
+    return {
+        "name": name,
+        "value": round(value / 1024, 1),
+        "unit": "KB",
+        "baseline": round(baseline / 1024, 1),
+        "baseline_name": baseline_name,
+        "target": None,
+    }
+
+
+def _job(data_dir: Path, job: str, **options: object) -> dict:
+    """Run ``job`` in a fresh process on ``data_dir``; its last stdout line is JSON."""
+    import subprocess
+    import sys
+
+    from engines_app.testing import ROOT, environment
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.push", job, json.dumps(options)],
+        cwd=ROOT,
+        env=environment(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"push benchmark job {job!r} failed: {lines[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+JOBS = {"bytes": flush_bytes}
+
+if __name__ == "__main__":
+    import sys
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "levipanel.settings")
+    django.setup()
+    print(json.dumps(JOBS[sys.argv[1]](**json.loads(sys.argv[2]))), flush=True)
