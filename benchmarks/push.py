@@ -30,6 +30,7 @@ from websockets.sync.client import ClientConnection
 from engines_app.testing import Installation
 
 FLUSH_INTERVAL = 0.3
+FLEET_FLUSH_INTERVAL = 1.0  # the default: a flush of a whole fleet, each timed on its own
 PUSH_INTERVAL = 0.2
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -38,20 +39,23 @@ TARGET_EMBEDDED_P95 = "< 1000"  # ms
 TARGET_REDIS_P95 = "< 150"  # ms
 
 
-def run(*, samples: int = 30) -> list[dict]:
-    """Rows ``{name, value, unit, baseline, baseline_name, target}`` for the benchmark."""
-    with tempfile.TemporaryDirectory(prefix="levipanel-push-") as tmp:
-        embedded = measure(Path(tmp) / "embedded", samples=samples)
+def run(*, engines: int = 10_000, samples: int = 30) -> list[dict]:
+    """Rows ``{name, value, unit, baseline, baseline_name, target}`` for the benchmark: the
+    bytes per flush at 1,000 and ``engines``, then push latency at ``engines``, embedded
+    and with Redis."""
+    out = [*bytes_rows(1000), *(bytes_rows(engines) if engines != 1000 else [])]
+    embedded = measure(engines, samples=samples)
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     if not reachable(redis_url):
-        return rows(embedded, skipped=f"Redis is not reachable at {_host_port(redis_url)}")
+        skipped = f"Redis is not reachable at {_host_port(redis_url)}"
+        return [*out, *rows(engines, embedded, skipped=skipped)]
     round_trip = asyncio.run(layer_round_trip(redis_url, samples=max(samples, 30)))
-    with tempfile.TemporaryDirectory(prefix="levipanel-push-") as tmp:
-        redis = measure(Path(tmp) / "redis", samples=samples, redis_url=redis_url)
-    return rows(embedded, redis, round_trip)
+    redis = measure(engines, samples=samples, redis_url=redis_url)
+    return [*out, *rows(engines, embedded, redis, round_trip)]
 
 
 def rows(
+    engines: int,
     embedded: Latencies,
     redis: Latencies | None = None,
     round_trip: list[float] | None = None,
@@ -61,19 +65,20 @@ def rows(
     """The figures beside their baselines; the p95 rows carry the design's targets."""
     floor = PUSH_INTERVAL * 1000
     floor_name = "broadcaster poll interval (the embedded floor)"
+    name = f"push latency {{}}, {engines} engines, {{}}"
     out = [
-        _row("push latency p50, embedded", embedded.p50, floor, floor_name, None),
-        _row("push latency p95, embedded", embedded.p95, floor, floor_name, TARGET_EMBEDDED_P95),
+        _row(name.format("p50", "embedded"), embedded.p50, floor, floor_name, None),
+        _row(name.format("p95", "embedded"), embedded.p95, floor, floor_name, TARGET_EMBEDDED_P95),
     ]
     if redis is None or round_trip is None:
-        row = _row("push latency p95, Redis", None, None, "", TARGET_REDIS_P95)
+        row = _row(name.format("p95", "Redis"), None, None, "", TARGET_REDIS_P95)
         return [*out, {**row, "note": f"skipped: {skipped}"}]
     base, base_name = percentile(round_trip, 50), "bare channels_redis group_send → receive"
     base95 = percentile(round_trip, 95)
     return [
         *out,
-        _row("push latency p50, Redis", redis.p50, base, base_name, None),
-        _row("push latency p95, Redis", redis.p95, base95, base_name, TARGET_REDIS_P95),
+        _row(name.format("p50", "Redis"), redis.p50, base, base_name, None),
+        _row(name.format("p95", "Redis"), redis.p95, base95, base_name, TARGET_REDIS_P95),
     ]
 
 
@@ -109,17 +114,29 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[index]
 
 
-def measure(data_dir: Path, *, samples: int, redis_url: str | None = None) -> Latencies:
-    """Start web + runner on ``data_dir``, open a dashboard and time ``samples`` pushes."""
-    with panel(data_dir, redis_url=redis_url) as installation:
+def measure(engines: int, *, samples: int, redis_url: str | None = None) -> Latencies:
+    """Start web + runner on a data dir of ``engines`` engines, open a dashboard and time
+    ``samples`` pushes."""
+    fleet = {"symbols": 0, "flush_interval": FLEET_FLUSH_INTERVAL}
+    with fleet_dir(engines) as path, panel(path, redis_url=redis_url, **fleet) as installation:
         with installation.dashboard() as socket_:
             return collect(socket_, samples=samples)
 
 
-def collect(socket_: ClientConnection, *, samples: int, timeout: float = 60.0) -> Latencies:
-    """Time each pushed engine row from its ``version`` (the runner's stamp) to now."""
+@contextmanager
+def fleet_dir(engines: int) -> Iterator[Path]:
+    """A temp data dir with ``engines`` engines, desired running."""
+    from benchmarks.runner import data_dir
+
+    with data_dir(engines) as path:
+        yield path
+
+
+def collect(socket_: ClientConnection, *, samples: int, timeout: float = 120.0) -> Latencies:
+    """Time each heartbeat flush from its stamp (``flushed_at``, the runner's ``updated_at``)
+    to the arrival of the frame that carries it."""
     latencies = Latencies()
-    seen: set[float] = set()
+    seen = {socket_.snapshot.get("flushed_at")}
     first = True
     deadline = time.monotonic() + timeout
     while len(latencies.values) < samples:
@@ -127,14 +144,14 @@ def collect(socket_: ClientConnection, *, samples: int, timeout: float = 60.0) -
         arrived = time.time()
         if frame["type"] != "changes":
             continue
-        if first:  # the first look also sends rows older than the snapshot
+        flushed = frame["flushed_at"]
+        if first:  # the first look may send a flush older than the snapshot
             first = False
-            seen.update(row["version"] for row in frame["engines"])
+            seen.add(flushed)
             continue
-        for row in frame["engines"]:
-            if row["version"] not in seen and row["status"] == "running":
-                seen.add(row["version"])
-                latencies.values.append((arrived - row["version"]) * 1000)
+        if flushed not in seen:
+            seen.add(flushed)
+            latencies.values.append((arrived - flushed) * 1000)
     return latencies
 
 
@@ -181,11 +198,12 @@ def panel(
     redis_url: str | None = None,
     symbols: int = 1,
     push_interval: float = PUSH_INTERVAL,
+    flush_interval: float = FLUSH_INTERVAL,
 ) -> Iterator[Installation]:
     """A LeviPanel on ``data_dir`` with its web server and runner started, a demo login made."""
     env = {
         "LEVIPANEL_SYMBOLS": ",".join(["BTCUSDT", "ETHUSDT", "SOLUSDT"][:symbols]),
-        "LEVIPANEL_FLUSH_INTERVAL": str(FLUSH_INTERVAL),
+        "LEVIPANEL_FLUSH_INTERVAL": str(flush_interval),
         "LEVIPANEL_PUSH_INTERVAL": str(push_interval),
         "LEVIPANEL_CHANNEL_PREFIX": f"lp-bench-{uuid.uuid4().hex[:8]}",
     }

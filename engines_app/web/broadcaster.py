@@ -84,7 +84,8 @@ class Broadcaster:
         self._lock = threading.Lock()
         self._loaded = False
         self._rows: dict[str, dict[str, Any]] = {}  # symbol -> page row, as last sent
-        self._versions: dict[str, float] = {}  # symbol -> updated_at last read
+        self._keys: dict[str, tuple] = {}  # symbol -> what the page shows, raw (row_key)
+        self._versions: dict[str, Any] = {}  # symbol -> updated_at last read, raw
         self.flushed_at: float | None = None  # the newest updated_at read
         self._since = self._expired_since = self._stale_since = timezone.now()
         self._commands: dict[int, float | None] = {}
@@ -150,12 +151,12 @@ class Broadcaster:
             self._load()
             return None
         now = timezone.now()
-        epoch = now.timestamp()
-        since = now - OVERLAP
-        stamps = Engine.objects.filter(updated_at__gte=self._since).values_list(
-            "symbol", "updated_at"
-        )
-        changed = {s for s, at in stamps if self._versions.get(s) != at.timestamp()}
+        stamps = Engine.objects.filter(updated_at__gte=self._since)
+        changed = {
+            symbol
+            for symbol, at in dashboard.fetch(stamps.values_list("symbol", "updated_at"))
+            if self._versions.get(symbol) != at
+        }
         changed.update(self._expired(now))
         changed.update(self._turned_stale(now))
         gone: set[str] = set()
@@ -166,22 +167,30 @@ class Broadcaster:
         commands, removed = self._changed_commands(self._since)
         runners = self._changed_runners()
         seen = runners_seen() if changed else {}
-        rows, versions, newest = dashboard.page_rows(_read(changed), epoch, seen)
-        deltas, kept = [], {}
-        for symbol, row in rows.items():
-            delta = row_delta(self._rows.get(symbol), row)
+        deltas, kept, keys, versions = [], {}, {}, {}
+        for raw in _read(changed, now, self._since):
+            symbol = raw[0]
+            versions[symbol] = raw[dashboard.UPDATED]
+            key = dashboard.row_key(raw)
+            if self._keys.get(symbol) == key:
+                continue  # a heartbeat: nothing the page shows
+            keys[symbol] = key
+            old = self._rows.get(symbol)
+            delta = row_delta(old, dashboard.page_row(raw, seen))
             if delta is not None:
                 deltas.append(delta)
-                kept[symbol] = {**self._rows.get(symbol, {}), **delta}
-        removed = sorted((set(removed) | gone) & (self._rows.keys() - rows.keys()))
+                kept[symbol] = {**old, **delta} if old else delta
+        removed = sorted((set(removed) | gone) & (self._rows.keys() - versions.keys()))
+        newest = dashboard.newest(versions.values())
         flushed = self.flushed_at if newest is None else max(newest, self.flushed_at or 0.0)
         with self._lock:
-            self._since, self._expired_since, self._stale_since = since, now, now
+            self._since, self._expired_since, self._stale_since = now - OVERLAP, now, now
             self._versions.update(versions)
+            self._keys.update(keys)
             self._rows.update(kept)
             for symbol in removed:
-                self._rows.pop(symbol, None)
-                self._versions.pop(symbol, None)
+                for known in (self._rows, self._keys, self._versions):
+                    known.pop(symbol, None)
             if not (deltas or commands or removed or runners is not None) and (
                 flushed == self.flushed_at
             ):
@@ -191,7 +200,7 @@ class Broadcaster:
             seq = self.seq
         return {
             "seq": seq,
-            "now": epoch,
+            "now": now.timestamp(),
             "flushed_at": flushed,
             "engines": deltas,
             "commands": commands,
@@ -202,13 +211,14 @@ class Broadcaster:
     def _load(self) -> None:
         """Read the whole fleet as the pages will be sent it."""
         now = timezone.now()
-        rows, versions, newest = dashboard.fleet_rows(now.timestamp())
+        rows, keys, versions = dashboard.fleet_rows(now)
         since = now - OVERLAP
         for command in dashboard.changed_commands(since):
             self._commands[command.pk] = command.acked_at.timestamp() if command.acked_at else None
         runners = runners_list()
         with self._lock:
-            self._rows, self._versions, self.flushed_at = rows, versions, newest
+            self._rows, self._keys, self._versions = rows, keys, versions
+            self.flushed_at = dashboard.newest(versions.values())
             self._since, self._expired_since, self._stale_since = since, now, now
             self._runners = [{**r, "last_seen": None} if r["live"] else r for r in runners]
             self._loaded = True
@@ -304,12 +314,19 @@ def row_delta(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]
 READ_CHUNK = 2000  # symbols per query: SQLite takes at most 32,766 parameters
 
 
-def _read(symbols: set[str]) -> Iterator[dict[str, Any]]:
-    """The ``dashboard.ROW_FIELDS`` of the engines ``symbols``."""
-    ordered = sorted(symbols)
+def _read(symbols: set[str], now: datetime, since: datetime) -> Iterator[tuple]:
+    """``dashboard.raw_rows`` of the engines ``symbols``: after a flush, most of them were
+    written since ``since``, read in one go; the others by symbol."""
+    rest = set(symbols)
+    if len(symbols) > READ_CHUNK:
+        for raw in dashboard.raw_rows(Engine.objects.filter(updated_at__gte=since), now):
+            if raw[0] in rest:
+                rest.discard(raw[0])
+                yield raw
+    ordered = sorted(rest)
     for start in range(0, len(ordered), READ_CHUNK):
-        chunk = ordered[start : start + READ_CHUNK]
-        yield from Engine.objects.filter(symbol__in=chunk).values(*dashboard.ROW_FIELDS)
+        chunk = Engine.objects.filter(symbol__in=ordered[start : start + READ_CHUNK])
+        yield from dashboard.raw_rows(chunk, now)
 
 
 def send_hint(sender: Any, **kwargs: Any) -> None:

@@ -37,9 +37,11 @@ SNAPSHOT_COST = 5.0
 # Frames refused for going too fast, answered with an error frame: PATIENCE at once, one more
 # a second; past that the connection is closed with FLOODING.
 PATIENCE = 20.0
-# What daphne may hold for a client that does not read (a snapshot of 1,000 engines is about
-# 0.5 MB); past it the connection is closed with NOT_READING.
-MAX_BACKLOG = 4 * 1024 * 1024
+# What daphne may hold for a client that does not read (a snapshot of 10,000 engines is about
+# 3.2 MB); past it the connection is closed with NOT_READING.
+MAX_BACKLOG = 8 * 1024 * 1024
+# Engine rows per snapshot frame: daphne sends no frame over 1 MiB (about 330 B a row).
+SNAPSHOT_ROWS = 2000
 # Connections one user may open in this web process: CONNECT_BURST at once, one more every
 # 1/CONNECT_RATE seconds; each costs a snapshot, so reconnecting is no way around the bucket.
 CONNECT_RATE = 0.5
@@ -61,8 +63,8 @@ _connects: dict[int, TokenBucket] = {}  # user id -> this process's bucket of co
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
     """Frames in: ``{"type": "snapshot"}``, ``{"type": "command", "action", "symbol", "id"}``,
-    ``{"type": "ping"}``. Frames out: ``snapshot``, ``changes``, ``command``, ``error``,
-    ``pong``."""
+    ``{"type": "ping"}``. Frames out: ``snapshot`` (and ``snapshot_more`` while it says
+    ``more``), ``changes``, ``command``, ``error``, ``pong``."""
 
     broadcaster: Broadcaster | None = None
     clock = staticmethod(time.monotonic)
@@ -178,9 +180,14 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         seq, rows, flushed_at = self.broadcaster.state()
         data = await database_sync_to_async(dashboard.snapshot)(rows, flushed_at)
         can_control = await self.can_control()
+        parts = [rows[i : i + SNAPSHOT_ROWS] for i in range(0, len(rows), SNAPSHOT_ROWS)] or [[]]
         frame = {"type": "snapshot", "seq": seq, "can_control": can_control, **data}
-        # Some MB at 10,000 engines: encoded off the event loop.
-        await self.send_text(await asyncio.to_thread(json.dumps, frame))
+        for index, part in enumerate(parts):
+            if index:
+                frame = {"type": "snapshot_more", "seq": seq}
+            frame |= {"engines": part, "more": index < len(parts) - 1}
+            # Some MB at 10,000 engines: encoded off the event loop.
+            await self.send_text(await asyncio.to_thread(json.dumps, frame))
 
     async def command(self, content: dict[str, Any]) -> None:
         client_id = content.get("id")

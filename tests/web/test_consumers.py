@@ -516,7 +516,7 @@ def shown(rows: dict) -> dict:
 
 
 def database_rows() -> dict:
-    return shown(dashboard.fleet_rows(time.time())[0])
+    return shown(dashboard.fleet_rows(timezone.now())[0])
 
 
 async def until_equal(communicator: WebsocketCommunicator, page: PageState) -> None:
@@ -591,6 +591,22 @@ def services_remove(symbol: str) -> None:
     from engines_app.services import engines as services
 
     services.engine_remove(symbol=symbol)
+
+
+async def test_a_large_fleets_snapshot_comes_in_parts_before_any_change(viewer, monkeypatch):
+    monkeypatch.setattr(consumers, "SNAPSHOT_ROWS", 2)
+    symbols = [f"S{i}USDT" for i in range(5)]
+    await database_sync_to_async(Engine.objects.bulk_create)([Engine(symbol=s) for s in symbols])
+    communicator = await connect(ORIGIN, viewer)
+    first = await communicator.receive_json_from(timeout=5)
+    parts = [first]
+    while parts[-1]["more"]:
+        parts.append(await communicator.receive_json_from(timeout=5))
+    assert [p["type"] for p in parts] == ["snapshot", "snapshot_more", "snapshot_more"]
+    assert {p["seq"] for p in parts} == {first["seq"]}
+    assert [row["symbol"] for p in parts for row in p["engines"]] == symbols
+    assert first["counts"]["total"] == 5  # the whole fleet's, in the first part
+    await communicator.disconnect()
 
 
 async def test_a_reconnecting_page_gets_a_fresh_snapshot_not_a_delta(engines, viewer):

@@ -92,6 +92,14 @@
     render();
   }
 
+  function applySnapshotMore(message) {
+    // A large fleet's snapshot comes in parts, before any change numbered after it.
+    if (message.seq !== state.seq) return;
+    message.engines.forEach((row) => state.engines.set(row.symbol, row));
+    state.orderDirty = true;
+    scheduleRender();
+  }
+
   function applyChanges(message) {
     if (message.seq <= state.seq) return; // already in the snapshot
     const gap = message.seq !== state.seq + 1;
@@ -437,6 +445,7 @@
 
   function receive(message) {
     if (message.type === "snapshot") applySnapshot(message);
+    else if (message.type === "snapshot_more") applySnapshotMore(message);
     else if (message.type === "changes") applyChanges(message);
     else if (message.type === "command") {
       putCommand(message.command);
