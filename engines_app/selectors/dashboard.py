@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connection
-from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, Max, Q, QuerySet, TextField
+from django.db.models.functions import Cast
 
 from ..conf import engine_settings
 from ..models import Engine, EngineCommand, EnginePnlSample
@@ -59,25 +60,29 @@ PAGE_FIELDS = (
 )
 
 
-# Read as the database returns them, two flags worked out by the database: a flush rewrites
-# every running engine's row, and converting each value of 10,000 rows costs a second.
+# Read as the database returns them, times as text (no conversion of each value: a flush
+# rewrites every running engine's row, and converting 10,000 rows costs a second), and two
+# flags worked out by the database.
 RAW_COLUMNS = (
     "symbol",
     "status",
     "status_reason",
     "desired_state",
     "lease_owner",
-    "started_at",
-    "last_heartbeat",
     "position",
     "daily_pnl",
     "total_pnl",
     "trade_count",
     "error_count",
     "last_error",
-    "updated_at",
 )
-HEARTBEAT, UPDATED = RAW_COLUMNS.index("last_heartbeat"), RAW_COLUMNS.index("updated_at")
+RAW_TIMES = ("started_at", "last_heartbeat", "updated_at")
+HEARTBEAT = len(RAW_COLUMNS) + 1
+UPDATED = len(RAW_COLUMNS) + 2
+
+
+def as_text(name: str) -> Cast:
+    return Cast(name, output_field=TextField())
 
 
 def fetch(rows: QuerySet) -> list[tuple]:
@@ -89,17 +94,23 @@ def fetch(rows: QuerySet) -> list[tuple]:
 
 
 def raw_rows(engines: QuerySet, now: datetime) -> list[tuple]:
-    """``RAW_COLUMNS`` of ``engines``, then whether a live lease holds each and whether its
-    heartbeat is fresh (within ``STALE_AFTER``) at ``now``."""
+    """``RAW_COLUMNS`` and ``RAW_TIMES`` (as text) of ``engines``, then whether a live lease
+    holds each and whether its heartbeat is fresh (within ``STALE_AFTER``) at ``now``."""
     held = ExpressionWrapper(~Q(lease_owner="") & Q(lease_expires_at__gt=now), BooleanField())
     fresh = Q(last_heartbeat__gt=now - timedelta(seconds=STALE_AFTER))
-    rows = engines.annotate(held=held, fresh=ExpressionWrapper(fresh, BooleanField()))
-    return fetch(rows.values_list(*RAW_COLUMNS, "held", "fresh"))
+    times = {f"{name}_text": as_text(name) for name in RAW_TIMES}
+    rows = engines.annotate(**times, held=held, fresh=ExpressionWrapper(fresh, BooleanField()))
+    return fetch(rows.values_list(*RAW_COLUMNS, *times, "held", "fresh"))
+
+
+def stamps(engines: QuerySet) -> list[tuple[str, str]]:
+    """``(symbol, updated_at as text)`` of ``engines``: the versions to compare."""
+    return fetch(engines.annotate(version=as_text("updated_at")).values_list("symbol", "version"))
 
 
 def row_key(raw: tuple) -> tuple:
     """What of a raw row the page shows: a heartbeat alone (or the stamp) changes nothing."""
-    return raw[:HEARTBEAT] + raw[HEARTBEAT + 1 : UPDATED] + (bool(raw[-2]), bool(raw[-1]))
+    return raw[:HEARTBEAT] + (bool(raw[-2]), bool(raw[-1]))
 
 
 def raw_epoch(value: Any) -> float | None:
@@ -118,8 +129,8 @@ def page_row(raw: tuple, seen: Mapping[str, float]) -> dict[str, Any]:
     changes what the page shows. Its status is ``shown_status``'s; ``stale`` says whether
     the heartbeat is older than ``STALE_AFTER`` (the page counts a fresh row's age from the
     frame's ``flushed_at``); PnL is rounded to the cent the page shows."""
-    (symbol, status, reason, desired, owner, started, heartbeat, position) = raw[:8]
-    daily, total, trades, errors, last_error, _, held, fresh = raw[8:]
+    symbol, status, reason, desired, owner, position, daily, total, trades = raw[:9]
+    errors, last_error, started, heartbeat, _, held, fresh = raw[9:]
     shown = status if status in AT_REST or held else UNKNOWN
     last_seen = seen.get(owner) if owner and not held else None
     beat = raw_epoch(heartbeat)
@@ -156,10 +167,9 @@ def fleet_rows(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str, tupl
     return rows, keys, versions
 
 
-def newest(versions: Any) -> float | None:
-    """The newest of raw ``updated_at`` values as Unix seconds: the last flush seen."""
-    found = max((v for v in versions if v is not None), default=None, key=raw_epoch)
-    return raw_epoch(found)
+def last_write() -> float | None:
+    """The newest ``updated_at`` of any engine, as Unix seconds: the last flush."""
+    return raw_epoch(Engine.objects.aggregate(at=Max("updated_at"))["at"])
 
 
 def command_row(command: EngineCommand) -> dict[str, Any]:
@@ -184,7 +194,7 @@ def snapshot(
     if rows is None:
         by_symbol, _, versions = fleet_rows(datetime.fromtimestamp(now, UTC))
         rows = [by_symbol[symbol] for symbol in sorted(by_symbol)]
-        flushed_at = newest(versions.values())
+        flushed_at = last_write()
     return {
         "now": now,
         "flushed_at": flushed_at,

@@ -151,12 +151,8 @@ class Broadcaster:
             self._load()
             return None
         now = timezone.now()
-        stamps = Engine.objects.filter(updated_at__gte=self._since)
-        changed = {
-            symbol
-            for symbol, at in dashboard.fetch(stamps.values_list("symbol", "updated_at"))
-            if self._versions.get(symbol) != at
-        }
+        written = dashboard.stamps(Engine.objects.filter(updated_at__gte=self._since))
+        changed = {symbol for symbol, at in written if self._versions.get(symbol) != at}
         changed.update(self._expired(now))
         changed.update(self._turned_stale(now))
         gone: set[str] = set()
@@ -181,7 +177,7 @@ class Broadcaster:
                 deltas.append(delta)
                 kept[symbol] = {**old, **delta} if old else delta
         removed = sorted((set(removed) | gone) & (self._rows.keys() - versions.keys()))
-        newest = dashboard.newest(versions.values())
+        newest = dashboard.last_write() if versions else None
         flushed = self.flushed_at if newest is None else max(newest, self.flushed_at or 0.0)
         with self._lock:
             self._since, self._expired_since, self._stale_since = now - OVERLAP, now, now
@@ -218,7 +214,7 @@ class Broadcaster:
         runners = runners_list()
         with self._lock:
             self._rows, self._keys, self._versions = rows, keys, versions
-            self.flushed_at = dashboard.newest(versions.values())
+            self.flushed_at = dashboard.last_write()
             self._since, self._expired_since, self._stale_since = since, now, now
             self._runners = [{**r, "last_seen": None} if r["live"] else r for r in runners]
             self._loaded = True
