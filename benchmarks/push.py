@@ -30,7 +30,6 @@ from websockets.sync.client import ClientConnection
 from engines_app.testing import Installation
 
 FLUSH_INTERVAL = 0.3
-FLEET_FLUSH_INTERVAL = 1.0  # the default: a flush of a whole fleet, each timed on its own
 PUSH_INTERVAL = 0.2
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -41,17 +40,20 @@ TARGET_REDIS_P95 = "< 150"  # ms
 
 def run(*, engines: int = 10_000, samples: int = 30) -> list[dict]:
     """Rows ``{name, value, unit, baseline, baseline_name, target}`` for the benchmark: the
-    bytes per flush at 1,000 and ``engines``, then push latency at ``engines``, embedded
-    and with Redis."""
+    bytes per flush at 1,000 and ``engines``; push latency from a real runner of one engine
+    and from the runner's writes of ``engines`` engines, embedded and with Redis."""
     out = [*bytes_rows(1000), *(bytes_rows(engines) if engines != 1000 else [])]
-    embedded = measure(engines, samples=samples)
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    if not reachable(redis_url):
-        skipped = f"Redis is not reachable at {_host_port(redis_url)}"
-        return [*out, *rows(engines, embedded, skipped=skipped)]
-    round_trip = asyncio.run(layer_round_trip(redis_url, samples=max(samples, 30)))
-    redis = measure(engines, samples=samples, redis_url=redis_url)
-    return [*out, *rows(engines, embedded, redis, round_trip)]
+    redis = reachable(redis_url)
+    trips = asyncio.run(layer_round_trip(redis_url, samples=max(samples, 30))) if redis else None
+    for count, measure_ in ((1, measure), (engines, measure_fleet)):
+        embedded = measure_(count, samples=samples)
+        if not redis:
+            skipped = f"Redis is not reachable at {_host_port(redis_url)}"
+            out += rows(count, embedded, skipped=skipped)
+            continue
+        out += rows(count, embedded, measure_(count, samples=samples, redis_url=redis_url), trips)
+    return out
 
 
 def rows(
@@ -65,7 +67,8 @@ def rows(
     """The figures beside their baselines; the p95 rows carry the design's targets."""
     floor = PUSH_INTERVAL * 1000
     floor_name = "broadcaster poll interval (the embedded floor)"
-    name = f"push latency {{}}, {engines} engines, {{}}"
+    fleet = "1 engine (a real runner)" if engines == 1 else f"{engines} engines"
+    name = f"push latency {{}}, {fleet}, {{}}"
     out = [
         _row(name.format("p50", "embedded"), embedded.p50, floor, floor_name, None),
         _row(name.format("p95", "embedded"), embedded.p95, floor, floor_name, TARGET_EMBEDDED_P95),
@@ -115,21 +118,83 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def measure(engines: int, *, samples: int, redis_url: str | None = None) -> Latencies:
-    """Start web + runner on a data dir of ``engines`` engines, open a dashboard and time
+    """Start web + runner with ``engines`` (1 to 3) engines, open a dashboard and time
     ``samples`` pushes."""
-    fleet = {"symbols": 0, "flush_interval": FLEET_FLUSH_INTERVAL}
-    with fleet_dir(engines) as path, panel(path, redis_url=redis_url, **fleet) as installation:
-        with installation.dashboard() as socket_:
-            return collect(socket_, samples=samples)
+    with tempfile.TemporaryDirectory(prefix="levipanel-push-") as tmp:
+        with panel(Path(tmp), redis_url=redis_url, symbols=engines) as installation:
+            with installation.dashboard() as socket_:
+                return collect(socket_, samples=samples)
+
+
+# The runner's writes at N engines, once a second, from a process of their own: every row's
+# heartbeat and lease; 20 engines crash (the 20 before are running again); one in twenty
+# trade; then the runner's hint. A real runner of 10,000 engines takes a core of its own,
+# and on a loaded 2-core machine its flushes stall; its own figures are the runner sections'.
+CREATE_FLEET = """
+from django.utils import timezone
+from engines_app.models import Engine
+now = timezone.now()
+Engine.objects.bulk_create(
+    Engine(symbol=f"B{{i:05d}}USDT", status="running", started_at=now, lease_owner="runner-f")
+    for i in range({engines})
+)
+"""
+FLEET_FLUSHES = """
+import random, time
+from datetime import timedelta
+from django.db.models import F
+from django.utils import timezone
+from engines_app.models import Engine, RunnerHeartbeat
+from engines_app.web.broadcaster import send_hint
+pick, crashed = random.Random(7), []
+symbols = list(Engine.objects.values_list("symbol", flat=True))
+while True:
+    now = timezone.now()
+    Engine.objects.filter(symbol__in=crashed).update(status="running", updated_at=now)
+    crashed = pick.sample(symbols, min(20, len(symbols)))
+    Engine.objects.filter(symbol__in=crashed).update(
+        status="crashed", last_error="boom", error_count=F("error_count") + 1, updated_at=now
+    )
+    Engine.objects.filter(symbol__in=pick.sample(symbols, len(symbols) // 20)).update(
+        trade_count=F("trade_count") + 1, daily_pnl=F("daily_pnl") + 1.25, updated_at=now
+    )
+    Engine.objects.update(
+        last_heartbeat=now, lease_expires_at=now + timedelta(seconds=15), updated_at=now
+    )
+    RunnerHeartbeat.objects.update_or_create(
+        name="runner-f",
+        defaults={"last_seen": now},
+        create_defaults={"started_at": now, "last_seen": now},
+    )
+    send_hint(None)
+    time.sleep(1)
+"""
 
 
 @contextmanager
-def fleet_dir(engines: int) -> Iterator[Path]:
-    """A temp data dir with ``engines`` engines, desired running."""
-    from benchmarks.runner import data_dir
+def fleet(data_dir: Path, engines: int, *, redis_url: str | None = None) -> Iterator[Installation]:
+    """``engines`` engines written once a second as the runner writes them; the web server."""
+    env = {
+        "LEVIPANEL_PUSH_INTERVAL": str(PUSH_INTERVAL),
+        "LEVIPANEL_CHANNEL_PREFIX": f"lp-bench-{uuid.uuid4().hex[:8]}",
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    with Installation(data_dir, env) as installation:
+        installation.migrate()
+        installation.manage("shell", "-c", CREATE_FLEET.format(engines=engines))
+        installation.demo_login()
+        installation.serve()
+        installation.start("manage.py", "shell", "-c", FLEET_FLUSHES, log_name="flushes")
+        yield installation
 
-    with data_dir(engines) as path:
-        yield path
+
+def measure_fleet(engines: int, *, samples: int, redis_url: str | None = None) -> Latencies:
+    """Time ``samples`` pushes of the flushes of ``engines`` engines to one dashboard."""
+    with tempfile.TemporaryDirectory(prefix="levipanel-push-") as tmp:
+        with fleet(Path(tmp), engines, redis_url=redis_url) as installation:
+            with installation.dashboard() as socket_:
+                return collect(socket_, samples=samples)
 
 
 def collect(socket_: ClientConnection, *, samples: int, timeout: float = 120.0) -> Latencies:

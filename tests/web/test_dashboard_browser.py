@@ -12,6 +12,7 @@ import signal
 import pytest
 from playwright.sync_api import Page, expect
 
+from benchmarks.push import fleet as fleet_of
 from engines_app.testing import ROOT, Installation
 from tests.helpers import CHROMIUM, IN_CI
 
@@ -200,47 +201,6 @@ def save_screenshot(page: Page) -> None:
 # 10,000 engines -------------------------------------------------------------------------
 
 FLEET = 10_000
-CREATE_FLEET = f"""
-from django.utils import timezone
-from engines_app.models import Engine
-now = timezone.now()
-Engine.objects.bulk_create(
-    Engine(symbol=f"B{{i:05d}}USDT", status="running", started_at=now, lease_owner="runner-f")
-    for i in range({FLEET})
-)
-"""
-# The runner's writes at 10,000 engines, once a second, from a process of their own: every
-# row's heartbeat and lease; 20 engines crash (the 20 before are running again); 500 trade.
-# (A runner of 10,000 engines takes most of a core, more than a 2-core CI box can spare
-# for a page test; the runner's own figures are the fleet benchmark's.)
-FLUSHES = """
-import random, time
-from datetime import timedelta
-from django.db.models import F
-from django.utils import timezone
-from engines_app.models import Engine, RunnerHeartbeat
-pick, crashed = random.Random(7), []
-symbols = list(Engine.objects.values_list("symbol", flat=True))
-while True:
-    now = timezone.now()
-    Engine.objects.filter(symbol__in=crashed).update(status="running", updated_at=now)
-    crashed = pick.sample(symbols, 20)
-    Engine.objects.filter(symbol__in=crashed).update(
-        status="crashed", last_error="boom", error_count=F("error_count") + 1, updated_at=now
-    )
-    Engine.objects.filter(symbol__in=pick.sample(symbols, 500)).update(
-        trade_count=F("trade_count") + 1, daily_pnl=F("daily_pnl") + 1.25, updated_at=now
-    )
-    Engine.objects.update(
-        last_heartbeat=now, lease_expires_at=now + timedelta(seconds=15), updated_at=now
-    )
-    RunnerHeartbeat.objects.update_or_create(
-        name="runner-f",
-        defaults={"last_seen": now},
-        create_defaults={"started_at": now, "last_seen": now},
-    )
-    time.sleep(1)
-"""
 # Installed before the page's own scripts: when the first engine row is in the document, and
 # every frame's time and every pushed changes frame from then on.
 MEASURE = """
@@ -284,14 +244,9 @@ PROBLEMS = {"crashed", "failed", "unknown", "halted", "backoff", "degraded"}
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory):
-    """10,000 engines written as a runner writes them, 20 crashing a second; the web server."""
-    env = {"LEVIPANEL_PUSH_INTERVAL": "0.2"}
-    with Installation(tmp_path_factory.mktemp("fleet") / "data", env) as installation:
-        installation.migrate()
-        installation.manage("shell", "-c", CREATE_FLEET)
-        installation.demo_login()
-        installation.serve()
-        installation.start("manage.py", "shell", "-c", FLUSHES, log_name="flushes")
+    """10,000 engines written as a runner writes them (20 crashing a second, one in twenty
+    trading) and the web server; see ``benchmarks.push.fleet``."""
+    with fleet_of(tmp_path_factory.mktemp("fleet") / "data", FLEET) as installation:
         yield installation
 
 
