@@ -41,7 +41,9 @@ HINT_GROUP = "engines-hints"
 # A writer stamps ``updated_at`` before it commits, so a row can become visible with a
 # stamp older than the last look: look back this far and skip the versions already sent.
 OVERLAP = timedelta(seconds=5)
-HINT_GROUP_RENEW = 3600.0  # channels_redis forgets group members after a day
+HINT_GROUP_RENEW = 3600.0
+# Engine rows per frame: daphne sends no frame over 1 MiB (a whole row is about 330 bytes).
+FRAME_ROWS = 2000  # channels_redis forgets group members after a day
 
 _broadcasters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broadcaster] = (
     weakref.WeakKeyDictionary()
@@ -141,8 +143,8 @@ class Broadcaster:
             return
         if self._loaded:
             self.ready.set()
-        if message is not None:
-            await self.layer.group_send(self.group, {"type": "engines.changed", **message})
+        for frame in frames(message) if message is not None else []:
+            await self.layer.group_send(self.group, {"type": "engines.changed", **frame})
 
     def changes(self) -> dict[str, Any] | None:
         """What changed since the last look, numbered, or None when nothing did. The first
@@ -192,8 +194,8 @@ class Broadcaster:
             ):
                 return None
             self.flushed_at = flushed
-            self.seq += 1
-            seq = self.seq
+            seq = self.seq + 1  # one number per frame it is sent in (see ``frames``)
+            self.seq += max(1, -(-len(deltas) // FRAME_ROWS))
         return {
             "seq": seq,
             "now": now.timestamp(),
@@ -287,6 +289,18 @@ class Broadcaster:
                 log.warning("dashboard hints unavailable: %s", exc)
                 channel = None
                 await asyncio.sleep(1.0)
+
+
+def frames(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """``message`` as frames of at most ``FRAME_ROWS`` engines, numbered on from its ``seq``
+    (daphne sends no frame over 1 MiB): applied in turn, they are the message."""
+    rows = message["engines"]
+    parts = [rows[i : i + FRAME_ROWS] for i in range(0, len(rows), FRAME_ROWS)] or [[]]
+    out = [{**message, "engines": parts[0]}]
+    for index, part in enumerate(parts[1:], start=1):
+        empty = {"commands": [], "removed": [], "runners": None}
+        out.append({**message, **empty, "seq": message["seq"] + index, "engines": part})
+    return out
 
 
 def row_delta(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:

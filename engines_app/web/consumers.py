@@ -18,7 +18,7 @@ from ..models import CONTROL_PERMISSION
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
 from ..services import engines as services
-from .broadcaster import Broadcaster, broadcaster
+from .broadcaster import FRAME_ROWS, Broadcaster, broadcaster
 from .throttle import TokenBucket, daphne_connection
 
 log = logging.getLogger("levipanel.web")
@@ -40,8 +40,7 @@ PATIENCE = 20.0
 # What daphne may hold for a client that does not read (a snapshot of 10,000 engines is about
 # 3.2 MB); past it the connection is closed with NOT_READING.
 MAX_BACKLOG = 8 * 1024 * 1024
-# Engine rows per snapshot frame: daphne sends no frame over 1 MiB (about 330 B a row).
-SNAPSHOT_ROWS = 2000
+SNAPSHOT_ROWS = FRAME_ROWS  # engine rows per snapshot frame
 # Connections one user may open in this web process: CONNECT_BURST at once, one more every
 # 1/CONNECT_RATE seconds; each costs a snapshot, so reconnecting is no way around the bucket.
 CONNECT_RATE = 0.5

@@ -255,3 +255,17 @@ def test_broadcaster_sends_the_runners_when_one_joins_or_goes_silent(engines):
     with time_machine.travel(timezone.now() + timedelta(seconds=16)):
         silent = broadcaster.changes()
     assert [(r["name"], r["live"]) for r in silent["runners"]] == [("runner-a", False)]
+
+
+def test_a_large_change_goes_in_several_numbered_frames_that_add_up_to_it(engines, monkeypatch):
+    from engines_app.web import broadcaster as module
+
+    monkeypatch.setattr(module, "FRAME_ROWS", 2)
+    broadcaster = loaded()
+    seq = broadcaster.seq
+    Engine.objects.update(error_count=7, updated_at=timezone.now())
+    message = broadcaster.changes()
+    parts = module.frames(message)
+    assert [p["seq"] for p in parts] == [seq + 1, seq + 2] == [message["seq"], broadcaster.seq]
+    assert [row for p in parts for row in p["engines"]] == message["engines"]
+    assert len(message["engines"]) == 3
