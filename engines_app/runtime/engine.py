@@ -12,7 +12,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -220,6 +220,7 @@ class TradingEngine:
         "rejected",
         "cycle_histogram",
         "_log_limiter",
+        "_sleep",
     )
 
     def __init__(
@@ -230,8 +231,10 @@ class TradingEngine:
         state: EngineState | None = None,
         clock: Callable[[], float] = time.time,
         cycle_histogram: CycleHistogram | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.config = config
+        self._sleep = sleep  # between cycles; the manager passes its Ticker's
         self.cycle_histogram = cycle_histogram
         self.state = state or EngineState()
         self.listener = listener
@@ -285,7 +288,7 @@ class TradingEngine:
                 self.cycles += 1
                 self.last_heartbeat = self.clock()
                 if not self._stopping:
-                    await asyncio.sleep(self.config.cycle_interval)
+                    await self._sleep(self.config.cycle_interval)
         finally:
             self.feed.close()
             log.info("Engine for %s stopped after %d cycles", symbol, self.cycles, extra=extra)

@@ -19,7 +19,8 @@ FIGURES = [
     "RSS per engine",
     "DB write transactions/s (counted by SQLite)",
     "DB write transactions/s (runner's counter)",
-    "one flush of 20 heartbeats (median)",
+    "one flush of 20 heartbeats, fenced (median)",
+    "one flush of 20 heartbeats, every row's PnL changed (median)",
     "reconcile poll of 20 control rows (median)",
     "crash seen -> in the database p99",
     "restart due -> running in the database p99",
@@ -31,6 +32,21 @@ FIGURES = [
 
 def is_number(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+@pytest.mark.postgres
+def test_tiny_run_on_postgresql_prints_the_runner_figures(project, postgres_url):
+    out = project.data_dir / "bench-pg.json"
+    args = ["--engines", str(ENGINES), "--seconds", "1", "--only", "startup-pg", "steady-pg"]
+    project.manage("benchmark", *args, "--json", str(out), timeout=180)
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    on_sqlite_only = ("counted by SQLite", "crash ->")
+    for figure in FIGURES:
+        if any(part in figure for part in on_sqlite_only):
+            continue
+        name = next((n for n in rows if n.startswith(figure) and n.endswith("(PostgreSQL)")), None)
+        assert name is not None, f"{figure!r} on PostgreSQL missing from {sorted(rows)}"
+        assert is_number(rows[name]["value"]) and is_number(rows[name]["baseline"]), rows[name]
 
 
 def test_tiny_run_prints_every_figure_beside_a_baseline(project):
