@@ -310,6 +310,7 @@ def test_ten_thousand_engines_filter_search_and_problems_first(page: Page, fleet
     assert set(shown_statuses(page)) <= PROBLEMS
 
     page.select_option("#status-filter", "")
+    expect(page.locator("#shown")).to_have_text(f"{FLEET} of {FLEET} engines")
     page.eval_on_selector("#engines-scroll", "el => { el.scrollTop = el.scrollHeight; }")
     # At the bottom: the last symbols (of the engines without a problem), and still only the
     # rows in view in the document.
