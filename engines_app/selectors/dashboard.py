@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connection
-from django.db.models import BooleanField, ExpressionWrapper, Max, Q, QuerySet, TextField
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from ..conf import engine_settings
@@ -167,9 +167,10 @@ def fleet_rows(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str, tupl
     return rows, keys, versions
 
 
-def last_write() -> float | None:
-    """The newest ``updated_at`` of any engine, as Unix seconds: the last flush."""
-    return raw_epoch(Engine.objects.aggregate(at=Max("updated_at"))["at"])
+def last_flush(runners: list[dict[str, Any]]) -> float | None:
+    """The newest heartbeat flush of a live runner (``runners_list`` rows), as Unix seconds:
+    a beat alone does not stamp an engine's ``updated_at``, its runner's row says it."""
+    return max((r["last_seen"] for r in runners if r["live"]), default=None)
 
 
 def command_row(command: EngineCommand) -> dict[str, Any]:
@@ -190,18 +191,18 @@ def snapshot(
 ) -> dict[str, Any]:
     """Every engine as a page row (``rows`` when given: the broadcaster's, as last sent),
     every command the runner has not acknowledged yet, every runner."""
-    now = time.time()
+    now, runners = time.time(), runners_list()
     if rows is None:
-        by_symbol, _, versions = fleet_rows(datetime.fromtimestamp(now, UTC))
+        by_symbol, _, _ = fleet_rows(datetime.fromtimestamp(now, UTC))
         rows = [by_symbol[symbol] for symbol in sorted(by_symbol)]
-        flushed_at = last_write()
+        flushed_at = last_flush(runners)
     return {
         "now": now,
         "flushed_at": flushed_at,
         "counts": status_counts(row["status"] for row in rows),
         "engines": rows,
         "commands": pending_commands(),
-        "runners": runners_list(),
+        "runners": runners,
     }
 
 

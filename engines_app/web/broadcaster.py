@@ -28,6 +28,7 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from ..models import Engine
+from ..runtime import ACTIVE
 from ..runtime.ratelimit import LogLimiter
 from ..selectors import dashboard
 from ..selectors.engines import AT_REST, runners_seen
@@ -42,6 +43,7 @@ HINT_GROUP = "engines-hints"
 # stamp older than the last look: look back this far and skip the versions already sent.
 OVERLAP = timedelta(seconds=5)
 HINT_GROUP_RENEW = 3600.0
+ACTIVE_SHOWN = {str(status) for status in ACTIVE} | {"starting"}  # statuses that beat
 # Engine rows per frame: daphne sends no frame over 1 MiB (a whole row is about 330 bytes).
 FRAME_ROWS = 2000  # channels_redis forgets group members after a day
 
@@ -88,7 +90,7 @@ class Broadcaster:
         self._rows: dict[str, dict[str, Any]] = {}  # symbol -> page row, as last sent
         self._keys: dict[str, tuple] = {}  # symbol -> what the page shows, raw (row_key)
         self._versions: dict[str, Any] = {}  # symbol -> updated_at last read, raw
-        self.flushed_at: float | None = None  # the newest updated_at read
+        self.flushed_at: float | None = None  # the newest flush of a live runner
         self._since = self._expired_since = self._stale_since = timezone.now()
         self._commands: dict[int, float | None] = {}
         self._runners: list[dict[str, Any]] = []  # as last sent, live ones without last_seen
@@ -157,13 +159,14 @@ class Broadcaster:
         changed = {symbol for symbol, at in written if self._versions.get(symbol) != at}
         changed.update(self._expired(now))
         changed.update(self._turned_stale(now))
+        changed.update(self._beating_again(now))
         gone: set[str] = set()
         if Engine.objects.count() != len(self._rows) + len(changed - self._rows.keys()):
             present = set(Engine.objects.values_list("symbol", flat=True))
             gone = self._rows.keys() - present
             changed |= present - self._rows.keys()
         commands, removed = self._changed_commands(self._since)
-        runners = self._changed_runners()
+        runners, beat = self._changed_runners()
         seen = runners_seen() if changed else {}
         deltas, kept, keys, versions = [], {}, {}, {}
         for raw in _read(changed, now, self._since):
@@ -179,8 +182,7 @@ class Broadcaster:
                 deltas.append(delta)
                 kept[symbol] = {**old, **delta} if old else delta
         removed = sorted((set(removed) | gone) & (self._rows.keys() - versions.keys()))
-        newest = dashboard.last_write() if versions else None
-        flushed = self.flushed_at if newest is None else max(newest, self.flushed_at or 0.0)
+        flushed = self.flushed_at if beat is None else max(beat, self.flushed_at or 0.0)
         with self._lock:
             self._since, self._expired_since, self._stale_since = now - OVERLAP, now, now
             self._versions.update(versions)
@@ -216,7 +218,7 @@ class Broadcaster:
         runners = runners_list()
         with self._lock:
             self._rows, self._keys, self._versions = rows, keys, versions
-            self.flushed_at = dashboard.last_write()
+            self.flushed_at = dashboard.last_flush(runners)
             self._since, self._expired_since, self._stale_since = since, now, now
             self._runners = [{**r, "last_seen": None} if r["live"] else r for r in runners]
             self._loaded = True
@@ -237,15 +239,32 @@ class Broadcaster:
         )
         return list(rows.values_list("symbol", flat=True))
 
-    def _changed_runners(self) -> list[dict[str, Any]] | None:
-        """Every runner when one joined, left, went silent or changed what it holds; None
-        otherwise. A live runner's ``last_seen`` moves every flush: the page needs no step."""
+    def _changed_runners(self) -> tuple[list[dict[str, Any]] | None, float | None]:
+        """Every runner when one joined, left, went silent or changed what it holds (None
+        otherwise), and the newest flush of a live one. A live runner's ``last_seen`` moves
+        every flush: the page needs no step, only the frame's ``flushed_at``."""
         runners = runners_list()
         key = [{**row, "last_seen": None} if row["live"] else row for row in runners]
+        beat = dashboard.last_flush(runners)
         if key == self._runners:
-            return None
+            return None, beat
         self._runners = key
-        return runners
+        return runners, beat
+
+    def _beating_again(self, now: datetime) -> list[str]:
+        """Running engines shown stale whose heartbeat is fresh again: a beat alone does not
+        stamp ``updated_at``. (Usually none are stale: no query.)"""
+        stale = [
+            symbol
+            for symbol, row in self._rows.items()
+            if row["stale"] and row["status"] in ACTIVE_SHOWN
+        ]
+        fresh = now - timedelta(seconds=dashboard.STALE_AFTER)
+        found: list[str] = []
+        for start in range(0, len(stale), READ_CHUNK):
+            chunk = Engine.objects.filter(symbol__in=stale[start : start + READ_CHUNK])
+            found += chunk.filter(last_heartbeat__gt=fresh).values_list("symbol", flat=True)
+        return found
 
     def _changed_commands(self, since: datetime) -> tuple[list[dict[str, Any]], list[str]]:
         """Commands given or acknowledged since ``since`` not sent yet, and the symbols of

@@ -197,26 +197,32 @@ def test_broadcaster_sends_only_the_changed_fields_and_removals(engines):
 
 def test_a_heartbeat_alone_sends_the_flush_time_not_the_rows(engines):
     broadcaster = loaded()
+    btc = Engine.objects.filter(symbol="BTCUSDT")
     beat = timezone.now()
-    flush = Engine.objects.filter(symbol="BTCUSDT").update  # as the runner's flush writes
-    flush(last_heartbeat=beat, daily_pnl=2.001, updated_at=timezone.now())
+    btc.update(last_heartbeat=beat)  # a beat alone: the runner leaves updated_at as it is
+    flush = heartbeat("runner-a")  # and says when it flushed in its own row
     frame = broadcaster.changes()
-    # A fresh heartbeat: stale flips, so the row says so once, with its heartbeat.
+    # Stale (no heartbeat yet) to fresh: the row says so once, with its heartbeat.
     assert frame["engines"] == [
         {"symbol": "BTCUSDT", "stale": False, "last_heartbeat": round(beat.timestamp(), 3)}
     ]
-    assert frame["flushed_at"] == Engine.objects.get(symbol="BTCUSDT").updated_at.timestamp()
+    assert frame["flushed_at"] == round(flush.last_seen.timestamp(), 3)
     later = beat + timedelta(seconds=1)
-    flush(last_heartbeat=later, daily_pnl=2.004, updated_at=timezone.now())
+    btc.update(last_heartbeat=later, daily_pnl=2.004, updated_at=timezone.now())
+    flush = heartbeat("runner-a")
     frame = broadcaster.changes()
     assert frame["engines"] == []  # the same cent, a newer heartbeat: only the flush time
-    assert frame["flushed_at"] > round(beat.timestamp(), 3)
+    assert frame["flushed_at"] == round(flush.last_seen.timestamp(), 3)
+    assert broadcaster.changes() is None
     with time_machine.travel(later + timedelta(seconds=11)):
         frame = broadcaster.changes()  # nothing wrote it: the heartbeat just got old
         assert broadcaster.changes() is None
-    assert frame["engines"] == [
-        {"symbol": "BTCUSDT", "stale": True, "last_heartbeat": round(later.timestamp(), 3)}
-    ]
+    rows = {row["symbol"]: row for row in frame["engines"]}
+    assert rows["BTCUSDT"] == {
+        "symbol": "BTCUSDT",
+        "stale": True,
+        "last_heartbeat": round(later.timestamp(), 3),
+    }
 
 
 def test_broadcaster_sends_an_engine_added_in_full_and_notices_a_deleted_one(engines):
@@ -250,7 +256,10 @@ def test_broadcaster_sends_the_runners_when_one_joins_or_goes_silent(engines):
     joined = broadcaster.changes()
     assert [(r["name"], r["live"], r["held"]) for r in joined["runners"]] == [("runner-a", True, 3)]
     assert joined["engines"] == []
-    heartbeat("runner-a", held=3)  # a flush: only last_seen moved
+    flush = heartbeat("runner-a", held=3)  # a flush: only last_seen moved
+    frame = broadcaster.changes()  # the flush time alone, not the runners again
+    assert (frame["runners"], frame["engines"]) == (None, [])
+    assert frame["flushed_at"] == round(flush.last_seen.timestamp(), 3)
     assert broadcaster.changes() is None
     with time_machine.travel(timezone.now() + timedelta(seconds=16)):
         silent = broadcaster.changes()
