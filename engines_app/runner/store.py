@@ -736,7 +736,10 @@ def _flush_heartbeats(
     """Beats, then the rows whose values changed. A flush of a quiet fleet is a few
     statements, not one per engine: the beats within the same ``BEAT_GRAIN`` seconds are
     stored as one UPDATE of their ids, at the start of their grain (never later than the
-    beat). The values go as one executemany UPDATE of the changed rows only."""
+    beat). A beat alone does not stamp ``updated_at``: that column (indexed, for the
+    readers that look for changed rows) moves with what a page shows, and a beat is in the
+    runner's heartbeat row already. The values go as one executemany UPDATE of the changed
+    rows only, stamped."""
     quote = connection.ops.quote_name
     table = quote(Engine._meta.db_table)
     adapt = connection.ops.adapt_datetimefield_value
@@ -752,21 +755,16 @@ def _flush_heartbeats(
             for chunk in _chunks(ids):
                 cursor.execute(
                     f"UPDATE {table} SET {beat} = %s, {tick} = COALESCE(%s, {tick}), "
-                    f"{updated} = %s, {lease} = COALESCE(%s, {lease}) "
+                    f"{lease} = COALESCE(%s, {lease}) "
                     f"WHERE id IN ({', '.join(['%s'] * len(chunk))})",
-                    [
-                        _at_grain(beat_grain, adapt),
-                        _at_grain(tick_grain, adapt),
-                        stamp,
-                        until,
-                        *chunk,
-                    ],
+                    [_at_grain(beat_grain, adapt), _at_grain(tick_grain, adapt), until, *chunk],
                 )
-        changed = [_value_params(row) for row in rows if row.changed]
+        changed = [_value_params(row, stamp) for row in rows if row.changed]
         if changed:
             assignments = ", ".join(
                 [f"{quote(c)} = %s" for c in VALUE_COLUMNS]
                 + [f"{quote(c)} = COALESCE(%s, {quote(c)})" for c in VALUE_IF_GIVEN]
+                + [f"{updated} = %s"]
             )
             cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", changed)
 
@@ -790,8 +788,8 @@ def _chunks(ids: list[int]) -> Iterator[list[int]]:
         yield ids[start : start + IN_CHUNK]
 
 
-def _value_params(row: HeartbeatRow) -> tuple:
-    """One row's parameters, in the order of VALUE_COLUMNS + VALUE_IF_GIVEN + id."""
+def _value_params(row: HeartbeatRow, stamp: Any) -> tuple:
+    """One row's parameters: VALUE_COLUMNS, VALUE_IF_GIVEN, ``updated_at``, id."""
     return (
         row.error_count,
         row.last_error or "",
@@ -801,6 +799,7 @@ def _value_params(row: HeartbeatRow) -> tuple:
         row.trade_count,
         row.restart_attempt,
         row.restart_budget_left,
+        stamp,
         row.id,
     )
 

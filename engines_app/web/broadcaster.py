@@ -4,9 +4,11 @@ The in-memory channel layer does not cross processes, so the database is the bus
 broadcaster per web process (per event loop) reads the engine and command rows changed
 since it last looked (and those whose lease ran out since then: their status is now
 ``unknown`` though nothing wrote them), a few times a second, and sends them to its
-consumers' group — one query per web process, not one per browser. With Redis, the runner
-also sends a hint after each write (``send_hint``) and the broadcaster looks at once. A hint
-is only a wake-up: the rows read from the database are what is delivered.
+consumers' group — one query per web process, not one per browser. The group lives on the
+in-memory ``DASHBOARD_CHANNEL_LAYER``: broadcaster and consumers share the process, so
+Redis being away never stops the pushes. With Redis, the runner also sends a hint after each
+write (``send_hint``) and the broadcaster looks at once. A hint is only a wake-up: the rows
+read from the database are what is delivered.
 """
 
 from __future__ import annotations
@@ -62,21 +64,31 @@ def broadcaster() -> Broadcaster:
     found = _broadcasters.get(loop)
     if found is None:
         found = _broadcasters[loop] = Broadcaster(
-            get_channel_layer(), interval=settings.LEVIPANEL_PUSH_INTERVAL
+            get_channel_layer(settings.DASHBOARD_CHANNEL_LAYER),
+            hints=get_channel_layer(),
+            interval=settings.LEVIPANEL_PUSH_INTERVAL,
         )
     return found
 
 
 class Broadcaster:
     """Keep the dashboard rows as last sent, look for what changed, send only that to
-    ``group``, numbered by ``seq``.
+    ``group`` on ``layer``, numbered by ``seq``; look at once on a hint from ``hints`` when
+    it crosses processes.
 
     The rows it keeps are the whole fleet as the pages have it: a page's snapshot is taken
     from them (with their ``seq``), so every later frame applies to it exactly. It runs
     while at least one consumer is subscribed; a new run loads the fleet afresh."""
 
-    def __init__(self, layer: BaseChannelLayer, *, interval: float) -> None:
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        *,
+        interval: float,
+        hints: BaseChannelLayer | None = None,
+    ) -> None:
         self.layer = layer
+        self.hints = hints
         self.interval = interval
         self.group = f"engines.{uuid.uuid4().hex}"
         self.seq = 0
@@ -121,7 +133,7 @@ class Broadcaster:
 
     async def run(self) -> None:
         hints = None
-        if crosses_processes(self.layer):
+        if crosses_processes(self.hints):
             hints = asyncio.create_task(self._listen_for_hints(), name="dashboard-hints")
         try:
             while True:
@@ -295,13 +307,13 @@ class Broadcaster:
         while True:
             try:
                 if channel is None:
-                    channel = await self.layer.new_channel()
-                    await self.layer.group_add(HINT_GROUP, channel)
+                    channel = await self.hints.new_channel()
+                    await self.hints.group_add(HINT_GROUP, channel)
                 try:
-                    await asyncio.wait_for(self.layer.receive(channel), HINT_GROUP_RENEW)
+                    await asyncio.wait_for(self.hints.receive(channel), HINT_GROUP_RENEW)
                     self.wake()
                 except TimeoutError:
-                    await self.layer.group_add(HINT_GROUP, channel)
+                    await self.hints.group_add(HINT_GROUP, channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: keep polling, try again later

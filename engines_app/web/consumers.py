@@ -12,6 +12,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from ..models import CONTROL_PERMISSION
@@ -65,6 +66,9 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     ``{"type": "ping"}``. Frames out: ``snapshot`` (and ``snapshot_more`` while it says
     ``more``), ``changes``, ``command``, ``error``, ``pong``."""
 
+    # The broadcaster's in-memory layer: no Redis between this process's broadcaster and its
+    # pages, so a Redis outage does not end the consumer (and close the page's socket).
+    channel_layer_alias = settings.DASHBOARD_CHANNEL_LAYER
     broadcaster: Broadcaster | None = None
     clock = staticmethod(time.monotonic)
     closing = False

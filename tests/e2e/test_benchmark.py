@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from benchmarks import Section, chosen, run_section, verdict
 from benchmarks.report import number
+from benchmarks.soak import growing_sites, rss_marks
 from engines_app.testing import Installation
 
 ENGINES = 20
@@ -110,6 +112,33 @@ def test_a_short_soak_reports_memory_lag_recovery_and_writes(project):
     assert lost["value"] == 0 and lost["baseline"] == 200, lost
 
 
+def test_the_soak_names_the_allocation_site_that_grew():
+    """``--tracemalloc``: a list that grows between the two snapshots is the first site."""
+    kept: list[bytes] = []
+    tracemalloc.start(1)
+    try:
+        start = tracemalloc.take_snapshot()
+        for n in range(2000):
+            kept.append(b"x" * 512 + n.to_bytes(4, "big"))  # the growing site
+        end = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    top = growing_sites(start, end)[0]
+    assert top["where"].endswith(f"{__file__}:{_growing_line()}"), top
+    assert top["count_diff"] >= 2000 and top["size_diff_kb"] > 1000, top
+
+
+def _growing_line() -> int:
+    lines = open(__file__).read().splitlines()  # noqa: SIM115
+    return next(n for n, line in enumerate(lines, 1) if line.endswith("# the growing site"))
+
+
+def test_the_soak_shows_rss_every_five_minutes_and_at_the_end():
+    # Every 5 s for 13 minutes: 100 MB, one more every 5 minutes.
+    samples = [(tick / 12, 1024.0 * (100 + tick // 60)) for tick in range(12 * 13)]
+    assert rss_marks(samples) == [(0, 100.0), (5, 101.0), (10, 102.0), (13, 102.0)]
+
+
 # A small fleet, fast leases: takeover within seconds, so CI can afford it.
 FLEET_LEASE = 3.0
 FLEET_ENV = {
@@ -150,6 +179,25 @@ def test_a_small_fleet_on_postgresql_is_measured(postgres_url, tmp_path):
         lag = figure(start)
         assert 0 <= lag["value"] < 1000 and is_number(lag["baseline"]), lag
     assert is_number(figure("write transactions/s of the rest of the server")["value"])
+
+
+def test_the_status_section_prints_each_figure_beside_its_bare_view(project):
+    out = project.data_dir / "bench.json"
+    args = ["--engines", str(ENGINES), "--samples", "50", "--only", "status", "--json", str(out)]
+    project.manage("benchmark", *args, timeout=300)
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    one = f"/engines/status/B{ENGINES // 2:05d}USDT"
+    for figure, bare in [
+        ("/engines/status, no ETag", "the fleet's status"),
+        ("/engines/status, If-None-Match: 304", "the fleet's status"),
+        ("/engines/status?status=stopped&symbol=B00&page=2&page_size=50", "the fleet's status"),
+        (f"{one}, {ENGINES} engines, 8 clients", "one engine's status"),
+        (f"{one}, {ENGINES} engines, 1 client", "one engine's status"),
+    ]:
+        for pct in ("p50", "p99"):
+            row = next(r for name, r in rows.items() if figure in name and name.endswith(pct))
+            assert is_number(row["value"]) and is_number(row["baseline"]), row
+            assert row["baseline_name"] == f"bare Django JSON view of {bare}"
 
 
 def engines_given(*, engines: int) -> list[dict]:
