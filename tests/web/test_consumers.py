@@ -543,8 +543,9 @@ async def until_equal(communicator: WebsocketCommunicator, page: PageState) -> N
         ] + [s for s in page_rows if s not in expected]
 
 
-def runner_flushes(engines: list[Engine], **values) -> None:
-    """A heartbeat flush of ``engines`` by the runner, with ``values`` for every row."""
+def runner_flushes(engines: list[Engine], changed: bool = True, **values) -> None:
+    """A heartbeat flush of ``engines`` by the runner (their values too when ``changed``),
+    and its own heartbeat row, as the runner writes them."""
     now = time.time()
     fields = {
         "last_heartbeat": now,
@@ -557,8 +558,9 @@ def runner_flushes(engines: list[Engine], **values) -> None:
         "last_tick_at": now,
         **values,
     }
-    rows = [store.HeartbeatRow(engine.id, **fields) for engine in engines]
+    rows = [store.HeartbeatRow(engine.id, **fields, changed=changed) for engine in engines]
     store.write(statuses=[], errors=[], restarts=[], heartbeats=rows)
+    heartbeat("runner-a", held=len(engines))
 
 
 async def test_a_page_applying_snapshot_and_deltas_shows_what_the_database_says(engines, viewer):
@@ -570,7 +572,7 @@ async def test_a_page_applying_snapshot_and_deltas_shows_what_the_database_says(
     await until_equal(communicator, page)
     assert page.rows["BTCUSDT"]["trade_count"] == 2 and page.rows["BTCUSDT"]["stale"] is False
 
-    await write(runner_flushes)(engines, position=1.5, daily_pnl=3.25, trade_count=2)
+    await write(runner_flushes)(engines, changed=False)
     frame = await receive(communicator, "changes")  # a heartbeat alone: no row, a flush time
     assert frame["engines"] == [] and frame["flushed_at"] > 0
     page.apply(frame)
