@@ -45,6 +45,7 @@ HINT_GROUP = "engines-hints"
 # stamp older than the last look: look back this far and skip the versions already sent.
 OVERLAP = timedelta(seconds=5)
 HINT_GROUP_RENEW = 3600.0
+SCAN_EVERY = timedelta(seconds=0.5)
 ACTIVE_SHOWN = {str(status) for status in ACTIVE} | {"starting"}  # statuses that beat
 # Engine rows per frame: daphne sends no frame over 1 MiB (a whole row is about 330 bytes).
 FRAME_ROWS = 2000  # channels_redis forgets group members after a day
@@ -104,6 +105,7 @@ class Broadcaster:
         self._versions: dict[str, Any] = {}  # symbol -> updated_at last read, raw
         self.flushed_at: float | None = None  # the newest flush of a live runner
         self._since = self._expired_since = self._stale_since = timezone.now()
+        self._scanned_at = self._since
         self._commands: dict[int, float | None] = {}
         self._runners: list[dict[str, Any]] = []  # as last sent, live ones without last_seen
 
@@ -169,14 +171,18 @@ class Broadcaster:
         now = timezone.now()
         written = dashboard.stamps(Engine.objects.filter(updated_at__gte=self._since))
         changed = {symbol for symbol, at in written if self._versions.get(symbol) != at}
-        changed.update(self._expired(now))
-        changed.update(self._turned_stale(now))
-        changed.update(self._beating_again(now))
         gone: set[str] = set()
-        if Engine.objects.count() != len(self._rows) + len(changed - self._rows.keys()):
-            present = set(Engine.objects.values_list("symbol", flat=True))
-            gone = self._rows.keys() - present
-            changed |= present - self._rows.keys()
+        # What time alone changes (leases running out, heartbeats getting old) and rows
+        # deleted without a command: scans of the table, twice a second, not on every hint.
+        scan = now - self._scanned_at >= SCAN_EVERY
+        if scan:
+            changed.update(self._expired(now))
+            changed.update(self._turned_stale(now))
+            changed.update(self._beating_again(now))
+            if Engine.objects.count() != len(self._rows) + len(changed - self._rows.keys()):
+                present = set(Engine.objects.values_list("symbol", flat=True))
+                gone = self._rows.keys() - present
+                changed |= present - self._rows.keys()
         commands, removed = self._changed_commands(self._since)
         runners, beat = self._changed_runners()
         seen = runners_seen() if changed else {}
@@ -196,7 +202,9 @@ class Broadcaster:
         removed = sorted((set(removed) | gone) & (self._rows.keys() - versions.keys()))
         flushed = self.flushed_at if beat is None else max(beat, self.flushed_at or 0.0)
         with self._lock:
-            self._since, self._expired_since, self._stale_since = now - OVERLAP, now, now
+            self._since = now - OVERLAP
+            if scan:
+                self._expired_since = self._stale_since = self._scanned_at = now
             self._versions.update(versions)
             self._keys.update(keys)
             self._rows.update(kept)
@@ -232,6 +240,7 @@ class Broadcaster:
             self._rows, self._keys, self._versions = rows, keys, versions
             self.flushed_at = dashboard.last_flush(runners)
             self._since, self._expired_since, self._stale_since = since, now, now
+            self._scanned_at = now
             self._runners = [{**r, "last_seen": None} if r["live"] else r for r in runners]
             self._loaded = True
 
