@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET
 from ..models import CONTROL_PERMISSION, Backtest, Engine
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
+from ..selectors.engines import STATUSES
 
 HISTORY_ROWS = 50
 
@@ -24,6 +25,7 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
     context = {
         "snapshot": {"seq": 0, **dashboard.snapshot()},
         "can_control": request.user.has_perm(CONTROL_PERMISSION),
+        "statuses": STATUSES,
     }
     return render(request, "engines_app/dashboard.html", context)
 
