@@ -10,11 +10,15 @@ config can never send an account's keys to a host of its choosing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+# ccxt logs every request with its headers (the API key among them) at DEBUG: never that.
+logging.getLogger("ccxt").setLevel(logging.INFO)
 
 MARKET_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}(:[A-Z0-9]{1,20})?$")
 URLS_ENV = "LEVIPANEL_EXCHANGE_URLS"
