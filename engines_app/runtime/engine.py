@@ -316,14 +316,7 @@ class TradingEngine:
         if config.broker != PAPER:
             if config.broker == TESTNET:  # the sandbox's prices: its orders fill at them
                 feed_options = {**feed_options, "sandbox": True}
-            self.broker = ExchangeBroker(
-                config.broker,
-                exchange=feed_options["exchange"],
-                market=feed_options["market"],
-                options=config.broker_options,
-                order_tag=config.order_tag or config.symbol,
-                symbol=config.symbol,
-            )
+            self.broker = self._make_broker()
         self.feed = make_feed(
             config.feed,
             feed_options,
@@ -389,6 +382,40 @@ class TradingEngine:
             await self._broker_cycle()
 
     # Exchange orders (testnet and live) ---------------------------------------------------
+
+    def _make_broker(self) -> ExchangeBroker:
+        config = self.config
+        return ExchangeBroker(
+            config.broker,
+            exchange=config.feed_options["exchange"],
+            market=config.feed_options["market"],
+            options=config.broker_options,
+            order_tag=config.order_tag or config.symbol,
+            symbol=config.symbol,
+        )
+
+    async def close_on_exchange(self, reason: str) -> None:
+        """Close the position at market on the exchange, once the engine has stopped (an
+        operator's stop with ``on_stop: close``, or the kill switch's close)."""
+        broker = self.broker = self.broker or self._make_broker()
+        book = self.state.book
+        try:
+            await broker.open()
+            while (found := await broker.find(book.trade_count + 1)) is not None:
+                self._book(found, found.qty)
+            if book.qty > broker.step:
+                log.info(
+                    "Closing the %s position of %g on %s: %s",
+                    self.symbol,
+                    book.qty,
+                    broker.exchange_id,
+                    reason,
+                    extra={"symbol": self.symbol},
+                )
+                executed = await broker.submit(book.trade_count + 1, SELL, book.qty)
+                self._book(executed, executed.qty)
+        finally:
+            await broker.close()
 
     async def open_broker(self) -> None:
         """Connect to the exchange; book an order a run before this one sent and did not

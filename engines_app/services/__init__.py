@@ -12,8 +12,13 @@ from .engines import (
     engine_start,
     engine_stop,
 )
+from .exchanges import LiveTradingRefused, account_save, engine_set_broker, kill_switch
 
 __all__ = [
+    "LiveTradingRefused",
+    "account_save",
+    "engine_set_broker",
+    "kill_switch",
     "EngineExists",
     "EngineNotFound",
     "engine_add",
