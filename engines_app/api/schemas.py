@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ninja import Schema
+from pydantic import ConfigDict, StrictBool
 
 
 class EngineOut(Schema):
@@ -26,6 +27,8 @@ class EngineOut(Schema):
     last_tick_age_seconds: float | None = None
     runner: str | None = None
     runner_last_seen: float | None = None
+    broker: str = "paper"  # paper, testnet or live
+    exchange: str = ""  # the exchange of its feed and orders ("" on a simulated feed)
 
 
 class FleetOut(Schema):
@@ -66,6 +69,19 @@ class CommandOut(Schema):
     outcome: str
     desired_state: str
     status: str
+    message: str
+
+
+class KillSwitchIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    close_positions: StrictBool = False
+
+
+class KillSwitchOut(Schema):
+    id: int
+    close_positions: bool
+    symbols: list[str]
     message: str
 
 

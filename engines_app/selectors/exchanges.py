@@ -31,10 +31,12 @@ def exchange_engines() -> list[tuple[str, str]]:
 
 
 def broker_summary(config: Any) -> dict[str, str]:
-    """What the dashboard and the API show of an engine's broker: its mode and exchange."""
+    """What the dashboard and the API show of an engine's broker: its mode, and the
+    exchange of its feed ("" for a simulated or replayed one)."""
     broker, _ = broker_of(config)
-    exchange = ""
-    if broker != PAPER or (isinstance(config, Mapping) and config.get("feed") == "ccxt"):
-        options = config.get("feed_options") if isinstance(config, Mapping) else None
-        exchange = options.get("exchange", "") if isinstance(options, Mapping) else ""
-    return {"broker": broker if broker in BROKERS else PAPER, "exchange": str(exchange)}
+    options = config.get("feed_options") if isinstance(config, Mapping) else None
+    exchange = options.get("exchange", "") if isinstance(options, Mapping) else ""
+    return {
+        "broker": broker if broker in BROKERS else PAPER,
+        "exchange": exchange if isinstance(exchange, str) else "",
+    }

@@ -186,6 +186,7 @@ def test_schema_and_docs_are_generated_from_the_code(client):
         "/engines/start/{symbol}",
         "/engines/stop/{symbol}",
         "/engines/restart/{symbol}",
+        "/engines/kill-switch",
         "/engines/trades/{symbol}",
         "/engines/profit",
         "/runners",
