@@ -84,3 +84,47 @@ def test_a_killed_runner_mid_order_neither_doubles_nor_loses_it(tmp_path: Path):
                 text = log.read_text(errors="replace")
                 assert API_KEY not in text and SECRET not in text, log
             assert API_KEY in exchange.api_keys
+
+
+def test_kill_switch_closes_on_the_exchange_and_a_mismatch_fails_the_engine(tmp_path: Path):
+    with FakeExchange() as exchange:
+        env = {URLS_ENV: json.dumps({"binance": exchange.url})}
+        env[KEYS_ENV] = Fernet.generate_key().decode()
+        with Installation(tmp_path / "data", env) as project:
+            project.migrate()
+            project.manage("shell", "-c", SETUP)
+            runner = project.start("manage.py", "runengines", log_name="runner")
+            eventually_sync(lambda: exchange.subscribers >= 1, timeout=30)
+            tick(exchange, 100.0)
+            tick(exchange, 101.0)
+            eventually_sync(lambda: engine_row(project, "BTCUSDT")[:2] == (0.5, 1), timeout=15)
+
+            # The kill switch, closing: stopped, and the position sold on the exchange.
+            out = project.manage("exchanges", "kill", "--close")
+            assert "Kill switch pulled: 1 engines stopping" in out.stdout
+            eventually_sync(lambda: engine_row(project, "BTCUSDT")[3] == "stopped", timeout=15)
+            eventually_sync(lambda: engine_row(project, "BTCUSDT")[:2] == (None, 2), timeout=15)
+            assert [o.side for o in exchange.orders] == ["BUY", "SELL"]
+            assert exchange.position() == 0
+            [(outcome, message)] = query(
+                project,
+                "SELECT outcome, message FROM engines_app_enginecommand WHERE action = ?",
+                "kill_close",
+            )
+            assert (outcome, message) == ("done", "stopped by the kill switch, position closed")
+
+            # Someone trades on the account meanwhile: started again, the engine refuses.
+            exchange.balances["BTC"] = 0.7
+            project.manage(
+                "shell",
+                "-c",
+                "from engines_app import services; services.engine_start(symbol='BTCUSDT')",
+            )
+            eventually_sync(lambda: engine_row(project, "BTCUSDT")[3] == "failed", timeout=15)
+            [(reason,)] = query(
+                project, "SELECT status_reason FROM engines_app_engine WHERE symbol = 'BTCUSDT'"
+            )
+            assert "position mismatch on binance BTC/USDT: the exchange holds 0.7 BTC" in reason
+            assert len(exchange.orders) == 2  # nothing guessed, nothing sent
+            runner.send_signal(signal.SIGTERM)
+            assert runner.wait(20) == 0

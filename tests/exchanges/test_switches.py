@@ -185,3 +185,19 @@ def test_the_kill_switch_stops_every_exchange_engine_recorded_and_alerted(
     assert alert.key == "fleet" and "KILL SWITCH pulled by trader" in alert.text
     assert "BTCUSDT, ETHUSDT" in alert.text and "closing their positions" in alert.text
     assert KillSwitch.objects.count() == 1
+
+
+def test_a_position_mismatch_is_alerted_with_its_reason(db):
+    from engines_app.alerts.rules import engine_events, handle_engine_events
+    from engines_app.runner.store import StatusRow
+
+    engine = Engine.objects.create(symbol="BTCUSDT")
+    reason = (
+        "fatal error: not restarted (PositionMismatch: position mismatch on binance BTC/USDT: "
+        "the exchange holds 0.7 BTC (base_offset 0 taken off), the book 0; stopped, nothing "
+        "guessed)"
+    )
+    row = StatusRow(engine.id, "failed", reason, None, 1, 4, None, 1, reason)
+    handle_engine_events(engine_events([row], [], []))
+    [alert] = Alert.objects.filter(kind="failed")
+    assert alert.key == "BTCUSDT" and "position mismatch on binance BTC/USDT" in alert.text
