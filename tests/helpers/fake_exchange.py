@@ -7,8 +7,9 @@ and the manual in docs/exchanges.md run ccxt's real code against it. Tests steer
 rejects, partial fills, an order accepted but never answered), ``drop_streams()`` cuts
 every websocket. Orders, balances and every request are kept for assertions.
 
-Run alone (``python -m tests.helpers.fake_exchange``) it listens on port 8900 (or the
-first argument) and trades a random walk, for the manual tour in docs/exchanges.md.
+``main(port)`` runs one in the foreground trading a random walk, for the manual tour in
+docs/exchanges.md (``python manage.py shell -c "from tests.helpers.fake_exchange import
+main; main(8900)"``).
 """
 
 from __future__ import annotations
@@ -423,8 +424,7 @@ def _error(status: int, code: int, message: str) -> web.Response:
     return web.json_response({"code": code, "msg": message}, status=status)
 
 
-def main() -> None:  # pragma: no cover - the manual tour
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8900
+def main(port: int = 8900) -> None:  # pragma: no cover - the manual tour
     with FakeExchange(port=port) as exchange:
         print(f"Fake exchange on {exchange.url} (Ctrl-C stops it)", flush=True)
         price = 100.0
@@ -438,4 +438,4 @@ def main() -> None:  # pragma: no cover - the manual tour
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8900)
