@@ -43,6 +43,8 @@ class Section:
 SECTIONS = [
     Section("startup", "benchmarks.runner:startup"),
     Section("steady", "benchmarks.runner:steady"),
+    Section("startup-pg", "benchmarks.runner:startup_pg", note="PostgreSQL"),
+    Section("steady-pg", "benchmarks.runner:steady_pg", note="PostgreSQL"),
     Section("crash", "benchmarks.runner:crash"),
     Section("commands", "benchmarks.commands:run"),
     Section("push", "benchmarks.push:run"),

@@ -17,4 +17,14 @@ def bare_status(request):
     return JsonResponse(_payload())
 
 
-urlpatterns = [path("bench/bare-status", bare_status), *panel_urlpatterns]
+def bare_one(request, symbol: str):
+    """The same for one engine's status."""
+    engine = next(engine for engine in _payload()["engines"] if engine["symbol"] == symbol)
+    return JsonResponse(engine)
+
+
+urlpatterns = [
+    path("bench/bare-status", bare_status),
+    path("bench/bare-status/<str:symbol>", bare_one),
+    *panel_urlpatterns,
+]

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -34,12 +35,23 @@ START_TIMEOUT = 120.0
 
 def startup(*, engines: int = 1000) -> list[Row]:
     """From ``manage.py runengines`` starting to all N rows saying running, in the DB."""
-    with data_dir(engines) as path:
-        floor = _django_floor(path)
-        elapsed = _time_to_running(path, engines)
+    return _startup(engines)
+
+
+def startup_pg(*, engines: int = 1000) -> list[Row]:
+    """``startup`` on a fresh PostgreSQL database."""
+    with postgres() as url:
+        return _startup(engines, url)
+
+
+def _startup(engines: int, url: str | None = None) -> list[Row]:
+    on = " (PostgreSQL)" if url else ""
+    with data_dir(engines, url) as path:
+        floor = _django_floor(path, url)
+        elapsed = _time_to_running(path, engines, url)
     return [
         row(
-            f"start-up: {engines} engines running",
+            f"start-up: {engines} engines running{on}",
             elapsed,
             "s",
             floor,
@@ -49,36 +61,43 @@ def startup(*, engines: int = 1000) -> list[Row]:
     ]
 
 
-def _django_floor(path: Path, repeats: int = 3) -> float:
+def _django_floor(path: Path, url: str | None = None, repeats: int = 3) -> float:
     """The fastest of a few bare ``django.setup()`` processes: the floor of any start."""
     code = "import django; django.setup()"
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-c", code], cwd=settings.BASE_DIR, env=environment(path), check=True
+            [sys.executable, "-c", code],
+            cwd=settings.BASE_DIR,
+            env=environment(path, _database(url)),
+            check=True,
         )
         times.append(time.perf_counter() - started)
     return min(times)
 
 
-def _time_to_running(path: Path, engines: int) -> float:
+def _time_to_running(path: Path, engines: int, url: str | None = None) -> float:
     table = _engine_table()
-    installation = Installation(path)
+    installation = Installation(path, _database(url))
     started = time.perf_counter()
     process = installation.start("manage.py", "runengines", log_name="runengines")
     try:
-        return _poll_running(path, table, engines, process, started)
+        return _poll_running(path, table, engines, process, started, url)
     finally:
         installation.stop(grace=30)
 
 
 def _poll_running(
-    path: Path, table: str, engines: int, process: subprocess.Popen, started: float
+    path: Path,
+    table: str,
+    engines: int,
+    process: subprocess.Popen,
+    started: float,
+    url: str | None = None,
 ) -> float:
-    uri = f"file:{path / 'levipanel.sqlite3'}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-        query = f'SELECT COUNT(*) FROM "{table}" WHERE status = ?'
+    with _reader(path, url) as db:
+        query = f'SELECT COUNT(*) FROM "{table}" WHERE status = ' + ("%s" if url else "?")
         while True:
             if process.poll() is not None:
                 tail = (path / "runengines.log").read_text()[-2000:]
@@ -101,11 +120,23 @@ def _engine_table() -> str:
 
 def steady(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
     """N engines at their cycle in one runner, beside a bare loop and per-engine saves."""
-    with data_dir(engines) as path:
-        bare = _worker(path, "bare", engines=engines, seconds=seconds)
-        fleet = _worker(path, "steady", CRASH_SETTINGS, engines=engines, seconds=seconds)
+    return _steady(engines, seconds)
+
+
+def steady_pg(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
+    """``steady`` on a fresh PostgreSQL database (write transactions as the runner counts
+    them: the server's own count includes everyone's)."""
+    with postgres() as url:
+        return _steady(engines, seconds, url)
+
+
+def _steady(engines: int, seconds: float, url: str | None = None) -> list[Row]:
+    with data_dir(engines, url) as path:
+        bare = _worker(path, "bare", _database(url), engines=engines, seconds=seconds)
+        env = CRASH_SETTINGS | _database(url)
+        fleet = _worker(path, "steady", env, engines=engines, seconds=seconds)
     n = engines
-    return [
+    rows = [
         row(
             f"event-loop lag p99, {n} engines",
             fleet["lag_p99_ms"],
@@ -139,12 +170,20 @@ def steady(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
             "<= 2",
         ),
         row(
-            f"one flush of {n} heartbeats (median)",
+            f"one flush of {n} heartbeats, fenced (median)",
             fleet["flush_ms"],
             "ms",
             fleet["saves_ms"],
             f"{n} ORM save() calls",
-            "< 10",
+            "< 20",
+        ),
+        row(
+            f"one flush of {n} heartbeats, every row's PnL changed (median)",
+            fleet["flush_changed_ms"],
+            "ms",
+            fleet["saves_ms"],
+            f"{n} ORM save() calls",
+            None,
         ),
         row(
             f"reconcile poll of {n} control rows (median)",
@@ -184,9 +223,14 @@ def steady(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
             "% core",
             bare["cpu_percent"],
             f"bare asyncio loop, {n} sleeping tasks",
-            None,
+            "< 50",
         ),
     ]
+    if url:  # only SQLite's own count is this runner's alone
+        rows = [r for r in rows if "counted by SQLite" not in r["name"]]
+        for r in rows:
+            r["name"] += " (PostgreSQL)"
+    return rows
 
 
 # Crash recovery -------------------------------------------------------------------------
@@ -221,12 +265,42 @@ def crash(*, engines: int = 1000, seconds: float = 10.0) -> list[Row]:
 
 
 @contextlib.contextmanager
-def data_dir(engines: int) -> Iterator[Path]:
-    """A temp LeviPanel data dir: migrated SQLite file, N engines desired running."""
+def data_dir(engines: int, url: str | None = None) -> Iterator[Path]:
+    """A temp LeviPanel data dir: migrated SQLite file (or the PostgreSQL database at
+    ``url``), N engines desired running."""
     with tempfile.TemporaryDirectory(prefix="levipanel-bench-") as name:
         path = Path(name)
-        _worker(path, "prepare", engines=engines)
+        _worker(path, "prepare", _database(url), engines=engines)
         yield path
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A fresh PostgreSQL database for one section; ``Skip`` when there is no server."""
+    from benchmarks.fleet import _need, database, server_url
+
+    server = server_url()
+    _need(server)
+    with database(server) as url:
+        yield url
+
+
+def _database(url: str | None) -> dict[str, str]:
+    return {"DATABASE_URL": url} if url else {}
+
+
+@contextlib.contextmanager
+def _reader(path: Path, url: str | None) -> Iterator[Any]:
+    """A connection to read the runner's rows with, beside it."""
+    if url:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as db:
+            yield db
+        return
+    uri = f"file:{path / 'levipanel.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+        yield db
 
 
 def _worker(path: Path, job: str, env: dict | None = None, **options: object) -> dict:

@@ -1,44 +1,91 @@
-"""GET /engines/status at N engines under concurrent clients, beside a bare Django JSON view
-of the same payload, both served by one daphne process on a temp SQLite installation."""
+"""GET /engines/status (whole, revalidated, one filtered page) and GET /engines/status/{symbol}
+at N engines under concurrent clients, each beside a bare Django JSON view of the same
+payload, all served by one daphne process on a temp SQLite installation."""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
 import time
+from dataclasses import dataclass
+
+import psutil
 
 from benchmarks import Row
 from benchmarks.runner import data_dir
+from benchmarks.worker import symbols
 from engines_app.testing import Installation
 
 CLIENTS = 8
 WARM_UP = 10
+ROUND = 50  # requests a round; the figures' rounds are interleaved with their baselines'
+BARE = "/bench/bare-status"
+PAGE = "?status=stopped&symbol=B00&page=2&page_size=50"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One URL timed beside a bare view of the same payload, served by the same process."""
+
+    label: str
+    url: str
+    bare: str
+    target: str | None
+    revalidate: bool = False  # send the last ETag back as If-None-Match
+    clients: int = CLIENTS
+
+
+def figures(engines: int) -> list[Figure]:
+    one = symbols(engines)[engines // 2]
+    return [
+        Figure("/engines/status, no ETag", "/engines/status", BARE, "< 50"),
+        Figure("/engines/status, If-None-Match: 304", "/engines/status", BARE, "< 50", True),
+        Figure(f"/engines/status{PAGE}", f"/engines/status{PAGE}", BARE, "< 50"),
+        Figure(f"/engines/status/{one}", f"/engines/status/{one}", f"{BARE}/{one}", None),
+        Figure(
+            f"/engines/status/{one}", f"/engines/status/{one}", f"{BARE}/{one}", "< 10", clients=1
+        ),
+    ]
 
 
 def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
-    """Time ``samples`` requests to each URL from ``CLIENTS`` concurrent clients."""
+    """Time ``samples`` requests to each figure's URL and to its bare view."""
     import httpx  # noqa: F401  (fail early, before starting anything)
 
     with data_dir(engines) as path, Installation(path) as installation:
         token = _token(installation)
-        installation.serve("benchmarks.bare_asgi:application")
-        api, bare = asyncio.run(_measure(installation.url, token, samples))
-    name = f"GET /engines/status, {engines} engines, {CLIENTS} clients"
-    baseline = "bare Django JSON view of the same payload"
-    return [
-        _row(f"{name}: p50", api, bare, 50, baseline, None),
-        _row(f"{name}: p99", api, bare, 99, baseline, "< 50"),
-    ]
+        server = psutil.Process(installation.serve("benchmarks.bare_asgi:application").pid)
+        times, cpu = asyncio.run(
+            _measure(installation.url, token, samples, figures(engines), server)
+        )
+    rows = []
+    for figure in figures(engines):
+        bare = (figure.bare, figure.clients)
+        clients = f"{figure.clients} client{'s' if figure.clients > 1 else ''}"
+        name = f"GET {figure.label}, {engines} engines, {clients}"
+        rows.append(_row(f"{name}: p50", times[figure], times[bare], 50, figure))
+        rows.append(_row(f"{name}: p99", times[figure], times[bare], 99, figure))
+    # What the machine's load does not change much: the server's CPU time per request.
+    for figure in figures(engines)[:4]:
+        row = _row(f"server CPU per request, GET {figure.label}", [], [], 0, figure)
+        bare = (figure.bare, figure.clients)
+        rows.append(row | {"value": _mean(cpu[figure]), "baseline": _mean(cpu[bare])})
+    return rows
 
 
-def _row(name: str, api: list[float], bare: list[float], pct: int, baseline: str, target):
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) * 1000
+
+
+def _row(name: str, api: list[float], bare: list[float], pct: int, figure: Figure) -> Row:
+    payload = "one engine's status" if figure.bare != BARE else "the fleet's status"
     return {
         "name": name,
-        "value": _pct(api, pct),
+        "value": _pct(api, pct) if api else None,
         "unit": "ms",
-        "baseline": _pct(bare, pct),
-        "baseline_name": baseline,
-        "target": target,
+        "baseline": _pct(bare, pct) if bare else None,
+        "baseline_name": f"bare Django JSON view of {payload}",
+        "target": figure.target if pct == 99 else None,
     }
 
 
@@ -46,37 +93,54 @@ def _pct(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000
 
 
-async def _measure(base: str, token: str, samples: int) -> tuple[list[float], list[float]]:
+async def _measure(
+    base: str, token: str, samples: int, figures: list[Figure], server: psutil.Process
+) -> tuple[dict, dict]:
+    """Request times, and the server's CPU time per request of each round, by figure and
+    by (bare URL, clients)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
+    bares = sorted({(figure.bare, figure.clients) for figure in figures})
+    times: dict = {key: [] for key in [*figures, *bares]}
+    cpu: dict = {key: [] for key in times}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         await _wait_ready(client)
-        for url in ("/engines/status", "/bench/bare-status"):
+        for url in {figure.url for figure in figures} | {url for url, _ in bares}:
             for _ in range(WARM_UP):
                 (await client.get(url)).raise_for_status()
-        api: list[float] = []
-        bare: list[float] = []
-        # Interleave rounds so both see the same machine load.
-        for _ in range(max(1, samples // 50)):
-            api += await _round(client, "/engines/status", 50)
-            bare += await _round(client, "/bench/bare-status", 50)
-    return api, bare
+        for _ in range(max(1, samples // ROUND)):
+            rounds = [(f, f.url, f.clients, f.revalidate) for f in figures]
+            rounds += [((url, clients), url, clients, False) for url, clients in bares]
+            for key, url, clients, revalidate in rounds:
+                began = _cpu(server)
+                times[key] += await _round(client, url, clients, revalidate)
+                cpu[key].append((_cpu(server) - began) / ROUND)
+    return times, cpu
 
 
-async def _round(client, url: str, count: int) -> list[float]:
+def _cpu(process: psutil.Process) -> float:
+    used = process.cpu_times()
+    return used.user + used.system
+
+
+async def _round(client, url: str, clients: int, revalidate: bool) -> list[float]:
     times: list[float] = []
-    queue = list(range(count))
+    queue = list(range(ROUND))
 
     async def one_client() -> None:
+        etag = None
         while queue:
             queue.pop()
+            headers = {"If-None-Match": etag} if revalidate and etag else {}
             began = time.perf_counter()
-            response = await client.get(url)
-            response.raise_for_status()
+            response = await client.get(url, headers=headers)
             times.append(time.perf_counter() - began)
+            if response.status_code != 304:
+                response.raise_for_status()
+                etag = response.headers.get("ETag")
 
-    await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
+    await asyncio.gather(*(one_client() for _ in range(clients)))
     return times
 
 
@@ -86,7 +150,7 @@ async def _wait_ready(client) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            await client.get("/bench/bare-status")
+            await client.get(BARE)
             return
         except httpx.TransportError:
             if time.monotonic() > deadline:

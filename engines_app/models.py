@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -277,6 +279,12 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.key_prefix}…)"
 
 
+class RunnerHeartbeatQuerySet(models.QuerySet):
+    def live(self, since: datetime) -> RunnerHeartbeatQuerySet:
+        """The runners live at ``since``: see ``RunnerHeartbeat.is_live``."""
+        return self.filter(stopped_at=None, last_seen__gt=since)
+
+
 class RunnerHeartbeat(models.Model):
     """A runner's own heartbeat, written in its flush transaction: a stale row means the
     runner stopped. It also carries the runner's cycle-duration histogram for /metrics."""
@@ -304,11 +312,18 @@ class RunnerHeartbeat(models.Model):
         null=True, blank=True, help_text="Set while a 'runner down' alert is open."
     )
 
+    objects = RunnerHeartbeatQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    def is_live(self, since: datetime) -> bool:
+        """Seen after ``since`` (a lease ago: one silent for a whole lease has lost its
+        leases), and not stopped on a signal. The one definition of a live runner."""
+        return self.stopped_at is None and self.last_seen > since
 
 
 class Alert(models.Model):

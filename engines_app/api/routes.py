@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotModified, JsonResponse
+from django.utils.http import parse_etags
 from ninja import Router, Status
 from ninja.errors import HttpError
 from pydantic import WithJsonSchema
 
 from ..models import CONTROL_PERMISSION, Engine, EngineCommand
 from ..runtime.engine import SYMBOL_RE, symbol_problem
-from ..selectors.engines import engine_status, fleet_status
+from ..selectors.engines import STATUSES, engine_status_of
+from ..selectors.fleet_cache import encode, fleet_page, fleet_snapshot
 from ..selectors.runners import runners_list
 from ..selectors.trading import MAX_PAGE_SIZE, profit_summary, trades_list
 from ..services.engines import EngineNotFound, engine_restart, engine_start, engine_stop
@@ -62,17 +64,100 @@ def _engine(symbol: str) -> Engine:
     return engine
 
 
-@router.get("/status", response={200: FleetOut, **ERRORS}, summary="Status of every engine")
-def status_all(request: HttpRequest):
-    """``{total, running, crashed, stopped, …every other status…, engines: [...]}``."""
-    # Already in its documented shape: re-validating 1,000 rows through the schema would
-    # cost more than building them.
-    return JsonResponse(fleet_status(), content_type="application/json; charset=utf-8")
+STATUS_LIST = ",".join(STATUSES)
+Statuses = Annotated[
+    str,
+    WithJsonSchema(
+        {"type": "string", "pattern": f"^({'|'.join(STATUSES)})(,({'|'.join(STATUSES)}))*$"}
+    ),
+]
+SymbolPrefix = Annotated[
+    str, WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9]{1,20}$", "example": "BTC"})
+]
+
+
+def checked_statuses(status: str) -> list[str]:
+    """``status`` (one or several, comma-separated) as a list, or a 400 naming the allowed."""
+    wanted = status.split(",")
+    if bad := [value for value in wanted if value not in STATUSES]:
+        raise HttpError(400, f"unknown status {', '.join(map(repr, bad))}: use {STATUS_LIST}")
+    return wanted
+
+
+def checked_prefix(symbol: str) -> str:
+    """The start of a symbol, upper-cased, or a 400: a search, so case does not matter."""
+    if not symbol or len(symbol) > 20 or not symbol.isascii() or not symbol.isalnum():
+        raise HttpError(400, "symbol must be 1 to 20 letters or digits (the start of a symbol)")
+    return symbol.upper()
+
+
+def checked_page(page: int | None, page_size: int | None) -> None:
+    """A 400 for a page out of range. A page far past the end would overflow SQLite's
+    OFFSET ("datatype mismatch")."""
+    if (page is not None and not 1 <= page <= MAX_PAGE) or (
+        page_size is not None and not 1 <= page_size <= MAX_PAGE_SIZE
+    ):
+        raise HttpError(
+            400, f"page must be >= 1 (at most {MAX_PAGE}) and page_size from 1 to {MAX_PAGE_SIZE}"
+        )
+
+
+def etagged(request: HttpRequest, body: bytes, etag: str) -> HttpResponse:
+    """``body`` as JSON with its ETag, or a 304 with no body when the client has it
+    (If-None-Match, compared weakly as RFC 9110 says; other preconditions are ignored)."""
+    sent = parse_etags(request.headers.get("If-None-Match", ""))
+    fresh = "*" in sent or etag in {tag.removeprefix("W/") for tag in sent}
+    response = (
+        HttpResponseNotModified()
+        if fresh
+        else HttpResponse(body, content_type="application/json; charset=utf-8")
+    )
+    response["ETag"] = etag
+    # Each client asks again each time; it may keep the answer and ask with If-None-Match.
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+@router.get(
+    "/status",
+    response={200: FleetOut, 304: None, **ERRORS},
+    summary="Status of every engine",
+)
+def status_all(
+    request: HttpRequest,
+    status: Statuses | None = None,
+    symbol: SymbolPrefix | None = None,
+    page: Page | None = None,
+    page_size: PageSize | None = None,
+):
+    """``{total, running, crashed, stopped, …every other status…, matched, engines: [...]}``.
+
+    The counts are always the whole fleet's. ``status`` keeps the engines with that status
+    (several: comma-separated); ``symbol`` those whose symbol starts with it (any case);
+    ``matched`` is how many engines passed. With ``page`` or ``page_size`` (1-500, default
+    50) it gives one page of them, in symbol order, and says ``page`` and ``page_size``.
+
+    Strong ``ETag``: send it back as ``If-None-Match`` for a 304 with no body while nothing
+    changed."""
+    statuses = None if status is None else checked_statuses(status)
+    prefix = "" if symbol is None else checked_prefix(symbol)
+    checked_page(page, page_size)
+    snapshot = fleet_snapshot()
+    if statuses is None and not prefix and page is None and page_size is None:
+        return etagged(request, snapshot.body, snapshot.etag)
+    document = fleet_page(
+        snapshot, statuses=statuses, prefix=prefix, page=page, page_size=page_size
+    )
+    return etagged(request, *encode(document))
 
 
 @router.get("/status/{symbol}", response={200: EngineOut, **ERRORS}, summary="Status of one engine")
 def status_one(request: HttpRequest, symbol: Symbol):
-    return engine_status(_engine(symbol))
+    found = engine_status_of(checked_symbol(symbol))
+    if found is None:
+        raise HttpError(404, f"no engine with symbol {symbol}")
+    # Built in its documented shape, as the list's rows are: no second validation.
+    return JsonResponse(found, content_type="application/json; charset=utf-8")
 
 
 def _steer(request: HttpRequest, symbol: str, service: Callable[..., EngineCommand]):
@@ -148,11 +233,7 @@ def kill(request: HttpRequest, body: KillSwitchIn):
 def trades(request: HttpRequest, symbol: Symbol, page: Page = 1, page_size: PageSize = 50):
     """The engine's paper fills, newest first, ``page_size`` (1-500) a page."""
     engine = _engine(symbol)
-    # A page far past the end would overflow SQLite's OFFSET ("datatype mismatch").
-    if not 1 <= page <= MAX_PAGE or not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise HttpError(
-            400, f"page must be >= 1 (at most {MAX_PAGE}) and page_size from 1 to {MAX_PAGE_SIZE}"
-        )
+    checked_page(page, page_size)
     return trades_list(symbol=engine.symbol, page=page, page_size=page_size)
 
 

@@ -43,6 +43,9 @@ class FleetOut(Schema):
     degraded: int
     halted: int
     unknown: int
+    matched: int
+    page: int | None = None
+    page_size: int | None = None
     engines: list[EngineOut]
 
 

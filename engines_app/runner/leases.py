@@ -86,6 +86,11 @@ class Leases:
         """A renewal that began at monotonic ``at`` committed."""
         self.renewed_at = at
 
+    def renewal_due(self) -> bool:
+        """Renew every quarter lease, not at every flush: a renewal rewrites every row the
+        runner holds, and a lease still outlives two missed renewals by far."""
+        return self.monotonic() >= self.renewed_at + self.lease / 4
+
     def drop(self, engine_id: int) -> None:
         self.epochs.pop(engine_id, None)
 

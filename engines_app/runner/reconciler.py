@@ -41,6 +41,7 @@ CLAIM_BATCH = 1000
 # Control rows are read at least this often (or a fifth of the lease, if shorter) even when
 # no command was given: to see a joining runner, or a lease that expired.
 FULL_READ = 0.5
+SAFETY_READ = 5.0  # seconds: every control row is read at least this often
 
 
 class Reconciler:
@@ -82,6 +83,8 @@ class Reconciler:
         self.polls = 0  # polls done: progress a watcher can wait on
         self._latest_command = -1  # the newest command when the rows were last read
         self._full_read_due = 0.0  # monotonic
+        self._safety_read_due = 0.0
+        self._summary: tuple = ()  # store.fleet_summary when the rows were last read
         self._claiming = False
 
     # Start-up ---------------------------------------------------------------------------
@@ -116,10 +119,15 @@ class Reconciler:
     async def _take(self, symbols: list[str]) -> None:
         """Run the engines just claimed as their rows and history say."""
         now, policy = self.clock(), self.manager.policy
-        rows = await db(store.control_rows)(symbols)
-        states = await db(store.load_states)(symbols, now)
+        # All of this runner's scope claimed (a start-up on SQLite): read it whole, not by
+        # a list of every symbol.
+        scope = self.symbols if len(symbols) >= len(self.control) else symbols
+        claimed = set(symbols)
+        rows = await db(store.control_rows)(scope)
+        rows = {symbol: row for symbol, row in rows.items() if symbol in claimed}
+        states = await db(store.load_states)(scope, now)
         history = await db(store.restart_history)(policy.settings.window, now)
-        halted = await db(store.halted_on)(symbols, now)
+        halted = await db(store.halted_on)(scope, now)
         started = wanted = 0
         for symbol, row in rows.items():
             self.control[symbol] = row
@@ -158,14 +166,17 @@ class Reconciler:
         runner's share. A database error is raised to the caller, which backs off.
 
         Every operator change records a command, so the control rows are read again only
-        when a command was given since the last read, while claiming, and once every
-        ``FULL_READ`` seconds (a joining runner, an expired lease): a quiet poll costs two
-        small queries whatever the fleet's size."""
+        when a command was given since the last read, while claiming, when the fleet's
+        summary moved (checked every ``FULL_READ`` seconds: a joining runner, an expired
+        lease, an engine added or toggled outside the services), and every ``SAFETY_READ``
+        seconds: a quiet poll costs two small queries whatever the fleet's size."""
         runner = self.leases.runner
         latest = await db(store.latest_command_id)()
         commands = await db(store.pending_commands)(runner, self.symbols)
         full = latest != self._latest_command or self._claiming
-        if full or time.monotonic() >= self._full_read_due:
+        if not full and time.monotonic() >= self._full_read_due:
+            full = await self._fleet_moved()
+        if full:
             await self._read_rows()
             self._latest_command = latest
         self._queue(commands)
@@ -173,9 +184,21 @@ class Reconciler:
             self.say(f"Engine {symbol} resumed: a new UTC day")
         self.polls += 1
 
+    async def _fleet_moved(self) -> bool:
+        now = time.monotonic()
+        self._full_read_due = now + min(FULL_READ, self.leases.lease / 5)
+        summary = await db(store.fleet_summary)(
+            self.leases.runner, within=self.leases.lease, symbols=self.symbols
+        )
+        moved = summary != self._summary or now >= self._safety_read_due
+        self._summary = summary
+        return moved
+
     async def _read_rows(self) -> None:
         """Read every control row: desired states, new and removed engines, leases."""
-        self._full_read_due = time.monotonic() + min(FULL_READ, self.leases.lease / 5)
+        now = time.monotonic()
+        self._full_read_due = now + min(FULL_READ, self.leases.lease / 5)
+        self._safety_read_due = now + SAFETY_READ
         rows = await db(store.control_rows)(self.symbols)
         live = await db(store.live_runners)(within=self.leases.lease)
         for symbol, row in rows.items():

@@ -28,6 +28,7 @@ log = logging.getLogger("levipanel.runner")
 
 # A fill waits at most this long (plus one loop turn) for a write to ride along with.
 FILL_DELAY = 0.5
+REFRESH_FLUSHES = 60  # each row is written whole at least once per this many flushes
 
 
 class Writer:
@@ -65,6 +66,9 @@ class Writer:
         self._acks: list[store.Ack] = []
         self._flushed: dict[str, float] = {}  # symbol -> last heartbeat in the database
         self._flushing: dict[str, float] = {}
+        self._values: dict[int, tuple] = {}  # engine id -> the row's values last written
+        self._flushing_values: dict[int, tuple] = {}
+        self._refresh_turn = 0
         self._retry_at = 0.0
         self._failures = 0
         self._log_limiter = LogLimiter(limit=1, window=10.0)  # an outage: a line per 10 s
@@ -138,13 +142,16 @@ class Writer:
         statuses, errors, restarts, books = self._rows(self._pending)
         acks = list(self._acks)
         self._flushing.clear()
+        self._flushing_values.clear()
         heartbeats = self._heartbeat_rows() if heartbeat_due else []
         samples = self._pnl_rows(now) if heartbeat_due else []
         release = frozenset(self._release)
         fence = store.Fence(
             self.leases.runner,
             dict(self.leases.epochs),
-            lease=self.leases.lease if heartbeat_due else None,
+            # Due by time, whatever the write carries: a start-up that claimed and started
+            # a large fleet renews in its first write after.
+            lease=self.leases.lease if self.leases.renewal_due() else None,
             release=release,
         )
         began = time.monotonic()
@@ -167,14 +174,14 @@ class Writer:
             # The write goes on in its thread: learn how it ended before giving up, so
             # that the final flush neither repeats it nor loses it.
             with contextlib.suppress(DatabaseError):
-                self._sent(await call, now, began, heartbeat_due, acks, release, samples)
+                self._sent(await call, now, began, fence, acks, release, samples)
             raise
         except DatabaseError as exc:
             await self.database_error(exc)
             return False
         if heartbeat_due or any((statuses, errors, restarts, acks, books, samples, release)):
             self.write_transactions += 1
-        self._sent(written, now, began, heartbeat_due, acks, release, samples)
+        self._sent(written, now, began, fence, acks, release, samples)
         return True
 
     def _sent(
@@ -182,17 +189,19 @@ class Writer:
         written: store.Written,
         now: float,
         began: float,
-        heartbeat_due: bool,
+        fence: store.Fence,
         acks: list[store.Ack],
         release: frozenset[int],
         samples: list[store.PnlSampleRow],
     ) -> None:
         """A write committed: forget what it carried, and act on what it could not do."""
-        if heartbeat_due:
+        if fence.lease is not None:
             self.leases.renewed(began)
         self._pending.clear()
         del self._acks[: len(acks)]  # acks queued during the write wait for the next one
         self._release -= release
+        for engine_id in release | written.lost:
+            self._values.pop(engine_id, None)  # whoever runs it next writes it whole
         for engine_id in release:
             self.leases.drop(engine_id)
         if release:
@@ -202,6 +211,7 @@ class Writer:
         for engine_id, why in written.conflicts.items():
             self.on_conflict(engine_id, f"fill conflict: {why}")
         self._flushed.update(self._flushing)
+        self._values.update(self._flushing_values)
         self._failures = 0
         if samples:
             self._pnl_due = now + self.pnl_interval
@@ -264,31 +274,39 @@ class Writer:
 
     def _heartbeat_rows(self) -> list[store.HeartbeatRow]:
         """Rows for the engines that heart-beat since the last flush (stopped ones too: their
-        last cycles must reach the database)."""
+        last cycles must reach the database). A row whose values are as last written is
+        marked unchanged, and only its beat is written; every ``REFRESH_FLUSHES`` flushes each
+        row is written whole once (a few each flush), whatever else wrote the columns."""
         rows = []
+        self._refresh_turn = turn = (self._refresh_turn + 1) % REFRESH_FLUSHES
+        ids, flushed, values = self.ids, self._flushed, self._values
         for symbol, engine in self.manager.engines():
-            engine_id = self.ids.get(symbol)
+            engine_id = ids.get(symbol)
             beat = engine.last_heartbeat
-            if engine_id is None or beat is None or self._flushed.get(symbol) == beat:
+            if engine_id is None or beat is None or flushed.get(symbol) == beat:
                 continue
             self._flushing[symbol] = beat
             state = engine.state
             attempt, budget = self._recovery_view(symbol, engine.started_at)
-            rows.append(
-                store.HeartbeatRow(
-                    engine_id,
-                    beat,
-                    state.error_count,
-                    state.last_error,
-                    state.position,
-                    state.daily_pnl,
-                    state.total_pnl,
-                    state.trade_count,
-                    state.last_tick_at,
-                    attempt,
-                    budget,
-                )
+            row = store.HeartbeatRow(
+                engine_id,
+                beat,
+                state.error_count,
+                state.last_error,
+                state.position,
+                state.daily_pnl,
+                state.total_pnl,
+                state.trade_count,
+                state.last_tick_at,
+                attempt,
+                budget,
             )
+            now = row.values()
+            if values.get(engine_id) == now and engine_id % REFRESH_FLUSHES != turn:
+                row.changed = False
+            else:
+                self._flushing_values[engine_id] = now
+            rows.append(row)
         return rows
 
     def _pnl_rows(self, now: float) -> list[store.PnlSampleRow]:
@@ -304,6 +322,8 @@ class Writer:
     def _recovery_view(self, symbol: str, started_at: float | None) -> tuple[int, int]:
         """Attempt n and the restarts left this hour, as they stand now."""
         policy = self.manager.policy
+        if not policy.remembers(symbol):  # never failed, or forgiven: most of a fleet
+            return 0, policy.settings.max_restarts_per_hour
         stable = (
             started_at is not None and self.clock() - started_at >= policy.settings.stable_after
         )

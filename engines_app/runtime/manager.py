@@ -16,6 +16,7 @@ from .engine import EngineConfig, EngineState, TradingEngine
 from .errors import HeartbeatTimeout, RiskHalt, is_fatal
 from .events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
 from .recovery import RecoveryPolicy
+from .ticker import Ticker
 
 log = logging.getLogger("levipanel.engine")
 
@@ -84,6 +85,7 @@ class EngineManager:
         self.events: list[Event] = []
         self.changed = asyncio.Event()
         self.cycle_histogram = CycleHistogram()
+        self.ticker = Ticker()  # one timer per few ms for all the engines' sleeps
 
     # Commands ---------------------------------------------------------------------------
 
@@ -373,6 +375,7 @@ class EngineManager:
             state=state,
             clock=self.clock,
             cycle_histogram=self.cycle_histogram,
+            sleep=self.ticker.sleep,
         )
         slot.stopping = False
         slot.next_retry_at = None

@@ -103,7 +103,14 @@ class RecoveryPolicy:
         )
 
     def budget_left(self, symbol: str) -> int:
+        if not self._restarts.get(symbol):  # never restarted this hour: most of a fleet
+            return self.settings.max_restarts_per_hour
         return max(0, self.settings.max_restarts_per_hour - len(self._window(symbol)))
+
+    def remembers(self, symbol: str) -> bool:
+        """Whether the symbol has failures on record: without, its attempt is 0 and its
+        whole budget is left."""
+        return bool(self._attempts.get(symbol) or self._restarts.get(symbol))
 
     def attempt(self, symbol: str) -> int:
         return self._attempts.get(symbol, 0)

@@ -13,15 +13,13 @@ from .engines import epoch
 
 
 def live_since(now: datetime | None = None) -> datetime:
-    """A runner seen after this is live: it renews its leases every flush, so one silent
-    for a whole lease has lost them."""
+    """A runner seen after this is live (``RunnerHeartbeat.is_live``): a lease ago."""
     now = timezone.now() if now is None else now
     return now - timedelta(seconds=engine_settings().lease)
 
 
 def runner_live(runner: RunnerHeartbeat, since: datetime) -> bool:
-    """Heart-beating within the lease, and not stopped on a signal."""
-    return runner.stopped_at is None and runner.last_seen > since
+    return runner.is_live(since)
 
 
 def runner_row(runner: RunnerHeartbeat, since: datetime) -> dict[str, Any]:

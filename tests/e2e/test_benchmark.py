@@ -19,7 +19,8 @@ FIGURES = [
     "RSS per engine",
     "DB write transactions/s (counted by SQLite)",
     "DB write transactions/s (runner's counter)",
-    "one flush of 20 heartbeats (median)",
+    "one flush of 20 heartbeats, fenced (median)",
+    "one flush of 20 heartbeats, every row's PnL changed (median)",
     "reconcile poll of 20 control rows (median)",
     "crash seen -> in the database p99",
     "restart due -> running in the database p99",
@@ -31,6 +32,21 @@ FIGURES = [
 
 def is_number(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+@pytest.mark.postgres
+def test_tiny_run_on_postgresql_prints_the_runner_figures(project, postgres_url):
+    out = project.data_dir / "bench-pg.json"
+    args = ["--engines", str(ENGINES), "--seconds", "1", "--only", "startup-pg", "steady-pg"]
+    project.manage("benchmark", *args, "--json", str(out), timeout=180)
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    on_sqlite_only = ("counted by SQLite", "crash ->")
+    for figure in FIGURES:
+        if any(part in figure for part in on_sqlite_only):
+            continue
+        name = next((n for n in rows if n.startswith(figure) and n.endswith("(PostgreSQL)")), None)
+        assert name is not None, f"{figure!r} on PostgreSQL missing from {sorted(rows)}"
+        assert is_number(rows[name]["value"]) and is_number(rows[name]["baseline"]), rows[name]
 
 
 def test_tiny_run_prints_every_figure_beside_a_baseline(project):
@@ -134,6 +150,25 @@ def test_a_small_fleet_on_postgresql_is_measured(postgres_url, tmp_path):
         lag = figure(start)
         assert 0 <= lag["value"] < 1000 and is_number(lag["baseline"]), lag
     assert is_number(figure("write transactions/s of the rest of the server")["value"])
+
+
+def test_the_status_section_prints_each_figure_beside_its_bare_view(project):
+    out = project.data_dir / "bench.json"
+    args = ["--engines", str(ENGINES), "--samples", "50", "--only", "status", "--json", str(out)]
+    project.manage("benchmark", *args, timeout=300)
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    one = f"/engines/status/B{ENGINES // 2:05d}USDT"
+    for figure, bare in [
+        ("/engines/status, no ETag", "the fleet's status"),
+        ("/engines/status, If-None-Match: 304", "the fleet's status"),
+        ("/engines/status?status=stopped&symbol=B00&page=2&page_size=50", "the fleet's status"),
+        (f"{one}, {ENGINES} engines, 8 clients", "one engine's status"),
+        (f"{one}, {ENGINES} engines, 1 client", "one engine's status"),
+    ]:
+        for pct in ("p50", "p99"):
+            row = next(r for name, r in rows.items() if figure in name and name.endswith(pct))
+            assert is_number(row["value"]) and is_number(row["baseline"]), row
+            assert row["baseline_name"] == f"bare Django JSON view of {bare}"
 
 
 def engines_given(*, engines: int) -> list[dict]:

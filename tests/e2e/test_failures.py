@@ -33,20 +33,18 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
 from engines_app.testing import Installation
-from tests.helpers import IN_CI, TcpProxy, eventually_sync, ledger_problems
+from tests.helpers import (
+    FAST_RUNNER,
+    IN_CI,
+    TRADES_OFTEN,
+    TcpProxy,
+    eventually_sync,
+    ledger_problems,
+)
 
 pytestmark = pytest.mark.failures
 
-FAST = {
-    "LEVIPANEL_FLUSH_INTERVAL": "0.2",
-    "LEVIPANEL_POLL_INTERVAL": "0.1",
-    "LEVIPANEL_CYCLE_INTERVAL": "0.2",
-    "LEVIPANEL_STOP_TIMEOUT": "2",
-    "LEVIPANEL_BACKOFF_BASE": "0.5",
-    "LEVIPANEL_BACKOFF_CAP": "2",
-}
-# A fast/slow crossover of 1/2 on a jumpy walk: a fill every few cycles.
-TRADES_OFTEN = {"params": {"fast": 1, "slow": 2}, "feed_options": {"volatility": 0.01}}
+
 # Crashes a second into every run: through its restart budget (5 an hour) within the run.
 CRASHES = {**TRADES_OFTEN, "crash_after_cycles": 5}
 ADD = (
@@ -204,7 +202,7 @@ class Panel:
 
 @pytest.fixture
 def panel(project: Installation) -> Iterator[Panel]:
-    project.env.update(FAST)
+    project.env.update(FAST_RUNNER)
     panel = Panel(project)
     try:
         yield panel
@@ -428,7 +426,7 @@ def test_sqlite_under_contention_locks_out_no_user_and_loses_no_write(panel: Pan
 
 OUTAGE = 5.0
 # A lease well beyond the outage: the runner must ride it out, not fence itself.
-RIDES_OUT = {**FAST, "LEVIPANEL_LEASE": "30", "LEVIPANEL_RUNNER_NAME": "rider"}
+RIDES_OUT = {**FAST_RUNNER, "LEVIPANEL_LEASE": "30", "LEVIPANEL_RUNNER_NAME": "rider"}
 
 
 class Postgres:
@@ -650,7 +648,7 @@ def test_redis_stopped_and_started_keeps_engines_running_and_dashboards_pushed(
     server = Redis(redis_url)
     unique = uuid.uuid4().hex[:8]
     project.env.update(
-        FAST,
+        FAST_RUNNER,
         REDIS_URL=redis_url,
         LEVIPANEL_CHANNEL_PREFIX=f"failures-{unique}",
         LEVIPANEL_Q_NAME=f"failures-{unique}",

@@ -25,23 +25,16 @@ import httpx
 import pytest
 
 from engines_app.testing import Installation
-from tests.helpers import eventually_sync
+from tests.helpers import FAST_RUNNER, TRADES_OFTEN, eventually_sync
 
 pytestmark = pytest.mark.failures
 
 FAST = {
-    "LEVIPANEL_FLUSH_INTERVAL": "0.2",
-    "LEVIPANEL_POLL_INTERVAL": "0.1",
-    "LEVIPANEL_CYCLE_INTERVAL": "0.2",
-    "LEVIPANEL_STOP_TIMEOUT": "2",
-    "LEVIPANEL_BACKOFF_BASE": "0.5",
-    "LEVIPANEL_BACKOFF_CAP": "2",
+    **FAST_RUNNER,
     "LEVIPANEL_MAX_RESTARTS_PER_HOUR": "1000",
     # The runner is paused while rows are compared: its leases must outlive the pause.
     "LEVIPANEL_LEASE": "60",
 }
-# A fast/slow crossover of 1/2 on a jumpy walk: a fill every few cycles.
-TRADES_OFTEN = {"params": {"fast": 1, "slow": 2}, "feed_options": {"volatility": 0.01}}
 ADD = (
     "from engines_app import services\n"
     "for symbol, config in {engines!r}:\n"

@@ -106,12 +106,9 @@ def test_kill_switch_closes_on_the_exchange_and_a_mismatch_fails_the_engine(tmp_
             eventually_sync(lambda: engine_row(project, "BTCUSDT")[:2] == (None, 2), timeout=15)
             assert [o.side for o in exchange.orders] == ["BUY", "SELL"]
             assert exchange.position() == 0
-            [(outcome, message)] = query(
-                project,
-                "SELECT outcome, message FROM engines_app_enginecommand WHERE action = ?",
-                "kill_close",
-            )
-            assert (outcome, message) == ("done", "stopped by the kill switch, position closed")
+            done = ("done", "stopped by the kill switch, position closed")
+            sql = "SELECT outcome, message FROM engines_app_enginecommand WHERE action = ?"
+            eventually_sync(lambda: query(project, sql, "kill_close") == [done], timeout=15)
 
             # Someone trades on the account meanwhile: started again, the engine refuses.
             exchange.balances["BTC"] = 0.7

@@ -11,13 +11,22 @@ from .fuzzing import fuzz_examples, fuzz_settings
 from .ledger import check_ledger, ledger_problems
 from .proxy import TcpProxy
 from .rows import bearer, book_rows, engine_row, heartbeat, hold, make_user, query, samples
-from .runner import close_db_thread_connection, db, fast_settings, running
+from .runner import (
+    FAST_RUNNER,
+    TRADES_OFTEN,
+    close_db_thread_connection,
+    db,
+    fast_settings,
+    running,
+)
 from .services import CHROMIUM, IN_CI, need_service
 from .trading import EngineRecorder, ticking_engine, trades
 from .waiting import eventually, eventually_sync
 from .webhooks import HttpRecorder, Received
 
 __all__ = [
+    "FAST_RUNNER",
+    "TRADES_OFTEN",
     "CHROMIUM",
     "DAY",
     "EngineRecorder",

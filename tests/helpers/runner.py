@@ -14,6 +14,18 @@ from django.db import connection
 from engines_app.conf import EngineSettings, engine_settings
 from engines_app.runner.lifecycle import Runner
 
+# The environment of a ``runengines`` process under test: short intervals.
+FAST_RUNNER = {
+    "LEVIPANEL_FLUSH_INTERVAL": "0.2",
+    "LEVIPANEL_POLL_INTERVAL": "0.1",
+    "LEVIPANEL_CYCLE_INTERVAL": "0.2",
+    "LEVIPANEL_STOP_TIMEOUT": "2",
+    "LEVIPANEL_BACKOFF_BASE": "0.5",
+    "LEVIPANEL_BACKOFF_CAP": "2",
+}
+# An engine config: a fast/slow crossover of 1/2 on a jumpy walk, a fill every few cycles.
+TRADES_OFTEN = {"params": {"fast": 1, "slow": 2}, "feed_options": {"volatility": 0.01}}
+
 
 def fast_settings(log_dir: Path, **overrides) -> EngineSettings:
     """Engine settings with short intervals so tests run in fractions of a second."""

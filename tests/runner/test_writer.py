@@ -64,7 +64,7 @@ async def test_running_engines_are_sampled_with_a_heartbeat_flush_once_per_inter
             continue
         # One transaction: the samples ride with a heartbeat flush, and are the engines'
         # own numbers at that moment, as the heartbeat rows beside them say.
-        assert call["runner"] is not None  # a heartbeat flush (it renews the leases too)
+        assert call["runner"] is not None  # a heartbeat flush
         assert {ids[row.id] for row in call["pnl_samples"]} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
         beats = {row.id: (row.daily_pnl, row.total_pnl) for row in call["heartbeats"]}
         for row in call["pnl_samples"]:
@@ -80,3 +80,20 @@ async def test_no_samples_when_the_interval_is_zero(tmp_path, settings, writes):
         await eventually(lambda: sum(bool(call["heartbeats"]) for call in writes) >= 3)
     assert sampled(writes) == []
     assert await db(EnginePnlSample.objects.count) == 0
+
+
+async def test_a_row_whose_values_did_not_change_is_flushed_as_a_beat_only(tmp_path, writes):
+    # stop_entries: the engine never opens a position, so its values stand still.
+    await db(services.engine_add, symbol="BTCUSDT", config={"stop_entries": True})
+    engine_id = await db(lambda: Engine.objects.get(symbol="BTCUSDT").pk)
+    async with running(Runner(settings=fast_settings(tmp_path / "logs"))):
+        await eventually(lambda: len(beats_of(writes, engine_id)) >= 6)
+    rows = beats_of(writes, engine_id)
+    assert rows[0].changed  # the first flush writes the row whole
+    # Then only the beat, but on the row's refresh turn (one flush in REFRESH_FLUSHES).
+    assert sum(row.changed for row in rows[1:6]) <= 1
+    assert len({row.last_heartbeat for row in rows}) == len(rows)  # each a new beat
+
+
+def beats_of(writes: list[dict], engine_id: int) -> list[store.HeartbeatRow]:
+    return [row for call in writes for row in call["heartbeats"] if row.id == engine_id]

@@ -120,3 +120,16 @@ def test_config_problems_name_every_bad_field():
     assert "hang_after_cycles" in problems
     with pytest.raises(ConfigError, match="unknown engine option"):
         EngineConfig.from_options("BTCUSDT", 1.0, {"nonsense": 1})
+
+
+def test_a_config_is_checked_once_and_the_flag_cannot_be_set_from_options():
+    config = EngineConfig("BTCUSDT")
+    assert not config.validated
+    config.validate()
+    assert config.validated
+    with pytest.raises(ConfigError, match="unknown engine option"):
+        EngineConfig.from_options("BTCUSDT", None, {"validated": True, "order_qty": -1})
+    bad = EngineConfig("BTCUSDT", order_qty=-1)
+    with pytest.raises(ConfigError):
+        bad.validate()
+    assert not bad.validated  # a failed check is made again next time

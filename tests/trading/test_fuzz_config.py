@@ -30,7 +30,9 @@ from tests.helpers import fuzz_settings
 
 CHANGELIST = "/admin/engines_app/engine/"
 OPTIONS = [
-    f.name for f in dataclasses.fields(EngineConfig) if f.name not in ("symbol", "cycle_interval")
+    f.name
+    for f in dataclasses.fields(EngineConfig)
+    if f.init and f.name not in ("symbol", "cycle_interval")
 ]
 FEED_OPTIONS = [
     "price",

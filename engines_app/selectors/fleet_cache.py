@@ -1,0 +1,163 @@
+"""``GET /engines/status``, built once per data version and served from this process.
+
+The rows change about once a flush interval, and a fleet's answer is hundreds of KB of JSON:
+building it for every client costs more than sending it. A snapshot is the whole fleet's
+status, already encoded, with a strong ETag (a hash of its bytes). It is served again while
+all of these hold:
+
+- the data version is the one it was built at: ``data_version()``, one aggregate query over
+  the engine rows (count, highest id, and the sums of ``updated_at`` and
+  ``lease_expires_at``: every write that changes what a status shows stamps ``updated_at``,
+  a lease renewal moves ``lease_expires_at``), plus every runner's last heartbeat;
+- no lease it showed live has expired since (the engine would now show ``unknown``);
+- it is younger than ``MAX_AGE``: ages (``uptime_seconds``, ``heartbeat_age_seconds``) are
+  as of when it was built.
+
+Not the newest row stamp: a writer stamps ``updated_at`` before it commits, so a row can
+become visible with a stamp older than the newest one already seen. A sum moves whenever
+any row's stamp moves (on SQLite, to the millisecond: a second write of one row within the
+same millisecond, read between the two, is seen when the snapshot's ``MAX_AGE`` runs out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ujson
+from django.db import connection
+
+from ..models import Engine, RunnerHeartbeat
+from .engines import BROKER_FIELDS, STATUS_FIELDS, STATUSES, runners_seen, status_counts, status_row
+
+MAX_AGE = 1.0  # seconds a snapshot's ages may lag behind
+
+# Each stamp as whole milliseconds (SQLite keeps dates to the millisecond), summed exactly.
+_VERSION_SQL = {
+    "sqlite": (
+        "SELECT COUNT(*), MAX(id),"
+        " SUM(CAST(ROUND(julianday(updated_at) * 86400000) AS INTEGER)),"
+        " SUM(CAST(ROUND(julianday(lease_expires_at) * 86400000) AS INTEGER))"
+        " FROM {table}"
+    ),
+    "postgresql": (
+        "SELECT COUNT(*), MAX(id),"
+        " SUM((EXTRACT(EPOCH FROM updated_at) * 1000000)::bigint),"
+        " SUM((EXTRACT(EPOCH FROM lease_expires_at) * 1000000)::bigint)"
+        " FROM {table}"
+    ),
+}
+
+
+def data_version() -> tuple | None:
+    """What the fleet's status is made of, as a value that changes with every write to it;
+    None on a database this does not know how to ask (nothing is cached then)."""
+    sql = _VERSION_SQL.get(connection.vendor)
+    if sql is None:
+        return None
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(table=quote(Engine._meta.db_table)))
+        engines = cursor.fetchone()
+        # Every runner's last heartbeat: shown as ``runner_last_seen``. A handful of rows.
+        cursor.execute(f"SELECT name, last_seen FROM {quote(RunnerHeartbeat._meta.db_table)}")
+        runners = sorted(cursor.fetchall())
+    return tuple(engines), tuple(runners)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every engine's status (in symbol order), the fleet's counts, and the whole answer
+    encoded, as of ``built``."""
+
+    version: tuple | None
+    built: float
+    valid_until: float
+    engines: list[dict[str, Any]]
+    counts: dict[str, int]
+    by_status: dict[str, list[dict[str, Any]]]
+    body: bytes
+    etag: str
+
+    def current(self, version: tuple | None, now: float) -> bool:
+        return version is not None and version == self.version and now < self.valid_until
+
+
+def encode(document: dict[str, Any]) -> tuple[bytes, str]:
+    """The JSON bytes of ``document`` and their strong ETag. ujson: a fleet's list in a
+    quarter of the time the standard library takes, and without its spaces."""
+    body = ujson.dumps(document, escape_forward_slashes=False).encode()
+    return body, f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+
+
+def build(version: tuple | None) -> Snapshot:
+    """Read the rows and make a snapshot (``version`` read first: a write that lands in
+    between is in the rows, and the next look sees a newer version)."""
+    now, seen = time.time(), runners_seen()
+    rows = list(Engine.objects.values(*STATUS_FIELDS, **BROKER_FIELDS))
+    engines = [status_row(row, now, seen) for row in rows]
+    counts = status_counts(engine["status"] for engine in engines)
+    body, etag = encode({**counts, "matched": len(engines), "engines": engines})
+    # The first lease shown live to expire turns its engine ``unknown``.
+    expiries = [
+        row["lease_expires_at"].timestamp()
+        for row in rows
+        if row["lease_owner"] and row["lease_expires_at"] is not None
+    ]
+    valid_until = min([now + MAX_AGE, *(at for at in expiries if at > now)])
+    by_status: dict[str, list[dict[str, Any]]] = {status: [] for status in STATUSES}
+    for engine in engines:
+        by_status.setdefault(engine["status"], []).append(engine)
+    return Snapshot(version, now, valid_until, engines, counts, by_status, body, etag)
+
+
+_lock = threading.Lock()
+_latest: Snapshot | None = None
+
+
+def fleet_snapshot() -> Snapshot:
+    """The fleet's status as of now: this process's snapshot while it is current, else a
+    new one (built by one thread while the others wait for it)."""
+    global _latest
+    version = data_version()
+    found = _latest
+    if found is not None and found.current(version, time.time()):
+        return found
+    with _lock:
+        found = _latest
+        if found is not None and found.current(version, time.time()):
+            return found
+        _latest = found = build(version)
+    return found
+
+
+def fleet_page(
+    snapshot: Snapshot,
+    *,
+    statuses: list[str] | None = None,
+    prefix: str = "",
+    page: int | None = None,
+    page_size: int | None = None,
+) -> dict[str, Any]:
+    """The snapshot's engines with one of ``statuses`` (None: any) whose symbol starts
+    with ``prefix``; page ``page`` of ``page_size`` of them when paged. The counts stay the
+    whole fleet's; ``matched`` is how many engines passed the filters."""
+    if statuses is None:
+        engines = snapshot.engines
+    elif len(statuses) == 1:
+        engines = snapshot.by_status.get(statuses[0], [])
+    else:
+        wanted = set(statuses)
+        engines = [engine for engine in snapshot.engines if engine["status"] in wanted]
+    if prefix:
+        engines = [engine for engine in engines if engine["symbol"].startswith(prefix)]
+    document: dict[str, Any] = {**snapshot.counts, "matched": len(engines)}
+    if page is not None or page_size is not None:
+        page, page_size = page or 1, page_size or 50
+        start = (page - 1) * page_size
+        engines = engines[start : start + page_size]
+        document |= {"page": page, "page_size": page_size}
+    return document | {"engines": engines}
