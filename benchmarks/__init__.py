@@ -47,7 +47,7 @@ SECTIONS = [
     Section("steady-pg", "benchmarks.runner:steady_pg", note="PostgreSQL"),
     Section("crash", "benchmarks.runner:crash"),
     Section("commands", "benchmarks.commands:run"),
-    Section("push", "benchmarks.push:run"),
+    Section("push", "benchmarks.push:run", engines=10_000),
     Section("status", "benchmarks.status:run"),
     Section("fleet", "benchmarks.fleet:run", engines=10_000),
     Section("soak", "benchmarks.soak:run", note="--minutes, default 30", only_when_named=True),

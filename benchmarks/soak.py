@@ -13,12 +13,17 @@ read back from the file: each engine's ``trade_count`` equals its Trade rows, ``
 Memory is judged after a warm-up (the first fifth of the run, at most 5 minutes): the slope
 of a least-squares line through the RSS samples, in KB/min, beside its noise band (two
 standard errors of that slope): flat is a slope inside it.
+
+With ``--tracemalloc N`` the runner also traces its Python allocations (N frames each): it
+samples the traced total beside each RSS sample, snapshots at the end of the warm-up and at
+the end, and prints the allocation sites that grew most in between (``TOP_SITES``). RSS that
+grows while the traced total stays flat is the allocator (fragmentation, arenas not given
+back), not a Python structure growing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import math
@@ -29,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import psutil
@@ -52,10 +58,12 @@ SETTINGS = {
     "LEVIPANEL_HEARTBEAT_TIMEOUT": "10",
 }
 LOCKED = "database is locked"
+TOP_SITES = 15
 
 
-def run(*, engines: int = 1000, minutes: float = 30.0) -> list[Row]:
-    """Soak N engines for ``minutes`` and report memory, loop lag, recovery and writes."""
+def run(*, engines: int = 1000, minutes: float = 30.0, tracemalloc: int = 0) -> list[Row]:
+    """Soak N engines for ``minutes`` and report memory, loop lag, recovery and writes;
+    with ``tracemalloc`` (frames a site), also the traced memory and its growing sites."""
     from engines_app.testing import Installation
 
     with tempfile.TemporaryDirectory(prefix="levipanel-soak-") as name:
@@ -67,7 +75,9 @@ def run(*, engines: int = 1000, minutes: float = 30.0) -> list[Row]:
             if setup.wait(120) != 0:
                 raise RuntimeError(f"soak prepare failed: {setup.log_path.read_text()[-2000:]}")
             started = time.perf_counter()
-            runner = _child(installation, "runner", str(minutes * 60), str(report))
+            runner = _child(
+                installation, "runner", str(minutes * 60), str(report), str(tracemalloc)
+            )
             installation.wait_for_line(runner, "soak: running", timeout=300)
             operator = _child(installation, "operator", str(path / "stop"))
             runner.wait(minutes * 60 + 600)
@@ -80,6 +90,10 @@ def run(*, engines: int = 1000, minutes: float = 30.0) -> list[Row]:
             found["operator_locked"] = _count_locked(operator.log_path)
             found["operator_restarts"] = _last_count(operator.log_path)
             found["wall_minutes"] = (time.perf_counter() - started) / 60
+    marks = ", ".join(f"{mb:.1f} MB at minute {at:g}" for at, mb in found["rss_marks"])
+    print(f"soak: RSS {marks}", file=sys.stderr, flush=True)
+    if found.get("growing_sites"):
+        print(growing_report(found), file=sys.stderr, flush=True)
     return rows(found, engines=engines)
 
 
@@ -137,7 +151,32 @@ def rows(found: dict, *, engines: int) -> list[Row]:
             "<= 0",
         ),
     ]
+    if "traced_slope_kb_per_min" in found:
+        out.append(
+            row(
+                "traced Python memory slope after warm-up (tracemalloc, "
+                f"{found['traced_end_mb']:.0f} MB traced at the end)",
+                found["traced_slope_kb_per_min"],
+                "KB/min",
+                slope,
+                "RSS slope of the same run",
+                None,
+            )
+        )
     return out
+
+
+def growing_report(found: dict) -> str:
+    """The allocation sites that grew most between the end of the warm-up and the end."""
+    lines = [
+        f"soak: traced Python memory {found['traced_warm_mb']:.1f} MB after warm-up, "
+        f"{found['traced_end_mb']:.1f} MB at the end; sites that grew most:"
+    ]
+    for site in found["growing_sites"]:
+        lines.append(
+            f"  {site['size_diff_kb']:+9.1f} KB {site['count_diff']:+8d} blocks  {site['where']}"
+        )
+    return "\n".join(lines)
 
 
 # The worker: the runner soaking ------------------------------------------------------------
@@ -164,6 +203,7 @@ class Probe:
 
     def __init__(self) -> None:
         self.rss: list[tuple[float, float]] = []  # (minutes since start, KB)
+        self.traced: list[tuple[float, float]] = []  # the same, tracemalloc's total
         self.lag_p99: list[float] = []  # ms, one per minute
         self.crashes = 0
         self.recovered = 0
@@ -197,6 +237,8 @@ class Probe:
         process = psutil.Process()
         while (elapsed := time.perf_counter() - started) < seconds:
             self.rss.append((elapsed / 60, process.memory_info().rss / 1024))
+            if tracemalloc.is_tracing():
+                self.traced.append((elapsed / 60, tracemalloc.get_traced_memory()[0] / 1024))
             await asyncio.sleep(RSS_EVERY)
 
 
@@ -225,6 +267,29 @@ def count_write_errors(writer, probe: Probe) -> None:
     writer.database_error = counted
 
 
+async def snapshot_after(seconds: float) -> tracemalloc.Snapshot | None:
+    """A tracemalloc snapshot ``seconds`` from now (the end of the warm-up)."""
+    await asyncio.sleep(seconds)
+    return tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+
+
+def growing_sites(start: tracemalloc.Snapshot, end: tracemalloc.Snapshot) -> list[dict]:
+    """The TOP_SITES allocation sites that grew most from ``start`` to ``end``."""
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    # With more than one frame a site is the whole call path, innermost first.
+    key = "traceback" if end.traceback_limit > 1 else "lineno"
+    stats = end.filter_traces(ignore).compare_to(start.filter_traces(ignore), key)
+    return [
+        {
+            "where": " <- ".join(map(str, reversed(stat.traceback))),
+            "size_diff_kb": stat.size_diff / 1024,
+            "count_diff": stat.count_diff,
+            "size_kb": stat.size / 1024,
+        }
+        for stat in stats[:TOP_SITES]
+    ]
+
+
 async def soak(seconds: float) -> dict:
     from engines_app.runner.lifecycle import Runner
     from engines_app.signals import engines_written
@@ -232,7 +297,8 @@ async def soak(seconds: float) -> dict:
     probe = Probe()
     logging.getLogger().addHandler(LockedCounter(probe))
     engines_written.connect(probe.written)
-    runner = Runner(out=io.StringIO())
+    # Its lines are dropped: a StringIO would keep every one, and grow the RSS measured.
+    runner = Runner(out=open(os.devnull, "w"))  # noqa: SIM115 (the process's lifetime)
     count_write_errors(runner.writer, probe)
     task = asyncio.create_task(runner.run())
     while not task.done() and not _mostly_running(runner.manager.summary()):
@@ -242,7 +308,12 @@ async def soak(seconds: float) -> dict:
     print("soak: running", flush=True)
     rss = asyncio.create_task(probe.sample_rss(seconds))
     lag = asyncio.create_task(probe.sample(seconds))
+    warmed = asyncio.create_task(snapshot_after(warm_up(seconds / 60) * 60))
     await asyncio.gather(rss, lag)
+    traced = {}
+    if (start := await warmed) is not None:
+        traced["growing_sites"] = growing_sites(start, tracemalloc.take_snapshot())
+        traced["traced"] = probe.traced
     runner.request_exit()
     await task
     engines_written.disconnect(probe.written)
@@ -253,6 +324,7 @@ async def soak(seconds: float) -> dict:
         "recovered": probe.recovered,
         "locked": max(probe.locked, probe.locked_writes),
         "write_transactions": runner.writer.write_transactions,
+        **traced,
     }
 
 
@@ -272,10 +344,26 @@ def slope(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return fit.slope, 2 * math.sqrt(residuals / (len(samples) - 2) / spread)
 
 
+def warm_up(minutes: float) -> float:
+    """The warm-up, in minutes: the first fifth of the run, capped at 5 minutes."""
+    return min(5.0, minutes / 5)
+
+
 def warm(samples: list[tuple[float, float]], minutes: float) -> list[tuple[float, float]]:
-    """The samples after the warm-up: the first fifth of the run, capped at 5 minutes."""
-    warm_up = min(5.0, minutes / 5)
-    return [(at, kb) for at, kb in samples if at >= warm_up]
+    """The samples after the warm-up."""
+    return [(at, kb) for at, kb in samples if at >= warm_up(minutes)]
+
+
+def rss_marks(samples: list[tuple[float, float]], every: float = 5.0) -> list[tuple[float, float]]:
+    """RSS (MB) at the start and every ``every`` minutes: does the growth level off?"""
+    marks, due = [], 0.0
+    for at, kb in samples:
+        if at >= due:
+            marks.append((round(due), kb / 1024))
+            due += every
+    if samples and samples[-1][0] > marks[-1][0] + 1:
+        marks.append((round(samples[-1][0]), samples[-1][1] / 1024))
+    return marks
 
 
 def ledger() -> dict:
@@ -300,9 +388,16 @@ def ledger() -> dict:
     return {"lost_writes": len(broken), "trades": sum(row_[3] for row_ in found)}
 
 
-def runner_job(seconds: float, report: Path) -> None:
+def runner_job(seconds: float, report: Path, frames: int = 0) -> None:
+    if frames:
+        tracemalloc.start(frames)
     found = asyncio.run(soak(seconds))
+    found["rss_marks"] = rss_marks(found["rss"])
     samples = warm(found.pop("rss"), seconds / 60)
+    if traced := warm(found.pop("traced", []), seconds / 60):
+        found["traced_slope_kb_per_min"] = slope(traced)[0]
+        found["traced_warm_mb"] = traced[0][1] / 1024
+        found["traced_end_mb"] = traced[-1][1] / 1024
     rate, noise = slope(samples)
     found |= ledger() | {
         "rss_slope_kb_per_min": rate,
@@ -353,7 +448,7 @@ def main(argv: list[str]) -> None:
     if job == "prepare":
         prepare(int(argv[2]))
     elif job == "runner":
-        runner_job(float(argv[2]), Path(argv[3]))
+        runner_job(float(argv[2]), Path(argv[3]), int(argv[4]) if len(argv) > 4 else 0)
     elif job == "operator":
         operator_job(Path(argv[2]))
     else:

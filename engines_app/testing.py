@@ -185,10 +185,15 @@ class Installation:
 
         headers = {"Cookie": f"sessionid={session or self.login()}", "Origin": self.url}
         ws_url = f"ws://127.0.0.1:{self.port}/ws/engines/"
-        with connect(ws_url, additional_headers=headers, open_timeout=10) as socket_:
+        # A snapshot of 10,000 engines is some MB: no limit on what the client takes.
+        with connect(ws_url, additional_headers=headers, open_timeout=10, max_size=None) as socket_:
             snapshot = json.loads(socket_.recv(timeout=10))
             if snapshot["type"] != "snapshot":
                 raise RuntimeError(f"expected a snapshot first, got {snapshot['type']}")
+            more = snapshot
+            while more["more"]:  # a large fleet's snapshot comes in several frames
+                more = json.loads(socket_.recv(timeout=10))
+                snapshot["engines"] += more["engines"]
             socket_.snapshot = snapshot
             yield socket_
 

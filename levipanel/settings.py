@@ -138,8 +138,8 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # redis-py 8 reads with a 5 s timeout by default: a consumer's blocking
-                # pop (5 s) would time out and close idle dashboards. Wait longer.
+                # redis-py 8 reads with a 5 s timeout by default: a blocking pop (5 s, the
+                # broadcaster's wait for hints) would time out every time. Wait longer.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "capacity": 5000,
                 # One prefix per installation sharing a Redis server.
@@ -149,6 +149,16 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# A web process's broadcaster and its dashboards' consumers talk through memory (they share
+# one event loop), with or without Redis: a Redis outage does not close open dashboards, and
+# their pushes go on from the broadcaster's look at the database. Redis carries only the
+# runner's hints (``default``). Room for bursts of changes (the default capacity of 100
+# drops them), and memberships that last as long as the page stays open (not a day).
+DASHBOARD_CHANNEL_LAYER = "dashboard"
+CHANNEL_LAYERS[DASHBOARD_CHANNEL_LAYER] = {
+    "BACKEND": "channels.layers.InMemoryChannelLayer",
+    "CONFIG": {"capacity": 5000, "group_expiry": 10 * 365 * 86400},
+}
 
 Q_CLUSTER = {
     # Installations sharing one Redis server need queues of their own.

@@ -41,7 +41,7 @@ CLAIM_BATCH = 1000
 # Control rows are read at least this often (or a fifth of the lease, if shorter) even when
 # no command was given: to see a joining runner, or a lease that expired.
 FULL_READ = 0.5
-SAFETY_READ = 5.0  # seconds: every control row is read at least this often
+SAFETY_READ = 60.0  # seconds: every control row is read at least this often
 
 
 class Reconciler:

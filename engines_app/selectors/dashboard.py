@@ -6,17 +6,28 @@ import json
 import time
 from collections import deque
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from django.db.models import Q
+from django.db import connection
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet, TextField
+from django.db.models.functions import Cast
 
 from ..conf import engine_settings
 from ..models import Engine, EngineCommand, EnginePnlSample
 from ..runtime import ACTIVE
+from ..runtime.brokers import PAPER
 from ..runtime.redact import redact_text, redact_url
-from .engines import engine_status, epoch, runners_seen, status_counts
+from .engines import (
+    AT_REST,
+    BROKER_FIELDS,
+    UNKNOWN,
+    engine_status,
+    epoch,
+    runners_seen,
+    status_counts,
+)
 from .runners import runners_list
 
 LOG_TAIL_LINES = 100
@@ -35,6 +46,150 @@ def engine_row(
     return row
 
 
+# A row's heartbeat is stale past this age (the page marks a running engine's age red): the
+# push sends ``last_heartbeat`` when a row crosses it, not on every flush.
+STALE_AFTER = 10.0
+# What the dashboard shows of an engine: the push compares these and sends only the changed.
+PAGE_FIELDS = (
+    "symbol",
+    "status",
+    "status_reason",
+    "desired_state",
+    "runner",
+    "runner_last_seen",
+    "started_at",
+    "last_heartbeat",
+    "stale",
+    "position",
+    "daily_pnl",
+    "total_pnl",
+    "trade_count",
+    "error_count",
+    "last_error",
+    "broker",
+    "exchange",
+)
+
+
+# Read as the database returns them, times as text (no conversion of each value: a flush
+# rewrites every running engine's row, and converting 10,000 rows costs a second), and two
+# flags worked out by the database.
+RAW_COLUMNS = (
+    "symbol",
+    "status",
+    "status_reason",
+    "desired_state",
+    "lease_owner",
+    "position",
+    "daily_pnl",
+    "total_pnl",
+    "trade_count",
+    "error_count",
+    "last_error",
+    "broker",  # from the config, by the database (``engines.BROKER_FIELDS``)
+    "exchange",
+)
+RAW_TIMES = ("started_at", "last_heartbeat", "updated_at")
+HEARTBEAT = len(RAW_COLUMNS) + 1
+UPDATED = len(RAW_COLUMNS) + 2
+
+
+def as_text(name: str) -> Cast:
+    return Cast(name, output_field=TextField())
+
+
+def fetch(rows: QuerySet) -> list[tuple]:
+    """A ``values_list`` query's rows as the database driver returns them."""
+    sql, params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def raw_rows(engines: QuerySet, now: datetime) -> list[tuple]:
+    """``RAW_COLUMNS`` and ``RAW_TIMES`` (as text) of ``engines``, then whether a live lease
+    holds each and whether its heartbeat is fresh (within ``STALE_AFTER``) at ``now``."""
+    held = ExpressionWrapper(~Q(lease_owner="") & Q(lease_expires_at__gt=now), BooleanField())
+    fresh = Q(last_heartbeat__gt=now - timedelta(seconds=STALE_AFTER))
+    times = {f"{name}_text": as_text(name) for name in RAW_TIMES}
+    rows = engines.annotate(**BROKER_FIELDS).annotate(
+        **times, held=held, fresh=ExpressionWrapper(fresh, BooleanField())
+    )
+    return fetch(rows.values_list(*RAW_COLUMNS, *times, "held", "fresh"))
+
+
+def stamps(engines: QuerySet) -> list[tuple[str, str]]:
+    """``(symbol, updated_at as text)`` of ``engines``: the versions to compare."""
+    return fetch(engines.annotate(version=as_text("updated_at")).values_list("symbol", "version"))
+
+
+def row_key(raw: tuple) -> tuple:
+    """What of a raw row the page shows: a heartbeat alone (or the stamp) changes nothing."""
+    return raw[:HEARTBEAT] + (bool(raw[-2]), bool(raw[-1]))
+
+
+def raw_epoch(value: Any) -> float | None:
+    """A raw datetime (SQLite's naive UTC, PostgreSQL's aware datetime) as Unix seconds."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:  # SQLite stores UTC
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def page_row(raw: tuple, seen: Mapping[str, float]) -> dict[str, Any]:
+    """One engine as the dashboard shows it (``PAGE_FIELDS``), from ``raw_rows``: only what
+    changes what the page shows. Its status is ``shown_status``'s; ``stale`` says whether
+    the heartbeat is older than ``STALE_AFTER`` (the page counts a fresh row's age from the
+    frame's ``flushed_at``); PnL is rounded to the cent the page shows."""
+    symbol, status, reason, desired, owner, position, daily, total, trades = raw[:9]
+    errors, last_error, broker, exchange, started, heartbeat, _, held, fresh = raw[9:]
+    shown = status if status in AT_REST or held else UNKNOWN
+    last_seen = seen.get(owner) if owner and not held else None
+    beat = raw_epoch(heartbeat)
+    return {
+        "symbol": symbol,
+        "status": shown,
+        "status_reason": reason or None,
+        "desired_state": desired,
+        "runner": owner if held else None,
+        # Only when no live runner holds the engine: a live runner's moves every flush.
+        "runner_last_seen": None if last_seen is None else round(last_seen, 3),
+        "started_at": round(raw_epoch(started), 3) if started and shown in ACTIVE else None,
+        "last_heartbeat": None if beat is None else round(beat, 3),
+        "stale": not fresh,
+        "position": position,
+        "daily_pnl": round(daily, 2),
+        "total_pnl": round(total, 2),
+        "trade_count": trades,
+        "error_count": errors,
+        "last_error": last_error or None,
+        "broker": broker or PAPER,
+        "exchange": exchange or "",
+    }
+
+
+def fleet_rows(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str, tuple], dict[str, Any]]:
+    """Every engine: its page row, its ``row_key`` and its raw ``updated_at``, by symbol."""
+    seen = runners_seen()
+    rows, keys, versions = {}, {}, {}
+    for raw in raw_rows(Engine.objects.all(), now):
+        rows[raw[0]], keys[raw[0]], versions[raw[0]] = (
+            page_row(raw, seen),
+            row_key(raw),
+            raw[UPDATED],
+        )
+    return rows, keys, versions
+
+
+def last_flush(runners: list[dict[str, Any]]) -> float | None:
+    """The newest heartbeat flush of a live runner (``runners_list`` rows), as Unix seconds:
+    a beat alone does not stamp an engine's ``updated_at``, its runner's row says it."""
+    return max((r["last_seen"] for r in runners if r["live"]), default=None)
+
+
 def command_row(command: EngineCommand) -> dict[str, Any]:
     return {
         "id": command.pk,
@@ -48,18 +203,29 @@ def command_row(command: EngineCommand) -> dict[str, Any]:
     }
 
 
-def snapshot() -> dict[str, Any]:
-    """Every engine, every command the runner has not acknowledged yet, every runner."""
-    now, seen = time.time(), runners_seen()
-    rows = [engine_row(engine, now, seen) for engine in Engine.objects.all()]
-    pending = EngineCommand.objects.filter(acked_at=None).order_by("id")[:500]
+def snapshot(
+    rows: list[dict[str, Any]] | None = None, flushed_at: float | None = None
+) -> dict[str, Any]:
+    """Every engine as a page row (``rows`` when given: the broadcaster's, as last sent),
+    every command the runner has not acknowledged yet, every runner."""
+    now, runners = time.time(), runners_list()
+    if rows is None:
+        by_symbol, _, _ = fleet_rows(datetime.fromtimestamp(now, UTC))
+        rows = [by_symbol[symbol] for symbol in sorted(by_symbol)]
+        flushed_at = last_flush(runners)
     return {
         "now": now,
+        "flushed_at": flushed_at,
         "counts": status_counts(row["status"] for row in rows),
         "engines": rows,
-        "commands": [command_row(command) for command in pending],
-        "runners": runners_list(),
+        "commands": pending_commands(),
+        "runners": runners,
     }
+
+
+def pending_commands() -> list[dict[str, Any]]:
+    pending = EngineCommand.objects.filter(acked_at=None).order_by("id")[:500]
+    return [command_row(command) for command in pending]
 
 
 def changed_commands(since: datetime) -> list[EngineCommand]:

@@ -3,6 +3,7 @@ operators' commands, carried out by the same services as the admin and the API."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,13 +12,14 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from ..models import CONTROL_PERMISSION
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
 from ..services import engines as services
-from .broadcaster import Broadcaster, broadcaster
+from .broadcaster import FRAME_ROWS, Broadcaster, broadcaster
 from .throttle import TokenBucket, daphne_connection
 
 log = logging.getLogger("levipanel.web")
@@ -36,13 +38,17 @@ SNAPSHOT_COST = 5.0
 # Frames refused for going too fast, answered with an error frame: PATIENCE at once, one more
 # a second; past that the connection is closed with FLOODING.
 PATIENCE = 20.0
-# What daphne may hold for a client that does not read (a snapshot of 1,000 engines is about
-# 0.5 MB); past it the connection is closed with NOT_READING.
-MAX_BACKLOG = 4 * 1024 * 1024
+# What daphne may hold for a client that does not read (a snapshot of 10,000 engines is about
+# 3.2 MB); past it the connection is closed with NOT_READING.
+MAX_BACKLOG = 8 * 1024 * 1024
+SNAPSHOT_ROWS = FRAME_ROWS  # engine rows per snapshot frame
 # Connections one user may open in this web process: CONNECT_BURST at once, one more every
 # 1/CONNECT_RATE seconds; each costs a snapshot, so reconnecting is no way around the bucket.
 CONNECT_RATE = 0.5
 CONNECT_BURST = 5.0
+# How long a snapshot waits for the broadcaster's first look (the database may be away).
+SNAPSHOT_WAIT = 10.0
+UNAVAILABLE = 1013  # close code "try again later": no snapshot to send yet
 REFUSED = 4403  # close code for a connection without a logged-in user
 FLOODING = 4429  # close code for a connection that kept sending too fast
 NOT_READING = 4408  # close code for a client that does not read what it is sent
@@ -57,9 +63,12 @@ _connects: dict[int, TokenBucket] = {}  # user id -> this process's bucket of co
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
     """Frames in: ``{"type": "snapshot"}``, ``{"type": "command", "action", "symbol", "id"}``,
-    ``{"type": "ping"}``. Frames out: ``snapshot``, ``changes``, ``command``, ``error``,
-    ``pong``."""
+    ``{"type": "ping"}``. Frames out: ``snapshot`` (and ``snapshot_more`` while it says
+    ``more``), ``changes``, ``command``, ``error``, ``pong``."""
 
+    # The broadcaster's in-memory layer: no Redis between this process's broadcaster and its
+    # pages, so a Redis outage does not end the consumer (and close the page's socket).
+    channel_layer_alias = settings.DASHBOARD_CHANNEL_LAYER
     broadcaster: Broadcaster | None = None
     clock = staticmethod(time.monotonic)
     closing = False
@@ -141,6 +150,9 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         raise StopConsumer()
 
     async def send_json(self, content: dict[str, Any], close: bool = False) -> None:
+        await self.send_text(await self.encode_json(content), close=close)
+
+    async def send_text(self, text: str, close: bool = False) -> None:
         """Send, unless what the client has not read yet is over ``MAX_BACKLOG``: then close
         the connection instead of buffering without bound. (Every frame goes out here.)"""
         if self.closing:
@@ -148,7 +160,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         if self.connection is not None and self.connection.backlog() > MAX_BACKLOG:
             await self.close_for(NOT_READING, "the client does not read")
             return
-        await super().send_json(content, close=close)
+        await self.send(text_data=text, close=close)
 
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
         kind = content.get("type")
@@ -162,10 +174,23 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error(f"unknown frame type {kind!r}", content.get("id"))
 
     async def send_snapshot(self) -> None:
-        seq = self.broadcaster.seq  # changes after this one may be newer than the snapshot
-        data = await database_sync_to_async(dashboard.snapshot)()
+        """The broadcaster's rows as last sent, numbered: its next frames apply to them."""
+        try:
+            await asyncio.wait_for(self.broadcaster.ready.wait(), SNAPSHOT_WAIT)
+        except TimeoutError:
+            await self.close(code=UNAVAILABLE)  # the page tries again
+            return
+        seq, rows, flushed_at = self.broadcaster.state()
+        data = await database_sync_to_async(dashboard.snapshot)(rows, flushed_at)
         can_control = await self.can_control()
-        await self.send_json({"type": "snapshot", "seq": seq, "can_control": can_control, **data})
+        parts = [rows[i : i + SNAPSHOT_ROWS] for i in range(0, len(rows), SNAPSHOT_ROWS)] or [[]]
+        frame = {"type": "snapshot", "seq": seq, "can_control": can_control, **data}
+        for index, part in enumerate(parts):
+            if index:
+                frame = {"type": "snapshot_more", "seq": seq}
+            frame |= {"engines": part, "more": index < len(parts) - 1}
+            # Some MB at 10,000 engines: encoded off the event loop.
+            await self.send_text(await asyncio.to_thread(json.dumps, frame))
 
     async def command(self, content: dict[str, Any]) -> None:
         client_id = content.get("id")

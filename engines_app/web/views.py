@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from ..models import CONTROL_PERMISSION, Engine
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
+from ..selectors.engines import STATUSES
 from ..services.exchanges import kill_switch
 
 HISTORY_ROWS = 50
@@ -26,6 +27,7 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
     context = {
         "snapshot": {"seq": 0, **dashboard.snapshot()},
         "can_control": request.user.has_perm(CONTROL_PERMISSION),
+        "statuses": STATUSES,
     }
     return render(request, "engines_app/dashboard.html", context)
 

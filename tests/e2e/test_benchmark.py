@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from benchmarks import Section, chosen, run_section, verdict
 from benchmarks.report import number
+from benchmarks.soak import growing_sites, rss_marks
 from engines_app.testing import Installation
 
 ENGINES = 20
@@ -108,6 +110,33 @@ def test_a_short_soak_reports_memory_lag_recovery_and_writes(project):
     assert locked["value"] == 0 and locked["baseline"] > 0, locked
     lost = figure("lost writes")
     assert lost["value"] == 0 and lost["baseline"] == 200, lost
+
+
+def test_the_soak_names_the_allocation_site_that_grew():
+    """``--tracemalloc``: a list that grows between the two snapshots is the first site."""
+    kept: list[bytes] = []
+    tracemalloc.start(1)
+    try:
+        start = tracemalloc.take_snapshot()
+        for n in range(2000):
+            kept.append(b"x" * 512 + n.to_bytes(4, "big"))  # the growing site
+        end = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    top = growing_sites(start, end)[0]
+    assert top["where"].endswith(f"{__file__}:{_growing_line()}"), top
+    assert top["count_diff"] >= 2000 and top["size_diff_kb"] > 1000, top
+
+
+def _growing_line() -> int:
+    lines = open(__file__).read().splitlines()  # noqa: SIM115
+    return next(n for n, line in enumerate(lines, 1) if line.endswith("# the growing site"))
+
+
+def test_the_soak_shows_rss_every_five_minutes_and_at_the_end():
+    # Every 5 s for 13 minutes: 100 MB, one more every 5 minutes.
+    samples = [(tick / 12, 1024.0 * (100 + tick // 60)) for tick in range(12 * 13)]
+    assert rss_marks(samples) == [(0, 100.0), (5, 101.0), (10, 102.0), (13, 102.0)]
 
 
 # A small fleet, fast leases: takeover within seconds, so CI can afford it.

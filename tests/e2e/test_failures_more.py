@@ -46,9 +46,10 @@ ENGINES = [(f"W{i:02d}USDT", TRADES_OFTEN) for i in range(16)] + [
     (f"C{i:02d}USDT", {**TRADES_OFTEN, "crash_probability": 0.02}) for i in range(4)
 ]
 # What the database holds for an engine; the rest of a row (uptime, ages) ticks with time.
-STORED = (
+# What the page shows of an engine (its row in the push), compared with the database's: PnL
+# to the cent, as shown; a fresh heartbeat is the frame's flush time, not pushed per row.
+SHOWN = (
     "status",
-    "last_heartbeat",
     "error_count",
     "last_error",
     "position",
@@ -57,12 +58,9 @@ STORED = (
     "trade_count",
     "desired_state",
     "status_reason",
-    "restart_attempt",
-    "restart_budget_left",
-    "next_retry_at",
-    "cycle_interval",
     "runner",
 )
+CENTS = ("daily_pnl", "total_pnl")
 
 
 def add_engines(installation: Installation, engines: list[tuple[str, dict]]) -> None:
@@ -90,8 +88,9 @@ def acked_removal(database: Path, symbol: str) -> bool:
 
 
 class Page:
-    """The dashboard page's state, kept as ``dashboard.js`` keeps it: the snapshot, then
-    numbered changes (a row replaces an older ``version`` only), a fresh snapshot on a gap."""
+    """The dashboard page's state, kept as ``dashboard.js`` keeps it: the snapshot (and its
+    parts), then numbered changes (the changed fields of a row; a new row whole), a fresh
+    snapshot on a gap."""
 
     def __init__(self, socket_: Any) -> None:
         self.engines: dict[str, dict] = {}
@@ -109,13 +108,13 @@ class Page:
         if message["type"] == "snapshot":
             self.seq = message["seq"]
             self.engines = {row["symbol"]: row for row in message["engines"]}
+        elif message["type"] == "snapshot_more" and message["seq"] == self.seq:
+            self.engines.update((row["symbol"], row) for row in message["engines"])
         elif message["type"] == "changes" and message["seq"] > self.seq:
             gap = message["seq"] != self.seq + 1
             self.seq = message["seq"]
             for row in message["engines"]:
-                old = self.engines.get(row["symbol"])
-                if old is None or row["version"] >= old["version"]:
-                    self.engines[row["symbol"]] = row
+                self.engines.setdefault(row["symbol"], {}).update(row)
             for symbol in message["removed"]:
                 self.engines.pop(symbol, None)
             if gap:
@@ -155,14 +154,15 @@ class Page:
 
 
 def mismatches(page: dict[str, dict], truth: dict[str, dict]) -> list[str]:
-    """Every difference between the page's rows and the database's, on the stored fields."""
+    """Every difference between the page's rows and the database's, on the fields shown."""
     out = [f"{symbol}: missing on the page" for symbol in truth.keys() - page.keys()]
     out += [f"{symbol}: not in the database" for symbol in page.keys() - truth.keys()]
     for symbol in truth.keys() & page.keys():
+        shown = {f: round(truth[symbol][f], 2) if f in CENTS else truth[symbol][f] for f in SHOWN}
         out += [
-            f"{symbol}.{field}: page {page[symbol][field]!r}, database {truth[symbol][field]!r}"
-            for field in STORED
-            if page[symbol][field] != truth[symbol][field]
+            f"{symbol}.{field}: page {page[symbol][field]!r}, database {value!r}"
+            for field, value in shown.items()
+            if page[symbol][field] != value
         ]
     return out
 

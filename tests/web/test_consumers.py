@@ -3,6 +3,7 @@ consumer and its broadcaster, against a real SQLite file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import timedelta
@@ -17,6 +18,7 @@ from django.utils import timezone
 
 from engines_app.models import Engine, EngineCommand
 from engines_app.runner import store
+from engines_app.selectors import dashboard
 from engines_app.web import consumers
 from engines_app.web.consumers import DashboardConsumer
 from levipanel.asgi import application
@@ -106,9 +108,8 @@ async def test_snapshot_on_connect(engines, viewer):
     assert [row["symbol"] for row in snapshot["engines"]] == SYMBOLS
     assert snapshot["counts"]["total"] == 3 and snapshot["counts"]["running"] == 3
     assert snapshot["can_control"] is False
-    guide = {"status", "uptime_seconds", "last_heartbeat", "error_count", "last_error"}
-    results = {"position", "daily_pnl", "total_pnl", "trade_count", "version"}
-    assert guide | results <= set(snapshot["engines"][0])
+    assert set(snapshot["engines"][0]) == set(dashboard.PAGE_FIELDS)
+    assert snapshot["engines"][0]["runner"] == "runner-a"
     await communicator.disconnect()
 
 
@@ -119,8 +120,8 @@ async def test_change_in_the_database_is_pushed(engines, viewer):
     changes = await receive_row(communicator, "ETHUSDT", status="crashed")
     assert changes["seq"] > snapshot["seq"]
     row = next(row for row in changes["engines"] if row["symbol"] == "ETHUSDT")
-    assert row["status"] == "crashed" and row["status_reason"] == "boom"
-    assert row["version"] > snapshot["engines"][1]["version"]
+    # Only what changed: the rest of the row is as the snapshot had it.
+    assert row == {"symbol": "ETHUSDT", "status": "crashed", "status_reason": "boom"}
     await communicator.disconnect()
 
 
@@ -480,3 +481,143 @@ async def test_a_user_reconnecting_too_often_is_closed_with_4429_before_any_snap
     communicator = await connect(ORIGIN, viewer)
     await receive(communicator, "snapshot")
     await communicator.disconnect()
+
+
+class PageState:
+    """What the page keeps: a snapshot, then each changes frame applied in ``seq`` order."""
+
+    def __init__(self, snapshot: dict) -> None:
+        self.seq = snapshot["seq"]
+        self.rows = {row["symbol"]: dict(row) for row in snapshot["engines"]}
+
+    def apply(self, frame: dict) -> None:
+        if frame["seq"] <= self.seq:
+            return  # already in the snapshot
+        assert frame["seq"] == self.seq + 1, "a gap: the page would ask for a snapshot"
+        self.seq = frame["seq"]
+        for delta in frame["engines"]:
+            row = self.rows.get(delta["symbol"])
+            if row is None:
+                assert set(delta) == set(dashboard.PAGE_FIELDS), "a new engine comes whole"
+                self.rows[delta["symbol"]] = dict(delta)
+            else:
+                row.update(delta)
+        for symbol in frame["removed"]:
+            del self.rows[symbol]
+
+
+def shown(rows: dict) -> dict:
+    """Rows as the page shows them: a fresh row's heartbeat age is counted from the frame's
+    ``flushed_at``, so its own ``last_heartbeat`` is not sent on every flush."""
+    return {
+        s: {**r, "last_heartbeat": r["last_heartbeat"] if r["stale"] else None}
+        for s, r in rows.items()
+    }
+
+
+def database_rows() -> dict:
+    return shown(dashboard.fleet_rows(timezone.now())[0])
+
+
+async def until_equal(communicator: WebsocketCommunicator, page: PageState) -> None:
+    """Apply frames until the page shows what the database says (or fail after 5 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        # (A receive that times out would end the consumer: wait for a frame first.)
+        if not await communicator.receive_nothing(timeout=0.3):
+            page.apply(await receive(communicator, "changes"))
+        expected = await database_sync_to_async(database_rows)()
+        if shown(page.rows) == expected:
+            return
+        page_rows = shown(page.rows)
+        assert time.monotonic() < deadline, [
+            (
+                s,
+                {
+                    k: (v, page_rows.get(s, {}).get(k))
+                    for k, v in r.items()
+                    if page_rows.get(s, {}).get(k) != v
+                },
+            )
+            for s, r in expected.items()
+        ] + [s for s in page_rows if s not in expected]
+
+
+def runner_flushes(engines: list[Engine], changed: bool = True, **values) -> None:
+    """A heartbeat flush of ``engines`` by the runner (their values too when ``changed``),
+    and its own heartbeat row, as the runner writes them."""
+    now = time.time()
+    fields = {
+        "last_heartbeat": now,
+        "error_count": 0,
+        "last_error": None,
+        "position": 0.0,
+        "daily_pnl": 0.0,
+        "total_pnl": 0.0,
+        "trade_count": 0,
+        "last_tick_at": now,
+        **values,
+    }
+    rows = [store.HeartbeatRow(engine.id, **fields, changed=changed) for engine in engines]
+    store.write(statuses=[], errors=[], restarts=[], heartbeats=rows)
+    heartbeat("runner-a", held=len(engines))
+
+
+async def test_a_page_applying_snapshot_and_deltas_shows_what_the_database_says(engines, viewer):
+    communicator = await connect(ORIGIN, viewer)
+    page = PageState(await receive(communicator, "snapshot"))
+    write = database_sync_to_async
+
+    await write(runner_flushes)(engines, position=1.5, daily_pnl=3.25, trade_count=2)
+    await until_equal(communicator, page)
+    assert page.rows["BTCUSDT"]["trade_count"] == 2 and page.rows["BTCUSDT"]["stale"] is False
+
+    await write(runner_flushes)(engines, changed=False)
+    frame = await receive(communicator, "changes")  # a heartbeat alone: no row, a flush time
+    assert frame["engines"] == [] and frame["flushed_at"] > 0
+    page.apply(frame)
+
+    await write(runner_writes_status)(engines[1].id, "crashed", "boom")
+    await write(Engine.objects.create)(symbol="XRPUSDT", status="stopped")
+    await write(services_remove)("SOLUSDT")
+    await write(hold)(engines[:1], "runner-a", 0.3)  # its runner dies: unknown in 0.3 s
+    await asyncio.sleep(0.4)
+    await until_equal(communicator, page)
+    assert sorted(page.rows) == ["BTCUSDT", "ETHUSDT", "XRPUSDT"]
+    assert page.rows["BTCUSDT"]["status"] == "unknown"
+    assert page.rows["ETHUSDT"]["status"] == "crashed"
+    await communicator.disconnect()
+
+
+def services_remove(symbol: str) -> None:
+    from engines_app.services import engines as services
+
+    services.engine_remove(symbol=symbol)
+
+
+async def test_a_large_fleets_snapshot_comes_in_parts_before_any_change(viewer, monkeypatch):
+    monkeypatch.setattr(consumers, "SNAPSHOT_ROWS", 2)
+    symbols = [f"S{i}USDT" for i in range(5)]
+    await database_sync_to_async(Engine.objects.bulk_create)([Engine(symbol=s) for s in symbols])
+    communicator = await connect(ORIGIN, viewer)
+    first = await communicator.receive_json_from(timeout=5)
+    parts = [first]
+    while parts[-1]["more"]:
+        parts.append(await communicator.receive_json_from(timeout=5))
+    assert [p["type"] for p in parts] == ["snapshot", "snapshot_more", "snapshot_more"]
+    assert {p["seq"] for p in parts} == {first["seq"]}
+    assert [row["symbol"] for p in parts for row in p["engines"]] == symbols
+    assert first["counts"]["total"] == 5  # the whole fleet's, in the first part
+    await communicator.disconnect()
+
+
+async def test_a_reconnecting_page_gets_a_fresh_snapshot_not_a_delta(engines, viewer):
+    first = await connect(ORIGIN, viewer)
+    await receive(first, "snapshot")
+    await first.disconnect()  # the last page left: the broadcaster stops
+    await database_sync_to_async(runner_writes_status)(engines[0].id, "crashed", "gone")
+    again = await connect(ORIGIN, viewer)
+    frame = await again.receive_json_from(timeout=5)
+    assert frame["type"] == "snapshot"  # first, before any changes frame
+    assert frame["engines"][0]["status"] == "crashed"
+    await again.disconnect()

@@ -3,13 +3,16 @@ temp data dir), as an operator uses it."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from benchmarks.push import fleet as fleet_of
 from engines_app.testing import ROOT, Installation
 from tests.helpers import CHROMIUM, IN_CI
 
@@ -193,3 +196,125 @@ def save_screenshot(page: Page) -> None:
     if os.environ.get("LEVIPANEL_UPDATE_SCREENSHOT") or not SCREENSHOT.exists():
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+# 10,000 engines -------------------------------------------------------------------------
+
+FLEET = 10_000
+# Installed before the page's own scripts: when the first engine row is in the document, and
+# every frame's time and every pushed changes frame from then on.
+MEASURE = """
+window.__firstRow = null;
+new MutationObserver((_, observer) => {
+  if (document.querySelector("tr[data-symbol]")) {
+    window.__firstRow = performance.now();
+    observer.disconnect();
+  }
+}).observe(document, { childList: true, subtree: true });
+window.__changes = 0;
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => {
+      if (event.data.startsWith('{"type": "changes"')) window.__changes++;
+    });
+  }
+};
+window.__frames = function (ms) {
+  return new Promise((resolve) => {
+    const deltas = [];
+    const changes = window.__changes;
+    let last = performance.now();
+    const end = last + ms;
+    function frame(now) {
+      deltas.push(now - last);
+      last = now;
+      if (now < end) requestAnimationFrame(frame);
+      else resolve({ deltas, changes: window.__changes - changes });
+    }
+    requestAnimationFrame(frame);
+  });
+};
+"""
+# Bounds for a busy 2-core CI box; the figures themselves are in docs/benchmarks.md.
+FIRST_RENDER_BOUND_MS = 15_000
+FRAME_P95_BOUND_MS = 250
+PROBLEMS = {"crashed", "failed", "unknown", "halted", "backoff", "degraded"}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory):
+    """10,000 engines written as a runner writes them (20 crashing a second, one in twenty
+    trading) and the web server; see ``benchmarks.push.fleet``."""
+    with fleet_of(tmp_path_factory.mktemp("fleet") / "data", FLEET) as installation:
+        yield installation
+
+
+def test_ten_thousand_engines_render_fast_and_stay_smooth_while_pushes_arrive(page: Page, fleet):
+    page.add_init_script(MEASURE)
+    log_in(page, fleet)
+    expect(counter(page, "total")).to_have_text(str(FLEET))
+    first_render = page.evaluate("window.__firstRow")
+    # Only the rows in view are in the document.
+    assert 0 < page.locator("tr[data-symbol]").count() < 200
+    page.wait_for_timeout(2000)  # the websocket's snapshot (in parts) taken
+    measured = page.evaluate("window.__frames(10000)")
+    deltas = sorted(measured["deltas"][1:])
+    p95 = deltas[int(len(deltas) * 0.95)]
+    figures = {
+        "engines": FLEET,
+        "first_render_ms": round(first_render),
+        "frame_p50_ms": round(deltas[len(deltas) // 2], 1),
+        "frame_p95_ms": round(p95, 1),
+        "frame_max_ms": round(deltas[-1], 1),
+        "frames": len(deltas),
+        "changes_frames": measured["changes"],
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dashboard-fleet.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(figures)
+    assert measured["changes"] >= 5, figures  # pushes did arrive while frames were timed
+    assert first_render < FIRST_RENDER_BOUND_MS, figures
+    assert p95 < FRAME_P95_BOUND_MS, figures
+
+
+def shown_statuses(page: Page) -> list[str]:
+    return page.locator("tr[data-symbol] .badge").all_inner_texts()
+
+
+def test_ten_thousand_engines_filter_search_and_problems_first(page: Page, fleet):
+    log_in(page, fleet)
+    expect(counter(page, "total")).to_have_text(str(FLEET))
+    # Crashing engines come first, whatever their symbols.
+    for _ in range(50):
+        statuses = shown_statuses(page)
+        if statuses and statuses[0] in PROBLEMS:
+            break
+        page.wait_for_timeout(200)
+    assert statuses[0] in PROBLEMS, statuses[:5]
+    problems = [i for i, status in enumerate(statuses) if status in PROBLEMS]
+    assert problems == list(range(len(problems))), statuses  # all of them before the rest
+
+    page.fill("#search", "b00042")
+    expect(page.locator("tr[data-symbol]")).to_have_count(1)
+    expect(page.locator("tr[data-symbol]")).to_have_attribute("data-symbol", "B00042USDT")
+    expect(page.locator("#shown")).to_have_text(f"1 of {FLEET} engines")
+    expect(counter(page, "total")).to_have_text(str(FLEET))  # totals stay the fleet's
+
+    page.fill("#search", "")
+    page.select_option("#status-filter", "running")
+    expect(page.locator("tr[data-symbol]").first.locator(".badge")).to_have_text("running")
+    assert set(shown_statuses(page)) <= {"running"}
+    page.select_option("#status-filter", "problems")
+    page.wait_for_timeout(300)
+    assert set(shown_statuses(page)) <= PROBLEMS
+
+    page.select_option("#status-filter", "")
+    expect(page.locator("#shown")).to_have_text(f"{FLEET} of {FLEET} engines")
+    page.eval_on_selector("#engines-scroll", "el => { el.scrollTop = el.scrollHeight; }")
+    # At the bottom: the last symbols (of the engines without a problem), and still only the
+    # rows in view in the document.
+    bottom = page.locator("tr[data-symbol]").last
+    expect(bottom).to_have_attribute("data-symbol", re.compile(r"^B099\d\dUSDT$"))
+    expect(bottom).to_be_in_viewport()
+    assert page.locator("tr[data-symbol]").count() < 200

@@ -14,6 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from engines_app.models import Engine, EngineError, EnginePnlSample, EngineRestart
+from engines_app.selectors import dashboard
 from engines_app.services import engines as services
 from engines_app.web.broadcaster import Broadcaster
 from tests.helpers import heartbeat, hold
@@ -171,25 +172,83 @@ def test_engine_page_shows_its_runner_and_the_truthful_status(engines):
     assert '<span class="badge unknown"' in page and '<b id="runner">none</b>' in page
 
 
-def test_broadcaster_sends_each_version_once_and_removals(engines):
-    broadcaster = Broadcaster(layer=None, interval=0.2)
-    first = broadcaster.changes()
-    assert {row["symbol"] for row in first["engines"]} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
-    assert broadcaster.changes() is None  # nothing new: nothing sent, one cheap query
+@pytest.fixture
+def every_look_scans(monkeypatch) -> None:
+    """The broadcaster's scans (leases run out, heartbeats grown old, rows deleted) on every
+    look, not twice a second: these tests look several times within a second."""
+    from engines_app.web import broadcaster as module
+
+    monkeypatch.setattr(module, "SCAN_EVERY", timedelta(0))
+
+
+def loaded(layer=None) -> Broadcaster:
+    """A broadcaster after its first look, which loads the fleet and sends nothing."""
+    broadcaster = Broadcaster(layer=layer, interval=0.2)
+    assert broadcaster.changes() is None
+    return broadcaster
+
+
+def test_broadcaster_sends_only_the_changed_fields_and_removals(engines):
+    broadcaster = loaded()
+    _, rows, _ = broadcaster.state()
+    assert [row["symbol"] for row in rows] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    assert broadcaster.changes() is None  # nothing new: nothing sent
     command = services.engine_stop(symbol="BTCUSDT")
     changed = broadcaster.changes()
-    assert [row["symbol"] for row in changed["engines"]] == ["BTCUSDT"]
-    assert changed["engines"][0]["desired_state"] == "stopped"
+    assert changed["engines"] == [{"symbol": "BTCUSDT", "desired_state": "stopped"}]
     assert [c["id"] for c in changed["commands"]] == [command.id]
     services.engine_remove(symbol="SOLUSDT")
     removed = broadcaster.changes()
     assert removed["removed"] == ["SOLUSDT"] and removed["engines"] == []
+    assert [row["symbol"] for row in broadcaster.state()[1]] == ["BTCUSDT", "ETHUSDT"]
+    assert broadcaster.changes() is None
+
+
+def test_a_heartbeat_alone_sends_the_flush_time_not_the_rows(engines, every_look_scans):
+    broadcaster = loaded()
+    btc = Engine.objects.filter(symbol="BTCUSDT")
+    beat = timezone.now()
+    btc.update(last_heartbeat=beat)  # a beat alone: the runner leaves updated_at as it is
+    flush = heartbeat("runner-a")  # and says when it flushed in its own row
+    frame = broadcaster.changes()
+    # Stale (no heartbeat yet) to fresh: the row says so once, with its heartbeat.
+    assert frame["engines"] == [
+        {"symbol": "BTCUSDT", "stale": False, "last_heartbeat": round(beat.timestamp(), 3)}
+    ]
+    assert frame["flushed_at"] == round(flush.last_seen.timestamp(), 3)
+    later = beat + timedelta(seconds=1)
+    btc.update(last_heartbeat=later, daily_pnl=2.004, updated_at=timezone.now())
+    flush = heartbeat("runner-a")
+    frame = broadcaster.changes()
+    assert frame["engines"] == []  # the same cent, a newer heartbeat: only the flush time
+    assert frame["flushed_at"] == round(flush.last_seen.timestamp(), 3)
+    assert broadcaster.changes() is None
+    with time_machine.travel(later + timedelta(seconds=11)):
+        frame = broadcaster.changes()  # nothing wrote it: the heartbeat just got old
+        assert broadcaster.changes() is None
+    rows = {row["symbol"]: row for row in frame["engines"]}
+    assert rows["BTCUSDT"] == {
+        "symbol": "BTCUSDT",
+        "stale": True,
+        "last_heartbeat": round(later.timestamp(), 3),
+    }
+
+
+def test_broadcaster_sends_an_engine_added_in_full_and_notices_a_deleted_one(engines):
+    broadcaster = loaded()
+    Engine.objects.create(symbol="XRPUSDT", status="stopped")
+    added = broadcaster.changes()
+    assert [row["symbol"] for row in added["engines"]] == ["XRPUSDT"]
+    assert set(added["engines"][0]) == set(dashboard.PAGE_FIELDS)
+    Engine.objects.filter(symbol="ETHUSDT").delete()  # no command says so
+    assert broadcaster.changes() is None  # the table is scanned twice a second, not each look
+    with time_machine.travel(timezone.now() + timedelta(seconds=0.6)):
+        assert broadcaster.changes()["removed"] == ["ETHUSDT"]
 
 
 def test_broadcaster_sends_an_engine_whose_lease_ran_out_though_nothing_wrote_it(engines):
     """A killed runner writes nothing more: the broadcaster must notice the expiry itself."""
-    broadcaster = Broadcaster(layer=None, interval=0.2)
-    broadcaster.changes()
+    broadcaster = loaded()
     assert broadcaster.changes() is None
     with time_machine.travel(timezone.now() + timedelta(seconds=16)):  # past the 15 s lease
         expired = broadcaster.changes()
@@ -203,14 +262,30 @@ def test_broadcaster_sends_an_engine_whose_lease_ran_out_though_nothing_wrote_it
 
 
 def test_broadcaster_sends_the_runners_when_one_joins_or_goes_silent(engines):
-    broadcaster = Broadcaster(layer=None, interval=0.2)
-    broadcaster.changes()
+    broadcaster = loaded()
     heartbeat("runner-a", held=3)
     joined = broadcaster.changes()
     assert [(r["name"], r["live"], r["held"]) for r in joined["runners"]] == [("runner-a", True, 3)]
     assert joined["engines"] == []
-    heartbeat("runner-a", held=3)  # a flush: only last_seen moved
+    flush = heartbeat("runner-a", held=3)  # a flush: only last_seen moved
+    frame = broadcaster.changes()  # the flush time alone, not the runners again
+    assert (frame["runners"], frame["engines"]) == (None, [])
+    assert frame["flushed_at"] == round(flush.last_seen.timestamp(), 3)
     assert broadcaster.changes() is None
     with time_machine.travel(timezone.now() + timedelta(seconds=16)):
         silent = broadcaster.changes()
     assert [(r["name"], r["live"]) for r in silent["runners"]] == [("runner-a", False)]
+
+
+def test_a_large_change_goes_in_several_numbered_frames_that_add_up_to_it(engines, monkeypatch):
+    from engines_app.web import broadcaster as module
+
+    monkeypatch.setattr(module, "FRAME_ROWS", 2)
+    broadcaster = loaded()
+    seq = broadcaster.seq
+    Engine.objects.update(error_count=7, updated_at=timezone.now())
+    message = broadcaster.changes()
+    parts = module.frames(message)
+    assert [p["seq"] for p in parts] == [seq + 1, seq + 2] == [message["seq"], broadcaster.seq]
+    assert [row for p in parts for row in p["engines"]] == message["engines"]
+    assert len(message["engines"]) == 3

@@ -58,6 +58,15 @@ class Command(BaseCommand):
             help="How long the soak runs (default 30; CI runs 2).",
         )
         parser.add_argument(
+            "--tracemalloc",
+            type=positive(int),
+            metavar="FRAMES",
+            help=(
+                "Soak: trace the runner's Python allocations (FRAMES frames each) and print "
+                "the sites that grew most after the warm-up (slower; for finding leaks)."
+            ),
+        )
+        parser.add_argument(
             "--only",
             nargs="+",
             choices=section_names(),
@@ -72,14 +81,19 @@ class Command(BaseCommand):
             help="Also write the figures as JSON to PATH (or after the table with no PATH).",
         )
 
-    def handle(self, *args, engines, seconds, samples, minutes, only, json, **options):
+    def handle(self, *args, engines, seconds, samples, minutes, tracemalloc, only, json, **options):
         if json not in (None, "-") and not Path(json).parent.is_dir():
             raise CommandError(f"--json {json}: directory {Path(json).parent} does not exist")
         outcomes = []
         for section in chosen(only):
             self.stderr.write(f"benchmark: {section.name} ...")
             started = time.perf_counter()
-            given = {"seconds": seconds, "samples": samples, "minutes": minutes}
+            given = {
+                "seconds": seconds,
+                "samples": samples,
+                "minutes": minutes,
+                "tracemalloc": tracemalloc,
+            }
             outcomes.append(run_section(section, engines=engines, **given))
             took = time.perf_counter() - started
             self.stderr.write(f"benchmark: {section.name} took {took:.1f}s")

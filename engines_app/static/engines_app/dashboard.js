@@ -1,5 +1,7 @@
-// The live dashboard: render the snapshot, apply numbered changes, ask for a fresh
-// snapshot on a gap or a reconnect, and tick uptime / heartbeat age between pushes.
+// The live dashboard: render the snapshot, apply numbered changes (only the fields that
+// changed), ask for a fresh snapshot on a gap or a reconnect, and tick uptime / heartbeat
+// age between pushes. Only the rows in view are in the document (10,000 engines scroll as
+// fast as 10), problems first, filtered by status and searched by symbol.
 (function () {
   "use strict";
 
@@ -9,9 +11,18 @@
   ];
   const ACTIONS = ["start", "stop", "restart"];
   const SHOW_DONE_MS = 4000;
+  // Shown first: 0 needs an operator now, 1 is waiting or limited, 2 the rest.
+  const RANK = { crashed: 0, failed: 0, unknown: 0, halted: 1, backoff: 1, degraded: 1 };
+  const PROBLEMS = new Set(Object.keys(RANK));
+  const OVERSCAN = 10; // rows drawn above and below the visible ones
+  const COLUMNS = 11;
 
   const state = {
     engines: new Map(), // symbol -> row
+    order: [], // the symbols shown, problems first, filtered
+    orderDirty: true,
+    flushedAt: null, // server time of the newest heartbeat flush
+    rowHeight: 0,
     commands: new Map(), // command id -> command
     runners: [], // every runner, by name
     seq: 0,
@@ -23,6 +34,11 @@
   };
 
   const body = document.getElementById("engines");
+  const scroller = document.getElementById("engines-scroll");
+  const search = document.getElementById("search");
+  const statusFilter = document.getElementById("status-filter");
+  const shownCount = document.getElementById("shown");
+  const rendered = new Map(); // symbol -> its tr, for the rows in view
   const runnersBody = document.getElementById("runners");
   const noRunners = document.getElementById("no-runners");
   const live = document.getElementById("live");
@@ -38,9 +54,15 @@
     if (typeof now === "number") state.offset = Date.now() / 1000 - now;
   }
 
-  function putEngine(row) {
-    const old = state.engines.get(row.symbol);
-    if (!old || row.version >= old.version) state.engines.set(row.symbol, row);
+  function putEngine(delta) {
+    const old = state.engines.get(delta.symbol);
+    if (!old) {
+      state.engines.set(delta.symbol, delta); // a new engine comes whole
+      state.orderDirty = true;
+      return;
+    }
+    if ("status" in delta && delta.status !== old.status) state.orderDirty = true;
+    Object.assign(old, delta);
   }
 
   function putCommand(command) {
@@ -54,9 +76,11 @@
   function applySnapshot(message) {
     setClock(message.now);
     state.seq = message.seq;
+    state.flushedAt = message.flushed_at;
     if (typeof message.can_control === "boolean") state.canControl = message.can_control;
     state.engines = new Map();
     message.engines.forEach((row) => state.engines.set(row.symbol, row));
+    state.orderDirty = true;
     if (Array.isArray(message.runners)) state.runners = message.runners;
     const known = state.commands;
     state.commands = new Map();
@@ -68,38 +92,115 @@
     render();
   }
 
+  function applySnapshotMore(message) {
+    // A large fleet's snapshot comes in parts, before any change numbered after it.
+    if (message.seq !== state.seq) return;
+    message.engines.forEach((row) => state.engines.set(row.symbol, row));
+    state.orderDirty = true;
+    scheduleRender();
+  }
+
   function applyChanges(message) {
     if (message.seq <= state.seq) return; // already in the snapshot
     const gap = message.seq !== state.seq + 1;
     state.seq = message.seq;
     setClock(message.now);
+    if (typeof message.flushed_at === "number") state.flushedAt = message.flushed_at;
     message.engines.forEach(putEngine);
     message.commands.forEach(putCommand);
-    message.removed.forEach((symbol) => state.engines.delete(symbol));
+    message.removed.forEach((symbol) => {
+      if (state.engines.delete(symbol)) state.orderDirty = true;
+    });
     // Sent only when a runner joined, left, went silent or changed what it holds.
     if (Array.isArray(message.runners)) state.runners = message.runners;
-    render();
+    scheduleRender();
     if (gap) send({ type: "snapshot" });
   }
 
   // Rendering ----------------------------------------------------------------------------
 
+  let renderQueued = false;
+
+  function scheduleRender() {
+    // Pushes come faster than frames at times: one render per frame at most.
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(() => {
+      renderQueued = false;
+      render();
+    });
+  }
+
   function render() {
-    renderCounters();
-    const symbols = Array.from(state.engines.keys()).sort();
-    const wanted = new Set(symbols);
-    Array.from(body.rows).forEach((tr) => {
-      if (!wanted.has(tr.dataset.symbol)) tr.remove();
-    });
-    symbols.forEach((symbol, index) => {
-      let tr = body.querySelector(`tr[data-symbol="${symbol}"]`);
-      if (!tr) tr = newRow(symbol);
-      if (body.rows[index] !== tr) body.insertBefore(tr, body.rows[index] || null);
-      fillRow(tr, state.engines.get(symbol));
-    });
+    if (state.orderDirty) {
+      state.orderDirty = false;
+      state.order = ordered();
+      renderCounters();
+    }
+    renderRows();
     renderRunners();
     tick();
   }
+
+  function ordered() {
+    const wanted = statusFilter.value;
+    const text = search.value.trim().toUpperCase();
+    const out = [];
+    state.engines.forEach((row, symbol) => {
+      if (text && !symbol.includes(text)) return;
+      if (wanted === "problems" ? !PROBLEMS.has(row.status) : wanted && row.status !== wanted) {
+        return;
+      }
+      out.push(symbol);
+    });
+    const rank = (symbol) => RANK[state.engines.get(symbol).status] ?? 2;
+    out.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+    setText(shownCount, `${out.length} of ${state.engines.size} engines`);
+    return out;
+  }
+
+  function renderRows() {
+    // Only the rows in view (and a few around them); spacers stand for the rest.
+    const height = state.rowHeight || 37;
+    const first = Math.max(0, Math.floor(scroller.scrollTop / height) - OVERSCAN);
+    const count = Math.ceil(scroller.clientHeight / height) + 2 * OVERSCAN;
+    const symbols = state.order.slice(first, first + count);
+    const wanted = new Set(symbols);
+    rendered.forEach((tr, symbol) => {
+      if (!wanted.has(symbol)) {
+        tr.remove();
+        rendered.delete(symbol);
+      }
+    });
+    let at = topSpacer.nextSibling;
+    symbols.forEach((symbol) => {
+      let tr = rendered.get(symbol);
+      if (!tr) {
+        tr = newRow(symbol);
+        rendered.set(symbol, tr);
+      }
+      if (tr !== at) body.insertBefore(tr, at);
+      at = tr.nextSibling;
+      fillRow(tr, state.engines.get(symbol));
+    });
+    topSpacer.firstChild.style.height = `${first * height}px`;
+    const below = Math.max(0, state.order.length - first - symbols.length);
+    bottomSpacer.firstChild.style.height = `${below * height}px`;
+    if (!state.rowHeight && symbols.length) state.rowHeight = rendered.get(symbols[0]).offsetHeight;
+  }
+
+  function spacer() {
+    const tr = document.createElement("tr");
+    tr.className = "spacer";
+    const td = document.createElement("td");
+    td.colSpan = COLUMNS + (config.canControl ? 1 : 0);
+    tr.appendChild(td);
+    return tr;
+  }
+
+  const topSpacer = spacer();
+  const bottomSpacer = spacer();
+  body.append(topSpacer, bottomSpacer);
 
   function renderRunners() {
     noRunners.hidden = state.runners.length > 0;
@@ -140,11 +241,12 @@
   }
 
   function renderCounters() {
-    const rows = Array.from(state.engines.values());
-    setText(document.querySelector('[data-count="total"]'), rows.length);
+    // The whole fleet's, whatever the filter shows.
+    const counts = {};
+    state.engines.forEach((row) => (counts[row.status] = (counts[row.status] || 0) + 1));
+    setText(document.querySelector('[data-count="total"]'), state.engines.size);
     COUNTED.forEach((status) => {
-      const n = rows.filter((row) => row.status === status).length;
-      setText(document.querySelector(`[data-count="${status}"]`), n);
+      setText(document.querySelector(`[data-count="${status}"]`), counts[status] || 0);
     });
   }
 
@@ -168,7 +270,7 @@
         button.type = "button";
         button.textContent = action[0].toUpperCase() + action.slice(1);
         button.dataset.action = action;
-        button.addEventListener("click", () => command(action, symbol));
+        button.addEventListener("click", () => command(action, tr.dataset.symbol));
         td.appendChild(button);
       });
       tr.appendChild(td);
@@ -230,11 +332,11 @@
 
   function tick() {
     const now = serverNow();
-    body.querySelectorAll("tr").forEach((tr) => {
-      const row = state.engines.get(tr.dataset.symbol);
+    rendered.forEach((tr, symbol) => {
+      const row = state.engines.get(symbol);
       if (!row) return;
       setText(field(tr, "uptime"), row.started_at ? duration(now - row.started_at) : "—");
-      const age = row.last_heartbeat ? Math.max(0, now - row.last_heartbeat) : null;
+      const age = heartbeatAge(row, now);
       const cell = field(tr, "heartbeat");
       setText(cell, age === null ? "—" : ago(age));
       cell.classList.toggle("stale", row.status === "running" && age !== null && age > 10);
@@ -249,6 +351,14 @@
       // A live runner's last_seen is pushed only when something else about it changes.
       setText(field(tr, "last_seen"), runner.live ? "now" : ago(now - runner.last_seen));
     });
+  }
+
+  function heartbeatAge(row, now) {
+    // A fresh heartbeat is not pushed on every flush: it is as old as the last flush. A
+    // stale one (over 10 s) is pushed when it turns stale, and counted from itself.
+    if (row.last_heartbeat === null || row.last_heartbeat === undefined) return null;
+    const beat = row.stale ? row.last_heartbeat : Math.max(row.last_heartbeat, state.flushedAt || 0);
+    return Math.max(0, now - beat);
   }
 
   function runnerCell(row, now) {
@@ -339,10 +449,11 @@
 
   function receive(message) {
     if (message.type === "snapshot") applySnapshot(message);
+    else if (message.type === "snapshot_more") applySnapshotMore(message);
     else if (message.type === "changes") applyChanges(message);
     else if (message.type === "command") {
       putCommand(message.command);
-      render();
+      scheduleRender();
     } else if (message.type === "error") showFlash(message.message);
   }
 
@@ -376,6 +487,23 @@
       if (!window.confirm(question)) event.preventDefault();
     });
   }
+
+  function refilter() {
+    state.orderDirty = true;
+    scroller.scrollTop = 0;
+    scheduleRender();
+  }
+
+  search.addEventListener("input", refilter);
+  statusFilter.addEventListener("change", refilter);
+  document.querySelectorAll(".counter[data-filter]").forEach((counter) => {
+    counter.addEventListener("click", () => {
+      statusFilter.value = counter.dataset.filter;
+      refilter();
+    });
+  });
+  scroller.addEventListener("scroll", scheduleRender, { passive: true });
+  window.addEventListener("resize", scheduleRender);
 
   applySnapshot(JSON.parse(document.getElementById("snapshot").textContent));
   setInterval(tick, 500);
