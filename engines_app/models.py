@@ -12,6 +12,9 @@ from .runtime.errors import ConfigError
 
 # The permission to start, stop, restart, add, remove and configure engines (Engine.Meta).
 CONTROL_PERMISSION = "engines_app.control_engine"
+# The separate permission to set an engine's broker to live (real orders), or to change
+# the broker or account of a live engine (Engine.Meta).
+LIVE_PERMISSION = "engines_app.trade_live"
 
 # What operators read for a status; the others are their capitalised value.
 STATUS_LABELS = {
@@ -130,7 +133,10 @@ class Engine(models.Model):
 
     class Meta:
         ordering = ["symbol"]
-        permissions = [("control_engine", "Can start, stop and restart engines")]
+        permissions = [
+            ("control_engine", "Can start, stop and restart engines"),
+            ("trade_live", "Can set an engine's broker to live (real orders)"),
+        ]
 
     def __str__(self) -> str:
         return self.symbol
@@ -202,6 +208,9 @@ class EngineCommand(models.Model):
         REMOVE = "remove", "Remove"
         RESET_DAY = "reset_day", "Start a new trading day"
         CONFIGURE = "configure", "Configure"
+        SET_BROKER = "set_broker", "Set the broker (paper, testnet, live)"
+        KILL = "kill", "Kill switch: stop"
+        KILL_CLOSE = "kill_close", "Kill switch: stop and close the position"
 
     class Outcome(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -331,6 +340,7 @@ class Alert(models.Model):
         INCIDENT_RESOLVED = "incident_resolved", "Fleet-wide incident resolved"
         SUMMARY = "summary", "Summary of rate-limited alerts"
         TAKEOVER = "takeover", "A runner took over engines of a runner that went silent"
+        KILL_SWITCH = "kill_switch", "Kill switch pulled: live engines stopped"
 
     class Outcome(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -469,3 +479,46 @@ class Backtest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.symbol} {self.strategy} backtest {self.pk}"
+
+
+class ExchangeAccount(models.Model):
+    """An exchange account testnet and live engines trade on. Its keys are stored encrypted
+    (``vault``: Fernet, the key from the environment) and never shown again: not in a
+    log, a page or the API."""
+
+    name = models.SlugField(max_length=50, unique=True, help_text="What engines call it.")
+    exchange = models.CharField(max_length=40, help_text="The ccxt exchange id, e.g. binance.")
+    testnet = models.BooleanField(
+        default=True, help_text="A testnet (sandbox) account; unticked: a live one."
+    )
+    api_key_encrypted = models.TextField(editable=False)
+    secret_encrypted = models.TextField(editable=False)
+    password_encrypted = models.TextField(blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.exchange} {'testnet' if self.testnet else 'live'})"
+
+
+class KillSwitch(models.Model):
+    """One pull of the kill switch: who, when, from where, which engines it stopped and
+    whether it closed their positions."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    source = models.CharField(max_length=20, default="shell")
+    close_positions = models.BooleanField(default=False)
+    symbols = models.JSONField(default=list, help_text="The engines it stopped.")
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "kill switch pull"
+
+    def __str__(self) -> str:
+        return f"kill switch {self.at:%Y-%m-%d %H:%M:%S} ({len(self.symbols)} engines)"

@@ -12,6 +12,7 @@ urlpatterns = [
     path("", dashboard_views.dashboard_page, name="dashboard"),
     path("engine/<str:symbol>/", dashboard_views.engine_page, name="engine"),
     path("backtest/<int:pk>/", dashboard_views.backtest_page, name="backtest"),
+    path("kill-switch/", dashboard_views.kill_switch_page, name="kill_switch"),
     path("login/", auth_views.LoginView.as_view(next_page="dashboard"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
     path("", api.urls()),  # /engines/status…, /docs, /openapi.json

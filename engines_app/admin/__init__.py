@@ -1,3 +1,3 @@
 """The admin, one module per area; importing this package registers every ModelAdmin."""
 
-from . import alerts, engines, runners, trading  # noqa: F401
+from . import alerts, engines, exchanges, runners, trading  # noqa: F401

@@ -15,6 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from ..api.tokens import api_token_create
@@ -29,6 +30,7 @@ from ..models import (
 )
 from ..runtime.feeds.replay import csv_files
 from ..selectors.engines import STATUSES, lease_live, shown_status, with_shown_status
+from ..selectors.exchanges import broker_summary
 from ..services.backtests import backtest_run
 from ..services.engines import (
     EngineNotFound,
@@ -39,6 +41,7 @@ from ..services.engines import (
     engine_start,
     engine_stop,
 )
+from ..services.exchanges import LiveTradingRefused, check_broker_change
 from .base import ReadOnlyAdmin
 
 SETTINGS_FIELDS = ("cycle_interval", "config")
@@ -175,10 +178,22 @@ class EngineForm(forms.ModelForm):
         fields = ("symbol", "desired_state", "cycle_interval", "config")
         field_classes = {"config": ConfigField}
 
+    user = None  # the operator, set by the admin: the live-trading switches need them
+
     def clean_cycle_interval(self) -> float | None:
         value = self.cleaned_data.get("cycle_interval")
         if value is not None and value <= 0:
             raise forms.ValidationError("Must be greater than 0 seconds.")
+        return value
+
+    def clean_config(self):
+        """A broker change obeys the switches (docs/exchanges.md); refused: said here."""
+        value = self.cleaned_data.get("config")
+        before = self.instance.config if self.instance.pk else {}
+        try:
+            check_broker_change(before, value, self.user)
+        except LiveTradingRefused as exc:
+            raise forms.ValidationError(str(exc)) from None
         return value
 
 
@@ -214,6 +229,7 @@ class EngineAdmin(admin.ModelAdmin):
         "total_pnl",
         "trade_count",
         "error_count",
+        "broker",
     )
     list_filter = (StatusFilter, "desired_state")
     search_fields = ("symbol",)
@@ -239,6 +255,10 @@ class EngineAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(runner_last_seen=last_seen)
 
     # Forms ------------------------------------------------------------------------------
+
+    def get_form(self, request: HttpRequest, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        return type(form.__name__, (form,), {"user": request.user})
 
     def get_fieldsets(self, request: HttpRequest, obj=None):
         operator = (None, {"fields": ("symbol", "desired_state", *SETTINGS_FIELDS)})
@@ -306,6 +326,13 @@ class EngineAdmin(admin.ModelAdmin):
             engine_remove(symbol=engine.symbol, user=request.user, source="admin")
 
     # Columns ----------------------------------------------------------------------------
+
+    @admin.display(description="broker")
+    def broker(self, engine: Engine) -> str:
+        shown = broker_summary(engine.config)
+        mode = shown["broker"]
+        text = f"{mode} {shown['exchange']}".strip()
+        return format_html('<span class="broker {}">{}</span>', mode, text)
 
     @admin.display(description="status", ordering="status")
     def shown_status(self, engine: Engine) -> str:

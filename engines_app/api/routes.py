@@ -25,12 +25,15 @@ from ..services.engines import (
     engine_start,
     engine_stop,
 )
+from ..services.exchanges import kill_switch
 from .schemas import (
     CommandOut,
     ConfigureIn,
     EngineOut,
     ErrorOut,
     FleetOut,
+    KillSwitchIn,
+    KillSwitchOut,
     ProfitSummaryOut,
     RunnersOut,
     TradesOut,
@@ -239,6 +242,30 @@ def stop(request: HttpRequest, symbol: Symbol):
 def restart(request: HttpRequest, symbol: Symbol):
     """Restart the engine now with a fresh restart budget; it is wanted running after."""
     return _steer(request, symbol, engine_restart)
+
+
+@router.post(
+    "/kill-switch",
+    response={202: KillSwitchOut, **ERRORS},
+    summary="Pull the kill switch: stop every live and testnet engine",
+)
+def kill(request: HttpRequest, body: KillSwitchIn):
+    """Stop every engine that trades on an exchange (live and testnet) now, and with
+    ``close_positions`` close their positions at market. Recorded and alerted. Needs the
+    permission to control engines."""
+    if not request.auth.has_perm(CONTROL_PERMISSION):
+        raise HttpError(403, "you do not have permission to control engines")
+    pulled = kill_switch(close_positions=body.close_positions, user=request.auth, source="api")
+    message = f"kill switch pulled: {len(pulled.symbols)} engines stopping"
+    return Status(
+        202,
+        {
+            "id": pulled.id,
+            "close_positions": pulled.close_positions,
+            "symbols": pulled.symbols,
+            "message": message,
+        },
+    )
 
 
 @router.get("/trades/{symbol}", response={200: TradesOut, **ERRORS}, summary="Fills of one engine")

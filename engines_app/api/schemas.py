@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from ninja import Schema
-from pydantic import Field
+from pydantic import ConfigDict, Field, StrictBool
 
 
 class EngineOut(Schema):
@@ -29,6 +29,8 @@ class EngineOut(Schema):
     last_tick_age_seconds: float | None = None
     runner: str | None = None
     runner_last_seen: float | None = None
+    broker: str = "paper"  # paper, testnet or live
+    exchange: str = ""  # the exchange of its feed and orders ("" on a simulated feed)
 
 
 class FleetOut(Schema):
@@ -72,6 +74,19 @@ class CommandOut(Schema):
     outcome: str
     desired_state: str
     status: str
+    message: str
+
+
+class KillSwitchIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    close_positions: StrictBool = False
+
+
+class KillSwitchOut(Schema):
+    id: int
+    close_positions: bool
+    symbols: list[str]
     message: str
 
 

@@ -16,7 +16,7 @@ from django.conf import settings as django_settings
 from django.db import DatabaseError, connection
 
 from ..conf import EngineSettings, engine_settings
-from ..runtime import EngineManager, HealthMonitor, RecoveryPolicy
+from ..runtime import EngineManager, HealthMonitor, RecoveryPolicy, brokers
 from ..runtime.health import LoopWatchdog
 from ..runtime.jsonlog import EngineLogs
 from . import store
@@ -81,6 +81,7 @@ class Runner:
             clock=clock,
         )
         self.identity = Identity.of_this_process(django_settings.RUNNER_NAME)
+        brokers.accounts = db(store.exchange_account)  # testnet and live engines' keys
         self.leases = Leases(
             self.identity,
             lease=self.settings.lease,

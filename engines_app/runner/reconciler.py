@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from ..conf import EngineSettings
@@ -369,9 +370,13 @@ class Reconciler:
                 return "superseded: a later command wants it running"
             await self.manager.stop(symbol, reason="stopped by operator", close=True)
             return "stopped"
+        if action in ("kill", "kill_close"):  # the kill switch: stopped whatever came after
+            closing = action == "kill_close"
+            await self.manager.stop(symbol, reason="kill switch", close=closing, force=closing)
+            return "stopped by the kill switch" + (", position closed" if closing else "")
         if action == "reset_day":
             return self.manager.new_day(symbol, self.clock())
-        if action == "configure":
+        if action in ("configure", "set_broker"):
             return await self._configure(row, command.created_at)
         if action == "restart":
             return await self._operator_restart(row, command.created_at)
@@ -462,6 +467,8 @@ class Reconciler:
             row.symbol, row.cycle_interval, row.config, default_interval=default_interval
         )
         config.validate()
+        if config.broker != "paper":  # client order ids of its own (brokers.py)
+            config = replace(config, order_tag=str(row.id))
         return config
 
     def _refuse(self, row: store.ControlRow, state: EngineState | None, exc: ConfigError) -> None:

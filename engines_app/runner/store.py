@@ -25,18 +25,23 @@ from django.db.models import (
 from django.db.models.functions import Now
 from django.db.models.query import QuerySet
 
+from .. import vault
 from ..models import (
     Engine,
     EngineCommand,
     EngineError,
     EnginePnlSample,
     EngineRestart,
+    ExchangeAccount,
     RunnerHeartbeat,
     Trade,
 )
 from ..runtime.broker import DAY, Book, utc_day
+from ..runtime.brokers import Account
 from ..runtime.engine import EngineState
+from ..runtime.errors import ConfigError
 from ..runtime.events import BookChanged, ErrorRaised, RestartScheduled
+from ..runtime.exchanges import Credentials
 from ..signals import engines_written
 
 log = logging.getLogger("levipanel.runner")
@@ -880,3 +885,20 @@ def restart_row(engine_id: int, event: RestartScheduled) -> EngineRestart:
         attempt=event.attempt,
         backoff_seconds=event.backoff,
     )
+
+
+def exchange_account(name: str) -> Account | None:
+    """An exchange account, keys decrypted (never logged): None when there is none. A key
+    that does not decrypt is a ConfigError: no retry can fix it."""
+    account = ExchangeAccount.objects.filter(name=name).first()
+    if account is None:
+        return None
+    try:
+        credentials = Credentials(
+            vault.decrypt(account.api_key_encrypted),
+            vault.decrypt(account.secret_encrypted),
+            vault.decrypt(account.password_encrypted) if account.password_encrypted else "",
+        )
+    except vault.VaultError as exc:
+        raise ConfigError(f"exchange account {name!r}: {exc}") from None
+    return Account(account.name, account.exchange, account.testnet, credentials)

@@ -136,15 +136,29 @@ def execute(
     (a fraction), the fee is ``fee_rate`` of the filled notional."""
     fill_price = price * (1 + slippage) if side == BUY else price * (1 - slippage)
     fee = qty * fill_price * fee_rate
+    return record(book, uuid.uuid4().hex, symbol, side, qty, fill_price, fee, at)
+
+
+def record(
+    book: Book,
+    fill_id: str,
+    symbol: str,
+    side: str,
+    qty: float,
+    price: float,
+    fee: float,
+    at: float,
+) -> Fill:
+    """Book a fill made elsewhere (the paper broker, or an exchange's order)."""
     book.roll_day(utc_day(at))
-    realized = book.apply(side, qty, fill_price, fee)
+    realized = book.apply(side, qty, price, fee)
     return Fill(
-        fill_id=uuid.uuid4().hex,
+        fill_id=fill_id,
         seq=book.trade_count,
         symbol=symbol,
         side=side,
         qty=qty,
-        price=fill_price,
+        price=price,
         fee=fee,
         at=at,
         realized_pnl=realized,

@@ -1,13 +1,15 @@
 """One trading engine: a cycle loop for one symbol, with a heartbeat and error counting.
 
 Each cycle reads the feed, runs the strategy, checks risk and fills orders on the paper
-broker. Failure injection (crash, hang, fatal) exists for demos and tests.
+broker, or sends them to an exchange (``brokers``: testnet or live). Failure injection
+(crash, hang, fatal) exists for demos and tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import random
@@ -20,7 +22,8 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from . import risk
-from .broker import BUY, DAY, SELL, Book, Fill, execute, utc_day
+from .broker import BUY, DAY, SELL, Book, Fill, execute, record, utc_day
+from .brokers import PAPER, TESTNET, ExchangeBroker, Executed, broker_problems
 from .candles import INTERVALS, Candle, CandleBuilder
 from .cyclestats import CycleHistogram
 from .errors import (
@@ -99,6 +102,12 @@ class EngineConfig:
     # Silence of the feed, in cycle intervals: degraded after the first, a hang after the second.
     feed_stale_after: float = 5.0
     feed_dead_after: float = 60.0
+    # Where orders go: "paper" (in memory), "testnet" or "live" (an exchange, through ccxt;
+    # see brokers.py). ``order_tag`` (the engine's id, set by the runner, not an option)
+    # makes its client order ids.
+    broker: str = PAPER
+    broker_options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    order_tag: str = ""
     # Set by a validate() that found no problem: the engine does not check again what the
     # runner checked before starting it (a tenth of a 10,000-engine start-up).
     validated: bool = field(default=False, init=False, repr=False, compare=False)
@@ -119,7 +128,7 @@ class EngineConfig:
             cycle_interval = default_interval
         if not isinstance(options, Mapping):
             raise ConfigError("config must be a JSON object")
-        known = {f.name for f in fields(cls) if f.init} - {"symbol", "cycle_interval"}
+        known = {f.name for f in fields(cls) if f.init} - {"symbol", "cycle_interval", "order_tag"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"unknown engine option(s): {', '.join(unknown)}")
@@ -145,6 +154,7 @@ class EngineConfig:
         out.extend(strategy_problems(self.strategy, self.params))
         if problem := interval_problem(self.candle_interval):
             out.append(problem)
+        out.extend(broker_problems(self.broker, self.broker_options, self.feed, self.feed_options))
         out.extend(self._trading_problems())
         return out
 
@@ -250,6 +260,8 @@ class TradingEngine:
         "limits",
         "degraded",
         "rejected",
+        "broker",
+        "pending",
         "cycle_histogram",
         "_log_limiter",
         "_sleep",
@@ -295,6 +307,8 @@ class TradingEngine:
         self.limits = risk.RiskLimits()
         self.degraded = False
         self.rejected = ""  # the last order rejection, logged once rather than every cycle
+        self.broker: ExchangeBroker | None = None  # None: the paper broker
+        self.pending: tuple[str, float] | None = None  # an exchange order to send: side, qty
         self._log_limiter: LogLimiter | None = None  # made on the first error
         self.builder: CandleBuilder | None = None  # None: the strategy decides per price
         self.candle_span = 0.0  # the length of the candles the feed hands over whole
@@ -327,10 +341,12 @@ class TradingEngine:
         self.started_at = self.last_heartbeat = self.clock()
         log.info("Connecting to market data for %s", symbol, extra=extra)
         self.prepare()
-        self.feed.start(self.record_error)
-        if self.listener:
-            self.listener.engine_started(self)
         try:
+            if self.broker is not None:
+                await self.open_broker()
+            self.feed.start(self.record_error)
+            if self.listener:
+                self.listener.engine_started(self)
             while not self._stopping:
                 self._in_cycle = True
                 began = time.perf_counter()
@@ -346,16 +362,24 @@ class TradingEngine:
                     await self._sleep(self.config.cycle_interval)
         finally:
             self.feed.close()
+            if self.broker is not None:
+                with contextlib.suppress(Exception):
+                    await self.broker.close()
             log.info("Engine for %s stopped after %d cycles", symbol, self.cycles, extra=extra)
 
     def prepare(self, *, feed: bool = True) -> None:
-        """Build the feed, strategy and limits of a validated config. A strategy on candles
-        warms up on the candles the engine kept from its last run."""
+        """Build the feed, broker, strategy and limits of a validated config. A strategy on
+        candles warms up on the candles the engine kept from its last run."""
         config, state, book = self.config, self.state, self.state.book
         if feed:
+            feed_options = config.feed_options
+            if config.broker != PAPER:
+                if config.broker == TESTNET:  # the sandbox's prices: its orders fill at them
+                    feed_options = {**feed_options, "sandbox": True}
+                self.broker = self._make_broker()
             self.feed = make_feed(
                 config.feed,
-                config.feed_options,
+                feed_options,
                 symbol=config.symbol,
                 seed=None if config.seed is None else config.seed + book.trade_count,
                 mark=book.mark,
@@ -443,6 +467,103 @@ class TradingEngine:
         if self._due is not None:  # a heavy strategy: its decision runs in the pool
             candle, self._due = self._due, None
             await self._decide_in_pool(candle, now)
+        if self.broker is not None:
+            await self._broker_cycle()
+
+    # Exchange orders (testnet and live) ---------------------------------------------------
+
+    def _make_broker(self) -> ExchangeBroker:
+        config = self.config
+        return ExchangeBroker(
+            config.broker,
+            exchange=config.feed_options["exchange"],
+            market=config.feed_options["market"],
+            options=config.broker_options,
+            order_tag=config.order_tag or config.symbol,
+            symbol=config.symbol,
+        )
+
+    async def close_on_exchange(self, reason: str) -> None:
+        """Close the position at market on the exchange, once the engine has stopped (an
+        operator's stop with ``on_stop: close``, or the kill switch's close)."""
+        broker = self.broker = self.broker or self._make_broker()
+        book = self.state.book
+        try:
+            await broker.open()
+            while (found := await broker.find(book.trade_count + 1)) is not None:
+                self._book(found, found.qty)
+            if book.qty > broker.step:
+                log.info(
+                    "Closing the %s position of %g on %s: %s",
+                    self.symbol,
+                    book.qty,
+                    broker.exchange_id,
+                    reason,
+                    extra={"symbol": self.symbol},
+                )
+                executed = await broker.submit(book.trade_count + 1, SELL, book.qty)
+                self._book(executed, executed.qty)
+        finally:
+            await broker.close()
+
+    async def open_broker(self) -> None:
+        """Connect to the exchange; book an order a run before this one sent and did not
+        live to store (found by its client order id); reconcile the position."""
+        broker, book = self.broker, self.state.book
+        await broker.open()
+        while (found := await broker.find(book.trade_count + 1)) is not None:
+            log.warning(
+                "Order %s was filled before the engine stopped: booking it",
+                found.client_id,
+                extra={"symbol": self.symbol},
+            )
+            self._book(found, found.qty)
+        await broker.reconcile(book.qty)
+
+    async def _broker_cycle(self) -> None:
+        broker = self.broker
+        if self.pending is not None:
+            side, qty = self.pending
+            self.pending = None
+            if side == SELL:  # spot: sell what is held, never more
+                qty = min(qty, max(self.state.book.qty, 0.0))
+            if qty > broker.step:
+                executed = await broker.submit(self.state.book.trade_count + 1, side, qty)
+                self._book(executed, qty)
+        if time.monotonic() >= broker.reconcile_due:
+            await broker.reconcile(self.state.book.qty)
+
+    def _book(self, executed: Executed, wanted: float) -> None:
+        """Book what an exchange order filled (nothing: its id is spent)."""
+        extra = {"symbol": self.symbol}
+        if executed.qty <= 0:
+            self.broker.attempt += 1
+            log.warning(
+                "Order %s filled nothing (%s)", executed.client_id, executed.status, extra=extra
+            )
+            return
+        self.broker.attempt = 0
+        if executed.qty < wanted * 0.999:
+            log.warning(
+                "Order %s partially filled: %g of %g (%s)",
+                executed.client_id,
+                executed.qty,
+                wanted,
+                executed.status,
+                extra=extra,
+            )
+        fill = record(
+            self.state.book,
+            executed.client_id,
+            self.config.symbol,
+            executed.side,
+            executed.qty,
+            executed.price,
+            executed.fee,
+            self.clock(),
+        )
+        self._filled(fill)
+        self._check_daily_loss()
 
     def on_tick(self, price: float, now: float) -> None:
         """Mark the book, enforce the exit levels, let the strategy speak (on this price,
@@ -574,9 +695,14 @@ class TradingEngine:
                 price = min(open_, take)
         if qty == 0 or price is not None:
             state.stop_loss = state.take_profit = None
-        if price is not None:
-            self._fill(SELL if qty > 0 else BUY, abs(qty), price, now)
-            self._check_daily_loss()
+        if price is None:
+            return
+        side = SELL if qty > 0 else BUY
+        if self.broker is not None:  # on an exchange: a market order, sent this cycle
+            self.pending = (side, abs(qty))
+            return
+        self._fill(side, abs(qty), price, now)
+        self._check_daily_loss()
 
     def _slow(self, spent: float, *, blocking: bool) -> None:
         """Report a strategy slower than its cycle (``blocking``: it held the event loop,
@@ -623,6 +749,8 @@ class TradingEngine:
         if abs(delta) < 1e-9:
             return
         if problem := risk.order_problem(self.limits, position, delta, price):
+            if self.broker is not None:  # a real order past a limit: halt, do not skip
+                raise RiskHalt(f"{problem} ({self.config.broker} order)", code=risk.ORDER_LIMIT)
             if problem != self.rejected:
                 log.warning(
                     "Order rejected for %s: %s", self.symbol, problem, extra={"symbol": self.symbol}
@@ -630,6 +758,9 @@ class TradingEngine:
             self.rejected = problem
             return
         self.rejected = ""
+        if self.broker is not None:
+            self.pending = (BUY if delta > 0 else SELL, abs(delta))
+            return
         self._fill(BUY if delta > 0 else SELL, abs(delta), price, now)
         self._check_daily_loss()
 
@@ -645,20 +776,24 @@ class TradingEngine:
             fee_rate=config.fee_rate,
             slippage=config.slippage,
         )
+        self._filled(fill)
+        return fill
+
+    def _filled(self, fill: Fill) -> None:
+        config = self.config
         self.state.sync()
         if self.log_fills:
             log.info(
                 "Filled %s %s %g @ %.6g fee %.6g",
                 config.symbol,
-                side,
-                qty,
+                fill.side,
+                fill.qty,
                 fill.price,
                 fill.fee,
                 extra={"symbol": config.symbol},
             )
         if self.listener:
             self.listener.engine_filled(self, fill)
-        return fill
 
     def _check_daily_loss(self) -> None:
         if reason := risk.daily_loss_reason(self.limits, self.state.book):

@@ -141,11 +141,14 @@ class EngineManager:
         reason: str = "stopped",
         keep_failed: bool = False,
         close: bool = False,
+        force: bool = False,
     ) -> None:
         """Stop gracefully: the current cycle finishes, then the task ends. A hung engine
         is cancelled after ``stop_timeout``. ``keep_failed`` leaves a failed (or halted)
         engine so (a runner shutdown is no operator's decision). With ``close`` (an
-        operator's stop), an engine configured ``on_stop: close`` closes its position."""
+        operator's stop), an engine configured ``on_stop: close`` closes its position; with
+        ``force`` too (the kill switch's close), whatever its ``on_stop``. An engine trading
+        on an exchange closes there, and is awaited."""
         slot = self.slots.get(symbol)
         if slot is None:
             return
@@ -157,7 +160,7 @@ class EngineManager:
             if slot.status != Status.STOPPED:
                 self._set_status(slot, Status.STOPPED, reason)
             if close:
-                self._close_on_stop(slot, reason)
+                await self._close_after_stop(slot, reason, force)
             return
         slot.stopping = True
         slot.reason = reason
@@ -169,7 +172,7 @@ class EngineManager:
             task.cancel()
             await asyncio.wait({task})
         if close:
-            self._close_on_stop(slot, reason)
+            await self._close_after_stop(slot, reason, force)
 
     async def stop_all(self, *, reason: str = "stopped", keep_failed: bool = False) -> None:
         await asyncio.gather(
@@ -428,8 +431,23 @@ class EngineManager:
         self._close_on_stop(slot, str(exc))
 
     def _close_on_stop(self, slot: Slot, reason: str) -> None:
-        if slot.config.on_stop == "close":
+        """Close on a halt or a failure, if configured: on paper only. An engine trading on
+        an exchange is left as it is for an operator (its failure may be the exchange's,
+        or a position that differs from the book: never guessed at)."""
+        if slot.config.on_stop == "close" and slot.config.broker == "paper":
             slot.engine.close_position(reason)
+
+    async def _close_after_stop(self, slot: Slot, reason: str, force: bool) -> None:
+        if not force and slot.config.on_stop != "close":
+            return
+        if slot.config.broker == "paper":
+            slot.engine.close_position(reason)
+            return
+        try:
+            await slot.engine.close_on_exchange(reason)
+        except Exception as exc:  # reported, never raised into a stop
+            log.exception("Closing %s on the exchange failed", slot.config.symbol)
+            self._emit(_error_event(slot.config.symbol, self.clock(), exc, crashed=False))
 
     def _failed(self, slot: Slot, exc: BaseException) -> None:
         now, symbol, engine = self.clock(), slot.config.symbol, slot.engine

@@ -8,6 +8,8 @@ from .broker import Book
 
 # The code of a halt on the daily loss limit (``RiskHalt.code``, ``StatusChanged.code``).
 DAILY_LOSS = "daily_loss"
+# A testnet or live order past an order or position limit: the engine halts.
+ORDER_LIMIT = "order_limit"
 
 
 @dataclass(frozen=True, slots=True)

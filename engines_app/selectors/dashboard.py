@@ -17,8 +17,17 @@ from django.db.models.functions import Cast
 from ..conf import engine_settings
 from ..models import Engine, EngineCommand, EnginePnlSample
 from ..runtime import ACTIVE
+from ..runtime.brokers import PAPER
 from ..runtime.redact import redact_text, redact_url
-from .engines import AT_REST, UNKNOWN, engine_status, epoch, runners_seen, status_counts
+from .engines import (
+    AT_REST,
+    BROKER_FIELDS,
+    UNKNOWN,
+    engine_status,
+    epoch,
+    runners_seen,
+    status_counts,
+)
 from .runners import runners_list
 
 LOG_TAIL_LINES = 100
@@ -57,6 +66,8 @@ PAGE_FIELDS = (
     "trade_count",
     "error_count",
     "last_error",
+    "broker",
+    "exchange",
 )
 
 
@@ -75,6 +86,8 @@ RAW_COLUMNS = (
     "trade_count",
     "error_count",
     "last_error",
+    "broker",  # from the config, by the database (``engines.BROKER_FIELDS``)
+    "exchange",
 )
 RAW_TIMES = ("started_at", "last_heartbeat", "updated_at")
 HEARTBEAT = len(RAW_COLUMNS) + 1
@@ -99,7 +112,9 @@ def raw_rows(engines: QuerySet, now: datetime) -> list[tuple]:
     held = ExpressionWrapper(~Q(lease_owner="") & Q(lease_expires_at__gt=now), BooleanField())
     fresh = Q(last_heartbeat__gt=now - timedelta(seconds=STALE_AFTER))
     times = {f"{name}_text": as_text(name) for name in RAW_TIMES}
-    rows = engines.annotate(**times, held=held, fresh=ExpressionWrapper(fresh, BooleanField()))
+    rows = engines.annotate(**BROKER_FIELDS).annotate(
+        **times, held=held, fresh=ExpressionWrapper(fresh, BooleanField())
+    )
     return fetch(rows.values_list(*RAW_COLUMNS, *times, "held", "fresh"))
 
 
@@ -130,7 +145,7 @@ def page_row(raw: tuple, seen: Mapping[str, float]) -> dict[str, Any]:
     the heartbeat is older than ``STALE_AFTER`` (the page counts a fresh row's age from the
     frame's ``flushed_at``); PnL is rounded to the cent the page shows."""
     symbol, status, reason, desired, owner, position, daily, total, trades = raw[:9]
-    errors, last_error, started, heartbeat, _, held, fresh = raw[9:]
+    errors, last_error, broker, exchange, started, heartbeat, _, held, fresh = raw[9:]
     shown = status if status in AT_REST or held else UNKNOWN
     last_seen = seen.get(owner) if owner and not held else None
     beat = raw_epoch(heartbeat)
@@ -151,6 +166,8 @@ def page_row(raw: tuple, seen: Mapping[str, float]) -> dict[str, Any]:
         "trade_count": trades,
         "error_count": errors,
         "last_error": last_error or None,
+        "broker": broker or PAPER,
+        "exchange": exchange or "",
     }
 
 

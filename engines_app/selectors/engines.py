@@ -8,10 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from django.db.models import Q
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from ..models import Engine, RunnerHeartbeat
 from ..runtime import ACTIVE
+from ..runtime.brokers import PAPER
+from .exchanges import broker_summary
 
 # Shown, never stored: an engine no live lease holds, whose last stored status (say
 # ``running``) was written by a runner that may be gone.
@@ -94,11 +97,17 @@ def status_counts(statuses: Iterable[str]) -> dict[str, int]:
     return {"total": sum(counts.values()), **counts}
 
 
+# An engine's broker and exchange, read from its config by the database (``broker_summary``
+# reads them the same way from a loaded row).
+BROKER_FIELDS = {"broker": KT("config__broker"), "exchange": KT("config__feed_options__exchange")}
+
+
 def engine_status(
     engine: Engine, now: float | None = None, seen: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
     """One engine as the guide shows it, plus what recovery and operators need to see."""
     row = {field: getattr(engine, field) for field in STATUS_FIELDS}
+    row.update(broker_summary(engine.config))
     if seen is None:
         seen = runners_seen([engine.lease_owner]) if engine.lease_owner else {}
     return status_row(row, now, seen)
@@ -107,7 +116,8 @@ def engine_status(
 def engine_status_of(symbol: str) -> dict[str, Any] | None:
     """``engine_status`` of the engine ``symbol`` (None if there is none), from its
     ``STATUS_FIELDS`` alone: the API's most frequent read."""
-    rows = list(Engine.objects.filter(symbol=symbol).order_by().values(*STATUS_FIELDS)[:1])
+    engines = Engine.objects.filter(symbol=symbol).order_by()
+    rows = list(engines.values(*STATUS_FIELDS, **BROKER_FIELDS)[:1])
     if not rows:
         return None
     owner = rows[0]["lease_owner"]
@@ -147,11 +157,14 @@ def status_row(
         "last_tick_age_seconds": round(max(0.0, now - tick.timestamp()), 2) if tick else None,
         "runner": owner if lease_live(owner, expires, now) else None,
         "runner_last_seen": None if last_seen is None else round(last_seen, 3),
+        "broker": row.get("broker") or PAPER,
+        "exchange": row.get("exchange") or "",
     }
 
 
 def fleet_status() -> dict[str, Any]:
     """``{total, running, crashed, stopped, <other statuses>…, engines: [...]}``."""
     now, seen = time.time(), runners_seen()
-    engines = [status_row(row, now, seen) for row in Engine.objects.values(*STATUS_FIELDS)]
+    rows = Engine.objects.values(*STATUS_FIELDS, **BROKER_FIELDS)
+    engines = [status_row(row, now, seen) for row in rows]
     return {**status_counts(engine["status"] for engine in engines), "engines": engines}

@@ -31,7 +31,7 @@ import ujson
 from django.db import connection
 
 from ..models import Engine, RunnerHeartbeat
-from .engines import STATUS_FIELDS, STATUSES, runners_seen, status_counts, status_row
+from .engines import BROKER_FIELDS, STATUS_FIELDS, STATUSES, runners_seen, status_counts, status_row
 
 MAX_AGE = 1.0  # seconds a snapshot's ages may lag behind
 
@@ -97,7 +97,7 @@ def build(version: tuple | None) -> Snapshot:
     """Read the rows and make a snapshot (``version`` read first: a write that lands in
     between is in the rows, and the next look sees a newer version)."""
     now, seen = time.time(), runners_seen()
-    rows = list(Engine.objects.values(*STATUS_FIELDS))
+    rows = list(Engine.objects.values(*STATUS_FIELDS, **BROKER_FIELDS))
     engines = [status_row(row, now, seen) for row in rows]
     counts = status_counts(engine["status"] for engine in engines)
     body, etag = encode({**counts, "matched": len(engines), "engines": engines})

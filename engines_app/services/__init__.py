@@ -13,9 +13,14 @@ from .engines import (
     engine_start,
     engine_stop,
 )
+from .exchanges import LiveTradingRefused, account_save, engine_set_broker, kill_switch
 
 __all__ = [
     "backtest_run",
+    "LiveTradingRefused",
+    "account_save",
+    "engine_set_broker",
+    "kill_switch",
     "EngineExists",
     "EngineNotFound",
     "engine_add",

@@ -86,9 +86,13 @@ def engine_add(
     config: dict[str, Any] | None = None,
     desired_state: str = Engine.DesiredState.RUNNING,
 ) -> EngineCommand:
-    """Create an engine (validated like the admin form); the runner starts it if wanted."""
+    """Create an engine (validated like the admin form); the runner starts it if wanted.
+    A live broker needs the switches (``exchanges.check_broker_change``)."""
+    from .exchanges import check_broker_change
+
     if Engine.objects.filter(symbol=symbol).exists():
         raise EngineExists(symbol)
+    check_broker_change({}, config, user)
     engine = Engine(
         symbol=symbol,
         cycle_interval=cycle_interval,
@@ -112,8 +116,15 @@ def engine_configure(
     """Change the engine's config and/or cycle interval (``None`` interval: the default;
     left out: unchanged), validated like the admin form; the runner restarts a running
     engine with them. A bad value raises ValidationError and changes nothing; an edit that
-    changes nothing records no command and returns None."""
+    changes nothing records no command and returns None. A change of broker or account
+    is checked by the switches (``exchanges.check_broker_change``: LiveTradingRefused, and
+    nothing changed) and recorded as ``set_broker``."""
+    from .exchanges import check_broker_change
+
     engine = _engine_for_update(symbol)
+    action = Action.CONFIGURE
+    if config is not None and check_broker_change(engine.config, config, user):
+        action = Action.SET_BROKER
     changed = []
     if config is not None and config != engine.config:
         engine.config = config
@@ -126,7 +137,7 @@ def engine_configure(
     engine.full_clean()
     # Only what the operator owns: status, heartbeat and PnL stay the runner's.
     engine.save(update_fields=[*changed, "updated_at"])
-    return _command(engine, symbol, Action.CONFIGURE, user, source)
+    return _command(engine, symbol, action, user, source)
 
 
 @transaction.atomic

@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
 from ..models import CONTROL_PERMISSION, Backtest, Engine
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
 from ..selectors.engines import STATUSES
+from ..services.exchanges import kill_switch
 
 HISTORY_ROWS = 50
 
@@ -84,3 +87,15 @@ def backtest_page(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+@require_POST
+@login_required(login_url="login")
+def kill_switch_page(request: HttpRequest) -> HttpResponse:
+    """The dashboard's kill switch (confirmed on the page): stop every exchange engine."""
+    if not request.user.has_perm(CONTROL_PERMISSION):
+        raise PermissionDenied("you do not have permission to control engines")
+    close = request.POST.get("close_positions") == "on"
+    pulled = kill_switch(close_positions=close, user=request.user, source="dashboard")
+    messages.warning(request, f"Kill switch pulled: {len(pulled.symbols)} engines stopping.")
+    return redirect("dashboard")

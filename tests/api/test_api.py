@@ -187,6 +187,7 @@ def test_schema_and_docs_are_generated_from_the_code(client):
         "/engines/stop/{symbol}",
         "/engines/restart/{symbol}",
         "/engines/configure/{symbol}",
+        "/engines/kill-switch",
         "/engines/trades/{symbol}",
         "/engines/profit",
         "/runners",

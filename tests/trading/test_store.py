@@ -232,7 +232,7 @@ def test_bad_trading_config_is_refused_with_a_clear_reason():
             config={"feed": "ftp", "on_stop": "sell", "daily_loss_limit": -1, "params": {"x": 1}},
         )
     message = str(caught.value)
-    assert "feed must be one of: sim, csv, prices, ws" in message
+    assert "feed must be one of: sim, csv, prices, ccxt, ws" in message
     assert 'on_stop must be "hold" or "close"' in message
     assert "daily_loss_limit must be a number greater than 0" in message
     assert "unknown sma_cross parameter: x" in message

@@ -154,6 +154,65 @@ def test_a_killed_runner_shows_its_engines_unknown_without_a_reload(page: Page, 
         expect(runner.locator('[data-field="last_seen"]')).to_contain_text("ago")
 
 
+EXCHANGE_SETUP = """
+from engines_app import services
+from engines_app.models import Engine
+services.account_save(name="sandbox", exchange="binance", api_key="k", secret="s")
+feed = {"feed": "ccxt", "feed_options": {"exchange": "binance", "market": "BTC/USDT"},
+        "feed_stale_after": 1000, "feed_dead_after": 10000}
+services.engine_add(symbol="BTCUSDT", config=feed | {
+    "broker": "testnet", "broker_options": {"account": "sandbox"}})
+services.engine_add(symbol="ETHUSDT")
+# Live, as a permitted operator would have set it; this installation refuses live orders.
+Engine.objects.create(symbol="SOLUSDT", config=feed | {
+    "broker": "live", "broker_options": {"account": "sandbox"}})
+"""
+
+
+def test_broker_badges_and_the_kill_switch(page: Page, tmp_path):
+    """Each row says paper, testnet or live (live in red) with its exchange; the kill
+    switch asks first, then stops every exchange engine and says so."""
+    from cryptography.fernet import Fernet
+
+    from engines_app.runtime.exchanges import URLS_ENV
+    from engines_app.vault import KEYS_ENV
+    from tests.helpers.fake_exchange import FakeExchange
+
+    with FakeExchange() as exchange:
+        env = {
+            "LEVIPANEL_SYMBOLS": "ETHUSDT",
+            URLS_ENV: json.dumps({"binance": exchange.url}),
+            KEYS_ENV: Fernet.generate_key().decode(),
+        }
+        with Installation(tmp_path / "data", env) as panel:
+            panel.migrate()
+            panel.manage("shell", "-c", EXCHANGE_SETUP)
+            panel.start_panel()
+            log_in(page, panel)
+            broker = row(page, "BTCUSDT").locator('[data-field="broker"]')
+            expect(broker).to_have_text("testnet · binance")
+            expect(row(page, "ETHUSDT").locator('[data-field="broker"]')).to_have_text("paper")
+            live = row(page, "SOLUSDT").locator('[data-field="broker"]')
+            expect(live).to_have_text("live · binance")
+            expect(live).to_have_css("background-color", "rgb(198, 40, 40)")
+            expect(row(page, "BTCUSDT").locator(".badge")).to_have_text("running")
+
+            questions = []
+            page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+            page.click("#kill-switch button")
+            assert questions == ["Stop every live and testnet engine now?"]
+            expect(row(page, "BTCUSDT").locator(".badge")).to_have_text("running")
+
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.check("#kill-switch input[name=close_positions]")
+            page.click("#kill-switch button")
+            expect(page.locator("p.flash", has_text="Kill switch pulled")).to_have_text(
+                "Kill switch pulled: 2 engines stopping."
+            )
+            expect(row(page, "BTCUSDT").locator(".badge")).to_have_text("stopped")
+            expect(row(page, "ETHUSDT").locator(".badge")).to_have_text("running")
+
+
 RECORD_SOCKETS = """
 window.__sockets = [];
 window.WebSocket = class extends window.WebSocket {

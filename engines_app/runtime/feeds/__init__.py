@@ -1,4 +1,6 @@
-"""Market data feeds, chosen per engine: ``sim`` (default), ``csv``, ``prices``, ``ws``.
+"""Market data feeds, chosen per engine: ``sim`` (default), ``csv``, ``prices``, ``ccxt``
+(a real exchange's trades or candles, through ccxt) and ``ws`` (a raw Binance-format stream,
+kept for the configs and tests that use it; ``ccxt`` is the way to a real exchange).
 
 A feed is polled once per cycle: ``poll()`` returns the newest price since the last poll
 (or a whole ``Candle``, from a feed of candles), or None when nothing new arrived (the
@@ -30,7 +32,7 @@ class Feed(Protocol):
     def close(self) -> None: ...
 
 
-FEEDS = ("sim", "csv", "prices", "ws")
+FEEDS = ("sim", "csv", "prices", "ccxt", "ws")
 
 
 def feed_problems(kind: object, options: object, symbol: str) -> list[str]:
@@ -45,6 +47,10 @@ def feed_problems(kind: object, options: object, symbol: str) -> list[str]:
         return csv_problems(options)
     if kind == "prices":
         return inline_problems(options)
+    if kind == "ccxt":
+        from .ccxt_feed import ccxt_problems
+
+        return ccxt_problems(options)
     from .ws import ws_problems
 
     return ws_problems(options)
@@ -67,6 +73,10 @@ def make_feed(
         return ReplayFeed(
             tuple(float(p) for p in options["prices"]), loop=options.get("loop", False)
         )
+    if kind == "ccxt":
+        from .ccxt_feed import CcxtFeed
+
+        return CcxtFeed.from_options(options, symbol=symbol)
     from .ws import WebsocketFeed
 
     return WebsocketFeed.from_options(options, symbol=symbol)

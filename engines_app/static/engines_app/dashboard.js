@@ -255,7 +255,7 @@
     tr.dataset.symbol = symbol;
     const link = `<a href="/engine/${encodeURIComponent(symbol)}/">${symbol}</a>`;
     tr.innerHTML =
-      `<td class="symbol">${link}</td>` +
+      `<td class="symbol">${link} <span class="broker" data-field="broker"></span></td>` +
       '<td><span class="badge" data-field="status"></span><span class="pending" data-field="pending"></span></td>' +
       '<td data-field="runner"></td>' +
       '<td class="num" data-field="uptime"></td><td class="num" data-field="heartbeat"></td>' +
@@ -279,6 +279,10 @@
   }
 
   function fillRow(tr, row) {
+    const broker = field(tr, "broker");
+    const mode = row.broker || "paper";
+    setText(broker, row.exchange ? `${mode} · ${row.exchange}` : mode);
+    broker.className = `broker ${mode}`;
     const badge = field(tr, "status");
     setText(badge, row.status);
     badge.className = `badge ${row.status}`;
@@ -471,6 +475,17 @@
   function setLive(on) {
     live.textContent = on ? "live" : "reconnecting…";
     live.classList.toggle("off", !on);
+  }
+
+  const killSwitch = document.getElementById("kill-switch");
+  if (killSwitch) {
+    killSwitch.addEventListener("submit", (event) => {
+      const closing = killSwitch.querySelector("input[name=close_positions]").checked;
+      const question =
+        "Stop every live and testnet engine now" +
+        (closing ? " and close their positions at market?" : "?");
+      if (!window.confirm(question)) event.preventDefault();
+    });
   }
 
   function refilter() {
