@@ -452,7 +452,13 @@ class TradingEngine:
         item = self.feed.poll() if self.feed is not None else None
         if item is None:
             self._silent(now)
-            return
+        else:
+            await self._on_item(item, now)
+        if self.broker is not None:  # orders to send, and the reconciliation when due
+            await self._broker_cycle()
+
+    async def _on_item(self, item: float | Candle, now: float) -> None:
+        """A price or a candle from the feed: to the strategy, timed."""
         began = time.perf_counter()
         if type(item) is Candle:
             self._feed_candle(item, now)
@@ -467,8 +473,6 @@ class TradingEngine:
         if self._due is not None:  # a heavy strategy: its decision runs in the pool
             candle, self._due = self._due, None
             await self._decide_in_pool(candle, now)
-        if self.broker is not None:
-            await self._broker_cycle()
 
     # Exchange orders (testnet and live) ---------------------------------------------------
 
