@@ -82,3 +82,23 @@ def pytest_collection_modifyitems(config, items):
         if "page" in getattr(item, "fixturenames", ()) or item.get_closest_marker("browser")
     ]
     items[:] = [item for item in items if item not in browser] + browser
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Playwright's browser: the system's Chromium, not a browser Playwright downloads."""
+    if not CHROMIUM.exists():
+        reason = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}

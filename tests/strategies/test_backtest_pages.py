@@ -14,7 +14,6 @@ from playwright.sync_api import Page, expect
 from engines_app.models import Backtest, Engine
 from engines_app.testing import Installation
 from tests.helpers import make_user
-from tests.web.test_dashboard_browser import browser_type_launch_args  # noqa: F401 (fixture)
 
 CONFIG = {"strategy": "sma_cross", "params": {"fast": 5, "slow": 20}, "order_qty": 0.1}
 

@@ -14,34 +14,16 @@ from playwright.sync_api import Page, expect
 
 from benchmarks.push import fleet as fleet_of
 from engines_app.testing import ROOT, Installation
-from tests.helpers import CHROMIUM, IN_CI
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PANEL_ENV = {
     "LEVIPANEL_SYMBOLS": "BTCUSDT,ETHUSDT,SOLUSDT",
     "LEVIPANEL_FLUSH_INTERVAL": "0.3",
     "LEVIPANEL_PUSH_INTERVAL": "0.2",
 }
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    if not CHROMIUM.exists():
-        reason = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-        pytest.fail(reason) if IN_CI else pytest.skip(reason)
-    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
 
 
 @pytest.fixture(scope="module")
