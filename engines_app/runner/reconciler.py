@@ -174,25 +174,27 @@ class Reconciler:
         latest = await db(store.latest_command_id)()
         commands = await db(store.pending_commands)(runner, self.symbols)
         full = latest != self._latest_command or self._claiming
+        summary = None
         if not full and time.monotonic() >= self._full_read_due:
-            full = await self._fleet_moved()
+            summary, full = await self._fleet_moved()
         if full:
             await self._read_rows()
             self._latest_command = latest
+            if summary is not None:  # only once read: a read that failed is tried again
+                self._summary = summary
         self._queue(commands)
         for symbol in self.manager.resume_halted(self.clock()):
             self.say(f"Engine {symbol} resumed: a new UTC day")
         self.polls += 1
 
-    async def _fleet_moved(self) -> bool:
+    async def _fleet_moved(self) -> tuple[tuple, bool]:
+        """The fleet's summary now, and whether the rows must be read again."""
         now = time.monotonic()
         self._full_read_due = now + min(FULL_READ, self.leases.lease / 5)
         summary = await db(store.fleet_summary)(
             self.leases.runner, within=self.leases.lease, symbols=self.symbols
         )
-        moved = summary != self._summary or now >= self._safety_read_due
-        self._summary = summary
-        return moved
+        return summary, summary != self._summary or now >= self._safety_read_due
 
     async def _read_rows(self) -> None:
         """Read every control row: desired states, new and removed engines, leases."""
