@@ -16,27 +16,23 @@ beside it as a check.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
 
-from benchmarks import Row, Skip, percentile, row
+from benchmarks import Row, percentile, row
+from benchmarks.postgres import database, need, psycopg_module, server_url
 from benchmarks.runner import WORKER, _worker
 from engines_app.testing import Installation, environment
 
-DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432/postgres"
 CYCLE = 10.0
 PER_RUNNER = 1000
 MAX_RUNNERS = 10
@@ -45,9 +41,9 @@ SETTLE_TIMEOUT = 300.0
 
 def run(*, engines: int = 10_000, seconds: float = 10.0) -> list[Row]:
     """N engines over R runners on one PostgreSQL database, beside their baselines."""
-    psycopg = _psycopg()
+    psycopg = psycopg_module()
     server = server_url()
-    _need(server)
+    need(server)
     count = runners_for(engines)
     with tempfile.TemporaryDirectory(prefix="levipanel-fleet-") as tmp, database(server) as url:
         path = Path(tmp)
@@ -159,46 +155,6 @@ def current_xid(db) -> int:
 def runners_for(engines: int) -> int:
     """One runner per ``PER_RUNNER`` engines, at least 2 (a takeover needs a survivor)."""
     return min(MAX_RUNNERS, max(2, math.ceil(engines / PER_RUNNER)))
-
-
-def server_url() -> str:
-    """The PostgreSQL server to create the run's database on: ``DATABASE_URL`` when it
-    points at PostgreSQL, else the local default."""
-    url = os.environ.get("DATABASE_URL", "")
-    return url if urlparse(url).scheme.startswith("postgres") else DEFAULT_SERVER
-
-
-def _psycopg():
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise Skip("psycopg is not installed") from exc
-    return psycopg
-
-
-def _need(url: str) -> None:
-    parsed = urlparse(url)
-    address = (parsed.hostname or "127.0.0.1", parsed.port or 5432)
-    try:
-        with socket.create_connection(address, timeout=1):
-            return
-    except OSError:
-        raise Skip(f"PostgreSQL is not reachable at {address[0]}:{address[1]}") from None
-
-
-@contextlib.contextmanager
-def database(server: str) -> Iterator[str]:
-    """A fresh database on ``server`` for this run, dropped after it with every connection
-    left on it; yields its URL."""
-    psycopg = _psycopg()
-    name = f"levipanel_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlparse(server)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _bare_loops(path: Path, count: int, tasks: int, seconds: float) -> list[float]:

@@ -277,10 +277,10 @@ def data_dir(engines: int, url: str | None = None) -> Iterator[Path]:
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """A fresh PostgreSQL database for one section; ``Skip`` when there is no server."""
-    from benchmarks.fleet import _need, database, server_url
+    from benchmarks.postgres import database, need, server_url
 
     server = server_url()
-    _need(server)
+    need(server)
     with database(server) as url:
         yield url
 

@@ -17,8 +17,8 @@ from django.db import DatabaseError, connection
 
 from ..conf import EngineSettings, engine_settings
 from ..runtime import EngineManager, HealthMonitor, RecoveryPolicy, brokers
-from ..runtime.health import LoopWatchdog
 from ..runtime.jsonlog import EngineLogs
+from ..runtime.watchdog import LoopWatchdog
 from . import store
 from .leases import (
     Identity,

@@ -16,10 +16,10 @@ from .cyclestats import CycleHistogram
 from .engine import EngineConfig, EngineState, TradingEngine
 from .errors import HeartbeatTimeout, RiskHalt, is_fatal
 from .events import BookChanged, ErrorRaised, Event, RestartScheduled, StatusChanged
-from .health import LoopWatchdog
 from .recovery import RecoveryPolicy
 from .strategies import load_strategy
 from .ticker import Ticker
+from .watchdog import LoopWatchdog
 
 log = logging.getLogger("levipanel.engine")
 

@@ -9,7 +9,7 @@ import logging
 import time
 
 from engines_app.runtime import EngineConfig, EngineManager, HealthMonitor
-from engines_app.runtime.health import LoopWatchdog
+from engines_app.runtime.watchdog import LoopWatchdog
 from tests.helpers import FakeClock, eventually
 
 from .user_strategies import Sleeper
