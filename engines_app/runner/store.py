@@ -21,6 +21,7 @@ from django.db.models import (
     OuterRef,
     Q,
     Subquery,
+    Sum,
 )
 from django.db.models.functions import Now
 from django.db.models.query import QuerySet
@@ -242,6 +243,7 @@ def fleet_summary(runner: str, *, within: float, symbols: list[str] | None = Non
         running=Count("id", filter=Q(desired_state=Engine.DesiredState.RUNNING)),
         free=Count("id", filter=free),
         mine=Count("id", filter=Q(lease_owner=runner)),
+        claims=Sum("lease_epoch"),  # moves with every claim: an expiry claimed at once
     )
     return (*counts.values(), frozenset(live_runners(within=within)))
 
@@ -752,6 +754,12 @@ def _flush_heartbeats(
     groups: dict[tuple[int | None, int | None], list[int]] = defaultdict(list)
     for row in rows:
         groups[_grain(row.last_heartbeat), _grain(row.last_tick_at)].append(row.id)
+    ticks = []
+    if len(groups) > MAX_GROUPS:  # ticks on schedules of their own: by beat alone, then ticks
+        groups = defaultdict(list)
+        for row in rows:
+            groups[_grain(row.last_heartbeat), None].append(row.id)
+        ticks = [(_at_grain(_grain(r.last_tick_at), adapt), r.id) for r in rows]
     beat, tick, updated = (quote(c) for c in ("last_heartbeat", "last_tick_at", "updated_at"))
     until = None if lease_until is None else adapt(lease_until)
     lease = quote("lease_expires_at")  # renewed in the same statement, with a lease
@@ -764,6 +772,10 @@ def _flush_heartbeats(
                     f"WHERE id IN ({', '.join(['%s'] * len(chunk))})",
                     [_at_grain(beat_grain, adapt), _at_grain(tick_grain, adapt), until, *chunk],
                 )
+        if ticks:
+            cursor.executemany(
+                f"UPDATE {table} SET {tick} = COALESCE(%s, {tick}) WHERE id = %s", ticks
+            )
         changed = [_value_params(row, stamp) for row in rows if row.changed]
         if changed:
             assignments = ", ".join(
@@ -775,7 +787,8 @@ def _flush_heartbeats(
 
 
 BEAT_GRAIN = 0.1  # seconds: the precision of a stored heartbeat
-IN_CHUNK = 5000  # ids per IN list, well inside every backend's limit on parameters
+IN_CHUNK = 5000  # ids per IN list at most
+MAX_GROUPS = 64  # beat and tick grains: past this, one statement per row is cheaper
 VALUE_COLUMNS = "error_count last_error position daily_pnl total_pnl trade_count".split()
 VALUE_IF_GIVEN = ("restart_attempt", "restart_budget_left")  # None keeps the column
 
@@ -789,8 +802,11 @@ def _at_grain(grain: int | None, adapt: Callable[[Any], Any]) -> Any:
 
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
-    for start in range(0, len(ids), IN_CHUNK):
-        yield ids[start : start + IN_CHUNK]
+    """``ids`` in lists short enough for the backend's limit on parameters (999 on an older
+    SQLite), with room for a statement's other parameters."""
+    size = min(IN_CHUNK, (connection.features.max_query_params or IN_CHUNK) - 8)
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 def _value_params(row: HeartbeatRow, stamp: Any) -> tuple:

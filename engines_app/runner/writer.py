@@ -66,9 +66,11 @@ class Writer:
         self._acks: list[store.Ack] = []
         self._flushed: dict[str, float] = {}  # symbol -> last heartbeat in the database
         self._flushing: dict[str, float] = {}
-        self._values: dict[int, tuple] = {}  # engine id -> the row's values last written
-        self._flushing_values: dict[int, tuple] = {}
-        self._refresh_turn = 0
+        # (engine id, lease epoch) -> the row's values as this runner last wrote them, and the
+        # flush that wrote them whole. A new lease starts afresh: someone else wrote meanwhile.
+        self._values: dict[tuple[int, int], tuple[tuple, int]] = {}
+        self._flushing_values: dict[tuple[int, int], tuple[tuple, int]] = {}
+        self._flushes = 0
         self._retry_at = 0.0
         self._failures = 0
         self._log_limiter = LogLimiter(limit=1, window=10.0)  # an outage: a line per 10 s
@@ -143,6 +145,8 @@ class Writer:
         acks = list(self._acks)
         self._flushing.clear()
         self._flushing_values.clear()
+        # A status or a fill writes some of the same columns its own way: write those rows whole.
+        self._forget({row.id for row in statuses} | {row.id for row in books})
         heartbeats = self._heartbeat_rows() if heartbeat_due else []
         samples = self._pnl_rows(now) if heartbeat_due else []
         release = frozenset(self._release)
@@ -200,8 +204,8 @@ class Writer:
         self._pending.clear()
         del self._acks[: len(acks)]  # acks queued during the write wait for the next one
         self._release -= release
-        for engine_id in release | written.lost:
-            self._values.pop(engine_id, None)  # whoever runs it next writes it whole
+        self._values.update(self._flushing_values)
+        self._forget(release | written.lost | set(written.conflicts))
         for engine_id in release:
             self.leases.drop(engine_id)
         if release:
@@ -211,7 +215,6 @@ class Writer:
         for engine_id, why in written.conflicts.items():
             self.on_conflict(engine_id, f"fill conflict: {why}")
         self._flushed.update(self._flushing)
-        self._values.update(self._flushing_values)
         self._failures = 0
         if samples:
             self._pnl_due = now + self.pnl_interval
@@ -275,11 +278,11 @@ class Writer:
     def _heartbeat_rows(self) -> list[store.HeartbeatRow]:
         """Rows for the engines that heart-beat since the last flush (stopped ones too: their
         last cycles must reach the database). A row whose values are as last written is
-        marked unchanged, and only its beat is written; every ``REFRESH_FLUSHES`` flushes each
-        row is written whole once (a few each flush), whatever else wrote the columns."""
+        marked unchanged, and only its beat is written; a row not written whole for
+        ``REFRESH_FLUSHES`` flushes is written whole again, whatever else wrote the columns."""
         rows = []
-        self._refresh_turn = turn = (self._refresh_turn + 1) % REFRESH_FLUSHES
-        ids, flushed, values = self.ids, self._flushed, self._values
+        self._flushes = flush = self._flushes + 1
+        ids, flushed, values, epochs = self.ids, self._flushed, self._values, self.leases.epochs
         for symbol, engine in self.manager.engines():
             engine_id = ids.get(symbol)
             beat = engine.last_heartbeat
@@ -301,13 +304,22 @@ class Writer:
                 attempt,
                 budget,
             )
-            now = row.values()
-            if values.get(engine_id) == now and engine_id % REFRESH_FLUSHES != turn:
+            now, key = row.values(), (engine_id, epochs.get(engine_id, -1))
+            last, whole_at = values.get(key, (None, 0))
+            if last == now and flush - whole_at < REFRESH_FLUSHES:
                 row.changed = False
-            else:
-                self._flushing_values[engine_id] = now
+            else:  # the next refresh staggered by id: the fleet's rows do not all come due at once
+                first = last is None
+                self._flushing_values[key] = (now, flush - engine_id % REFRESH_FLUSHES * first)
             rows.append(row)
         return rows
+
+    def _forget(self, engine_ids: set[int]) -> None:
+        """Write these engines' rows whole at their next flush (an engine that changes hands
+        comes back under a new epoch: a key of its own)."""
+        epochs = self.leases.epochs
+        for engine_id in engine_ids:
+            self._values.pop((engine_id, epochs.get(engine_id, -1)), None)
 
     def _pnl_rows(self, now: float) -> list[store.PnlSampleRow]:
         """A PnL point for each running engine, once per ``pnl_interval``."""

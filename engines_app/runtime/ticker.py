@@ -17,18 +17,21 @@ import math
 
 
 class Ticker:
-    __slots__ = ("resolution", "min_delay", "_slots")
+    __slots__ = ("resolution", "min_delay", "_slots", "_loop")
 
     def __init__(self, resolution: float = 0.005, min_delay: float = 0.05) -> None:
         self.resolution = resolution
         self.min_delay = min_delay
         self._slots: dict[int, list[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the slots' timers are on
 
     def sleep(self, delay: float) -> asyncio.Future[None] | object:
         """An awaitable that is done ``delay`` seconds from now (up to one slot later)."""
         if delay < self.min_delay:
             return asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop: the old one's timers will never fire here
+            self._loop, self._slots = loop, {}
         slot = math.ceil((loop.time() + delay) / self.resolution)
         waiters = self._slots.get(slot)
         if waiters is None:

@@ -87,7 +87,8 @@ def test_a_fleet_of_beats_is_a_few_statements_whatever_its_size():
         written = write(fence, heartbeats=beats)
     assert written.lost == set()
     updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
-    assert len(updates) <= 2  # the beats of one grain: one statement (an IN list chunk each)
+    # The beats of one grain: one statement per list of ids the backend takes at once.
+    assert len(updates) == len(list(store._chunks(list(range(2000)))))
     assert Engine.objects.filter(last_heartbeat__isnull=False).count() == 2000
 
 
@@ -120,3 +121,13 @@ def test_a_large_fence_finds_the_engines_it_lost_among_many():
     written = write(fence, heartbeats=[beat(e, T0) for e in rows])
     assert written.lost == {e.pk for e in rows[:3]}
     assert Engine.objects.filter(last_heartbeat__isnull=False).count() == FEW - 3
+
+
+def test_ticks_on_schedules_of_their_own_are_stored_each_at_its_grain():
+    rows = engines(store.MAX_GROUPS + 20)
+    ticked = {e.pk: T0 - 100 + i for i, e in enumerate(rows)}  # one grain each
+    beats = [dataclasses.replace(beat(e, T0), last_tick_at=ticked[e.pk]) for e in rows]
+    write(heartbeats=beats)
+    for engine in Engine.objects.all():
+        assert engine.last_tick_at.timestamp() == pytest.approx(ticked[engine.pk], abs=0.1)
+        assert engine.last_heartbeat.timestamp() == pytest.approx(T0, abs=0.1)

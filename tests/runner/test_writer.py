@@ -97,3 +97,18 @@ async def test_a_row_whose_values_did_not_change_is_flushed_as_a_beat_only(tmp_p
 
 def beats_of(writes: list[dict], engine_id: int) -> list[store.HeartbeatRow]:
     return [row for call in writes for row in call["heartbeats"] if row.id == engine_id]
+
+
+async def test_a_row_changed_by_another_writer_is_written_whole_again(tmp_path, monkeypatch):
+    from engines_app.runner import writer
+
+    monkeypatch.setattr(writer, "REFRESH_FLUSHES", 5)  # 0.5 s of 0.1 s flushes
+    await db(services.engine_add, symbol="BTCUSDT", config={"stop_entries": True})
+    rows = Engine.objects.filter(symbol="BTCUSDT")
+    async with running(Runner(settings=fast_settings(tmp_path / "logs"))):
+        await eventually(lambda: db(lambda: rows.get().last_heartbeat is not None))
+        await db(lambda: rows.update(error_count=99, daily_pnl=12.5))  # not the runner's
+        await eventually(
+            lambda: db(lambda: rows.values_list("error_count", "daily_pnl").get() == (0, 0.0)),
+            timeout=5,
+        )

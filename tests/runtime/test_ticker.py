@@ -68,3 +68,16 @@ async def test_engines_of_a_manager_sleep_on_its_ticker(monkeypatch):
     assert len(timers) < 200  # 200 engines x 2 cycles would be 400 timers of their own
     await m.stop_all()
     assert m.summary()["stopped"] == 200
+
+
+def test_a_ticker_used_again_under_a_new_loop_wakes_its_sleepers():
+    ticker = Ticker(resolution=0.05, min_delay=0.05)
+
+    async def leave_a_sleeper_behind():
+        ticker.sleep(0.5)  # its loop ends before the slot is due
+
+    async def sleep_once():
+        await asyncio.wait_for(ticker.sleep(0.5), 2)
+
+    asyncio.run(leave_a_sleeper_behind())
+    asyncio.run(sleep_once())  # the same slot number, a timer on this loop
