@@ -777,13 +777,42 @@ def _flush_heartbeats(
                 f"UPDATE {table} SET {tick} = COALESCE(%s, {tick}) WHERE id = %s", ticks
             )
         changed = [_value_params(row, stamp) for row in rows if row.changed]
-        if changed:
+        if changed and connection.vendor == "postgresql":
+            _update_from_values(cursor, table, changed)
+        elif changed:
             assignments = ", ".join(
                 [f"{quote(c)} = %s" for c in VALUE_COLUMNS]
                 + [f"{quote(c)} = COALESCE(%s, {quote(c)})" for c in VALUE_IF_GIVEN]
                 + [f"{updated} = %s"]
             )
             cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", changed)
+
+
+# The types of ``_value_params``' columns, cast in a VALUES list's first row (PostgreSQL).
+VALUE_TYPES = [*"integer text float8 float8 float8 integer integer integer".split(), "timestamptz"]
+
+
+def _update_from_values(cursor: Any, table: str, params: list[tuple]) -> None:
+    """The changed rows as one UPDATE … FROM (VALUES …) on PostgreSQL. Not ``executemany``:
+    psycopg pipelines it, and a runner paused between two of its statements leaves its
+    session neither idle nor running a statement, so no server timeout ends it and its row
+    locks keep every other runner from its engines."""
+    quote = connection.ops.quote_name
+    columns = [*VALUE_COLUMNS, *VALUE_IF_GIVEN, "updated_at"]
+    sets = [f"{quote(c)} = v.c{i}" for i, c in enumerate(columns)]
+    for i, c in enumerate(VALUE_IF_GIVEN, start=len(VALUE_COLUMNS)):
+        sets[i] = f"{quote(c)} = COALESCE(v.c{i}, t.{quote(c)})"
+    names = ", ".join([*(f"c{i}" for i in range(len(columns))), "id"])
+    first = "(" + ", ".join(f"%s::{t}" for t in [*VALUE_TYPES, "integer"]) + ")"
+    rest = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
+    for start in range(0, len(params), 1000):
+        chunk = params[start : start + 1000]
+        rows = ", ".join([first] + [rest] * (len(chunk) - 1))
+        cursor.execute(
+            f"UPDATE {table} AS t SET {', '.join(sets)} FROM (VALUES {rows}) AS v({names}) "
+            "WHERE t.id = v.id",
+            [value for row in chunk for value in row],
+        )
 
 
 BEAT_GRAIN = 0.1  # seconds: the precision of a stored heartbeat
