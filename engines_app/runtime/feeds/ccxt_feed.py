@@ -13,13 +13,14 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
 from ..exchanges import exchange_problem, make_exchange, market_problem, unknown_market
 from ..redact import redact_text
 from .sim import is_number
+from .stream import StreamFeed
 
 log = logging.getLogger("levipanel.engine")
 
@@ -49,7 +50,7 @@ def ccxt_problems(options: Mapping[str, Any]) -> list[str]:
     return out
 
 
-class CcxtFeed:
+class CcxtFeed(StreamFeed):
     """Keeps the newest price of one market; ``poll`` hands it over once."""
 
     __slots__ = (
@@ -59,14 +60,8 @@ class CcxtFeed:
         "stream",
         "sandbox",
         "poll_interval",
-        "symbol",
         "streaming",
         "polls",
-        "_price",
-        "_fresh",
-        "_fatal",
-        "_task",
-        "_on_error",
     )
 
     def __init__(
@@ -80,16 +75,12 @@ class CcxtFeed:
         sandbox: bool = False,
         poll_interval: float = 2.0,
     ) -> None:
-        self.exchange_id, self.market, self.symbol = exchange, market, symbol
+        super().__init__(symbol)
+        self.exchange_id, self.market = exchange, market
         self.timeframe, self.stream, self.sandbox = timeframe, stream, sandbox
         self.poll_interval = poll_interval
         self.streaming = False  # whether prices come from the websocket now
         self.polls = 0  # REST polls made
-        self._price: float | None = None
-        self._fresh = False
-        self._fatal: BaseException | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._on_error: Callable[[BaseException], None] | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, symbol: str) -> CcxtFeed:
@@ -102,23 +93,6 @@ class CcxtFeed:
             sandbox=options.get("sandbox", False),
             poll_interval=float(options.get("poll_interval", 2.0)),
         )
-
-    def start(self, on_error: Callable[[BaseException], None]) -> None:
-        self._on_error = on_error
-        self._task = asyncio.create_task(self._run(), name=f"feed:{self.symbol}")
-
-    def poll(self) -> float | None:
-        if self._fatal is not None:
-            raise self._fatal
-        if not self._fresh:
-            return None
-        self._fresh = False
-        return self._price
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     # The feed's task ---------------------------------------------------------------------
 

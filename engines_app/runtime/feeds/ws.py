@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -22,6 +22,7 @@ from websockets.uri import parse_uri
 
 from ..redact import redact_text, redact_url
 from .sim import is_number
+from .stream import StreamFeed
 
 log = logging.getLogger("levipanel.engine")
 
@@ -84,30 +85,22 @@ def parse_price(raw: str | bytes, symbol: str) -> float | None:
     return price
 
 
-class WebsocketFeed:
+class WebsocketFeed(StreamFeed):
     """Keeps the newest price of a stream; ``poll`` hands it over once."""
 
     __slots__ = (
         "url",
-        "symbol",
         "base",
         "cap",
         "connections",
         "malformed",
-        "_price",
-        "_fresh",
-        "_task",
-        "_on_error",
     )
 
     def __init__(self, url: str, symbol: str, *, base: float = 0.5, cap: float = 30.0) -> None:
-        self.url, self.symbol, self.base, self.cap = url, symbol, base, cap
+        super().__init__(symbol)
+        self.url, self.base, self.cap = url, base, cap
         self.connections = 0
         self.malformed = 0
-        self._price: float | None = None
-        self._fresh = False
-        self._task: asyncio.Task[None] | None = None
-        self._on_error: Callable[[BaseException], None] | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, symbol: str) -> WebsocketFeed:
@@ -117,21 +110,6 @@ class WebsocketFeed:
             base=float(options.get("reconnect_base", 0.5)),
             cap=float(options.get("reconnect_cap", 30.0)),
         )
-
-    def start(self, on_error: Callable[[BaseException], None]) -> None:
-        self._on_error = on_error
-        self._task = asyncio.create_task(self._run(), name=f"feed:{self.symbol}")
-
-    def poll(self) -> float | None:
-        if not self._fresh:
-            return None
-        self._fresh = False
-        return self._price
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     async def _run(self) -> None:
         delay, extra = self.base, {"symbol": self.symbol}
