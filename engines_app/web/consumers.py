@@ -14,6 +14,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.http.cookie import parse_cookie
 
 from ..models import CONTROL_PERMISSION
 from ..runtime.engine import symbol_problem
@@ -59,6 +60,49 @@ class CommandRefused(Exception):
 
 
 _connects: dict[int, TokenBucket] = {}  # user id -> this process's bucket of connections
+_session_users: dict[str, int] = {}  # session key -> user id, of sessions that connected
+MAX_SESSIONS = 10_000  # sessions remembered; the oldest is forgotten first
+
+
+class ConnectGate:
+    """In front of the session and auth middleware: a handshake from a session whose user
+    has no connection left in the bucket is refused here (accepted and closed with
+    FLOODING, as the consumer does), before the session and the user are read from the
+    database. A user reconnecting in a loop then costs the web process no query at all,
+    and other users' requests do not wait behind theirs. A session seen for the first time
+    goes on to the consumer, which decides and takes the token."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        user_id = _session_users.get(_session_key(scope))
+        connects = _connects.get(user_id) if user_id is not None else None
+        if connects is not None and not connects.has():
+            if (await receive())["type"] == "websocket.connect":
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": FLOODING})
+            return None
+        return await self.inner(scope, receive, send)
+
+
+def _session_key(scope: dict) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"cookie":
+            cookies = parse_cookie(value.decode("latin1"))
+            return cookies.get(settings.SESSION_COOKIE_NAME, "")
+    return ""
+
+
+def _remember_session(scope: dict, user_id: int) -> None:
+    session = scope.get("session")
+    key = getattr(session, "session_key", None)
+    if not key:
+        return
+    _session_users.pop(key, None)
+    if len(_session_users) >= MAX_SESSIONS:
+        del _session_users[next(iter(_session_users))]
+    _session_users[key] = user_id
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
@@ -81,6 +125,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         connects = _connects.setdefault(
             user.pk, TokenBucket(rate=CONNECT_RATE, burst=CONNECT_BURST, clock=self.clock)
         )
+        _remember_session(self.scope, user.pk)
         if not connects.take():
             await self.accept()  # accepted to say why: a refused handshake has no code
             await self.close(code=FLOODING)

@@ -21,6 +21,11 @@ class TokenBucket:
         self.tokens = burst
         self.at = clock()
 
+    def has(self, cost: float = 1.0) -> bool:
+        """Whether ``cost`` tokens are there now, taking none."""
+        now = self.clock()
+        return min(self.burst, self.tokens + (now - self.at) * self.rate) >= cost
+
     def take(self, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens if there are that many; say whether they were there."""
         now = self.clock()

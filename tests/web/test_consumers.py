@@ -13,6 +13,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client
 from django.utils import timezone
 
@@ -42,6 +43,7 @@ def session_cookie(user) -> tuple[bytes, bytes]:
 def fresh_connect_buckets(monkeypatch) -> None:
     """Each test starts with full per-user connection buckets (user ids repeat)."""
     monkeypatch.setattr(consumers, "_connects", {})
+    monkeypatch.setattr(consumers, "_session_users", {})
 
 
 @pytest.fixture
@@ -621,3 +623,26 @@ async def test_a_reconnecting_page_gets_a_fresh_snapshot_not_a_delta(engines, vi
     assert frame["type"] == "snapshot"  # first, before any changes frame
     assert frame["engines"][0]["status"] == "crashed"
     await again.disconnect()
+
+
+async def test_a_session_out_of_connections_is_refused_before_the_database(
+    engines, viewer, frozen, monkeypatch
+):
+    # Past the burst, the gate in front of the session and auth middleware refuses the
+    # handshake itself: the session is not loaded (no query); later on it is let through.
+    for _ in range(int(consumers.CONNECT_BURST)):
+        communicator = await connect(ORIGIN, viewer)
+        await receive(communicator, "snapshot")
+        await communicator.disconnect()
+    loads = []
+    load = SessionStore.load
+    monkeypatch.setattr(SessionStore, "load", lambda self: loads.append(1) or load(self))
+    communicator = await connect(ORIGIN, viewer)
+    closed = await communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": consumers.FLOODING}
+    assert loads == []
+    frozen.now += 1 / consumers.CONNECT_RATE
+    communicator = await connect(ORIGIN, viewer)
+    await receive(communicator, "snapshot")
+    await communicator.disconnect()
+    assert loads  # the session was read this time

@@ -167,6 +167,7 @@ def clock(monkeypatch) -> FakeClock:
     clock = FakeClock()
     monkeypatch.setattr(DashboardConsumer, "clock", staticmethod(clock))
     monkeypatch.setattr(consumers, "_connects", {})
+    monkeypatch.setattr(consumers, "_session_users", {})
     return clock
 
 
