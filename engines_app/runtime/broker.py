@@ -7,12 +7,26 @@ from the fills applied to it, so replaying the stored fills rebuilds it exactly.
 from __future__ import annotations
 
 import math
+import os
+import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 DAY = 86400.0
 EPSILON = 1e-9  # quantities closer to zero than this are flat (float noise after closes)
+
+# Fill ids: random version-4 UUIDs from a generator seeded once from the system (and again
+# in a forked child), not ``uuid.uuid4()``: its system call lets the interpreter lock go,
+# and on a busy runner the event loop then waits for the lock behind the database thread.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def fill_id() -> str:
+    return uuid.UUID(int=_ids.getrandbits(128), version=4).hex
+
+
 BUY, SELL = "buy", "sell"
 
 
@@ -136,7 +150,7 @@ def execute(
     (a fraction), the fee is ``fee_rate`` of the filled notional."""
     fill_price = price * (1 + slippage) if side == BUY else price * (1 - slippage)
     fee = qty * fill_price * fee_rate
-    return record(book, uuid.uuid4().hex, symbol, side, qty, fill_price, fee, at)
+    return record(book, fill_id(), symbol, side, qty, fill_price, fee, at)
 
 
 def record(

@@ -13,6 +13,7 @@ again, one line says how many lines were lost.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -21,13 +22,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
-from typing import IO
 
 from pythonjsonlogger.json import JsonFormatter
 
 ENGINE_LOGGER = "levipanel.engine"
 RUNNER_SYMBOL = "runner"
 RETRY_AFTER = 1.0  # seconds between write attempts while writes fail
+MAX_CHECKED = 100_000  # files remembered as ending on a whole line
 
 # Not the engine logger: this one goes to the runner's own output.
 log = logging.getLogger(__name__)
@@ -65,9 +66,12 @@ class SymbolFileHandler(logging.Handler):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
-        self._files: OrderedDict[Path, IO[str]] = OrderedDict()  # before anything can fail
+        self._files: OrderedDict[str, int] = OrderedDict()  # descriptors; before anything can fail
+        self._checked: set[str] = set()  # files whose last line is known to be whole
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._prefix = os.path.join(self.log_dir, "engine-")
+        self._day, self._day_name = -1, ""
         self.max_open = max_open
         self.clock = clock
         self.lost = 0  # lines dropped because writes failed, in all
@@ -81,11 +85,11 @@ class SymbolFileHandler(logging.Handler):
         if self._failing_since is not None and self.clock() < self._retry_at:
             self.lost += 1
             return
-        path = log_path(self.log_dir, record.symbol, record.created)
+        path = self._path(record.symbol, record.created)
         try:
-            stream = self._stream(path)
-            stream.write(self.format(record) + "\n")
-            stream.flush()
+            line = (self.format(record) + "\n").encode()
+            if os.write(self._descriptor(path), line) < len(line):
+                raise OSError(errno.ENOSPC, "the line was written in part")
         except OSError as exc:
             self._write_failed(path, exc)
         except Exception:
@@ -93,6 +97,13 @@ class SymbolFileHandler(logging.Handler):
         else:
             if self._failing_since is not None:
                 self._written_while_failing()
+
+    def _path(self, symbol: str, created: float) -> str:
+        """``log_path`` as a string, the day's name made once a day, not once a line."""
+        day = int(created // 86400)
+        if day != self._day:
+            self._day, self._day_name = day, time.strftime("%Y%m%d", time.gmtime(created))
+        return f"{self._prefix}{symbol}-{self._day_name}.jsonl"
 
     def _written_while_failing(self) -> None:
         """Say logging resumed, once the disk has room again: a nearly full disk still
@@ -103,13 +114,14 @@ class SymbolFileHandler(logging.Handler):
         lost, self._failing_since = self.lost - self._failing_since, None
         log.warning("Engine logs are written again in %s: %d lines lost", self.log_dir, lost)
 
-    def _write_failed(self, path: Path, exc: OSError) -> None:
+    def _write_failed(self, path: str, exc: OSError) -> None:
         """Drop the line and the file (its buffer may hold a part of the line); say so once."""
         self.lost += 1
-        stream = self._files.pop(path, None)
-        if stream is not None:
+        self._checked.discard(path)  # the next line starts on a line of its own
+        descriptor = self._files.pop(path, None)
+        if descriptor is not None:
             with contextlib.suppress(OSError):
-                stream.close()
+                os.close(descriptor)
         self._retry_at = self.clock() + RETRY_AFTER
         if self._failing_since is None:
             self._failing_since = self.lost - 1
@@ -119,22 +131,31 @@ class SymbolFileHandler(logging.Handler):
                 exc.strerror or exc,
             )
 
-    def _stream(self, path: Path) -> IO[str]:
-        stream = self._files.get(path)
-        if stream is not None:
+    def _descriptor(self, path: str) -> int:
+        """The file's descriptor, opened for appending. Plain descriptors, not file objects:
+        ten thousand engines take turns, so a line often reopens its file, and a file
+        object costs several times the system calls' own price to build."""
+        descriptor = self._files.get(path)
+        if descriptor is not None:
             self._files.move_to_end(path)
-            return stream
+            return descriptor
         if len(self._files) >= self.max_open:
             _, oldest = self._files.popitem(last=False)
-            oldest.close()
-        stream = self._files[path] = open(path, "a", encoding="utf-8", opener=_private)
-        if stream.tell() and _ends_mid_line(path):
-            stream.write("\n")  # a line cut short by a full disk stays alone on its line
-        return stream
+            os.close(oldest)
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._files[path] = descriptor
+        if path not in self._checked:  # once per file, and again after a failed write
+            if _ends_mid_line(descriptor):
+                os.write(descriptor, b"\n")  # a line cut short by a full disk stays alone
+            if len(self._checked) >= MAX_CHECKED:
+                self._checked.clear()
+            self._checked.add(path)
+        return descriptor
 
     def close(self) -> None:
-        for stream in self._files.values():
-            stream.close()
+        for descriptor in self._files.values():
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
         self._files.clear()
         super().close()
 
@@ -147,10 +168,9 @@ def _has_room(log_dir: Path, needed: int = 64 * 1024) -> bool:
     return stats.f_bavail * stats.f_frsize >= needed
 
 
-def _ends_mid_line(path: Path) -> bool:
-    with open(path, "rb") as file:
-        file.seek(-1, os.SEEK_END)
-        return file.read(1) != b"\n"
+def _ends_mid_line(descriptor: int) -> bool:
+    size = os.fstat(descriptor).st_size
+    return bool(size) and os.pread(descriptor, 1, size - 1) != b"\n"
 
 
 class ThreadQueueHandler(QueueHandler):

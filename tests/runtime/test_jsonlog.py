@@ -112,3 +112,30 @@ def test_a_line_cut_short_by_a_full_disk_stays_alone_on_its_line(tmp_path):
         log.info("after the disk freed", extra={"symbol": "BTCUSDT"})
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["msg"] == "after the disk freed"
+
+
+def test_a_line_written_in_part_is_counted_and_the_next_line_starts_a_line(tmp_path, monkeypatch):
+    # A disk that fills mid-line takes part of it and says nothing: os.write returns less.
+    clock = FakeClock()
+    handler = SymbolFileHandler(tmp_path, clock=clock)
+    write = jsonlog.os.write
+
+    def emit(message):
+        handler.emit(
+            log.makeRecord(
+                ENGINE_LOGGER, logging.INFO, "", 0, message, (), None, extra={"symbol": "BTCUSDT"}
+            )
+        )
+
+    emit("whole")
+    monkeypatch.setattr(jsonlog.os, "write", lambda fd, data: write(fd, data[:10]))
+    emit("cut short")
+    monkeypatch.setattr(jsonlog.os, "write", write)
+    clock.now += RETRY_AFTER
+    emit("after the disk freed")
+    handler.close()
+    lines = log_path(tmp_path, "BTCUSDT", time.time()).read_text().splitlines()
+    assert handler.lost == 1
+    assert json.loads(lines[0])["msg"] == "whole"
+    assert len(lines[1]) == 10
+    assert json.loads(lines[2])["msg"] == "after the disk freed"
