@@ -590,11 +590,8 @@ def _renew(engine_ids: set[int], lease_until: datetime) -> None:
     until = connection.ops.adapt_datetimefield_value(lease_until)
     table = connection.ops.quote_name(Engine._meta.db_table)
     with connection.cursor() as cursor:
-        for chunk in _chunks(sorted(engine_ids)):
-            marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(
-                f"UPDATE {table} SET lease_expires_at = %s WHERE id IN ({marks})", [until, *chunk]
-            )
+        for where, ids in _id_lists(sorted(engine_ids)):
+            cursor.execute(f"UPDATE {table} SET lease_expires_at = %s WHERE {where}", [until, *ids])
 
 
 def _fill_conflicts(rows: Iterable[BookRow]) -> dict[int, str]:
@@ -765,20 +762,23 @@ def _flush_heartbeats(
     lease = quote("lease_expires_at")  # renewed in the same statement, with a lease
     with connection.cursor() as cursor:
         for (beat_grain, tick_grain), ids in groups.items():
-            for chunk in _chunks(ids):
+            for where, params in _id_lists(ids):
                 cursor.execute(
                     f"UPDATE {table} SET {beat} = %s, {tick} = COALESCE(%s, {tick}), "
-                    f"{lease} = COALESCE(%s, {lease}) "
-                    f"WHERE id IN ({', '.join(['%s'] * len(chunk))})",
-                    [_at_grain(beat_grain, adapt), _at_grain(tick_grain, adapt), until, *chunk],
+                    f"{lease} = COALESCE(%s, {lease}) WHERE {where}",
+                    [_at_grain(beat_grain, adapt), _at_grain(tick_grain, adapt), until, *params],
                 )
-        if ticks:
+        postgresql = connection.vendor == "postgresql"
+        if ticks and postgresql:
+            sets = [f"{tick} = COALESCE(v.c0, t.{tick})"]
+            _update_from_arrays(cursor, table, sets, ["timestamptz"], ticks)
+        elif ticks:
             cursor.executemany(
                 f"UPDATE {table} SET {tick} = COALESCE(%s, {tick}) WHERE id = %s", ticks
             )
         changed = [_value_params(row, stamp) for row in rows if row.changed]
-        if changed and connection.vendor == "postgresql":
-            _update_from_values(cursor, table, changed)
+        if changed and postgresql:
+            _update_values(cursor, table, changed)
         elif changed:
             assignments = ", ".join(
                 [f"{quote(c)} = %s" for c in VALUE_COLUMNS]
@@ -788,31 +788,37 @@ def _flush_heartbeats(
             cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", changed)
 
 
-# The types of ``_value_params``' columns, cast in a VALUES list's first row (PostgreSQL).
+# The types of ``_value_params``' columns (PostgreSQL arrays).
 VALUE_TYPES = [*"integer text float8 float8 float8 integer integer integer".split(), "timestamptz"]
 
 
-def _update_from_values(cursor: Any, table: str, params: list[tuple]) -> None:
-    """The changed rows as one UPDATE … FROM (VALUES …) on PostgreSQL. Not ``executemany``:
-    psycopg pipelines it, and a runner paused between two of its statements leaves its
-    session neither idle nor running a statement, so no server timeout ends it and its row
-    locks keep every other runner from its engines."""
+def _update_values(cursor: Any, table: str, params: list[tuple]) -> None:
+    """The changed rows' values on PostgreSQL (``_update_from_arrays``)."""
     quote = connection.ops.quote_name
     columns = [*VALUE_COLUMNS, *VALUE_IF_GIVEN, "updated_at"]
     sets = [f"{quote(c)} = v.c{i}" for i, c in enumerate(columns)]
     for i, c in enumerate(VALUE_IF_GIVEN, start=len(VALUE_COLUMNS)):
         sets[i] = f"{quote(c)} = COALESCE(v.c{i}, t.{quote(c)})"
-    names = ", ".join([*(f"c{i}" for i in range(len(columns))), "id"])
-    first = "(" + ", ".join(f"%s::{t}" for t in [*VALUE_TYPES, "integer"]) + ")"
-    rest = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
-    for start in range(0, len(params), 1000):
-        chunk = params[start : start + 1000]
-        rows = ", ".join([first] + [rest] * (len(chunk) - 1))
-        cursor.execute(
-            f"UPDATE {table} AS t SET {', '.join(sets)} FROM (VALUES {rows}) AS v({names}) "
-            "WHERE t.id = v.id",
-            [value for row in chunk for value in row],
-        )
+    _update_from_arrays(cursor, table, sets, VALUE_TYPES, params)
+
+
+def _update_from_arrays(
+    cursor: Any, table: str, sets: list[str], types: list[str], rows: list[tuple]
+) -> None:
+    """One UPDATE … FROM unnest(…) of ``rows`` (each: a value per type, then the id), one
+    array per column, on PostgreSQL. Not ``executemany``: psycopg pipelines it, and a
+    runner paused between two of its statements leaves its session neither idle nor
+    running a statement, so no server timeout ends it and its row locks keep every other
+    runner from its engines. Not a VALUES list either: psycopg splits a query's
+    placeholders in Python, some microseconds each, and ten thousand rows have a hundred
+    thousand of them; arrays are one parameter a column."""
+    names = ", ".join([*(f"c{i}" for i in range(len(types))), "id"])
+    arrays = ", ".join(f"%s::{t}[]" for t in [*types, "bigint"])
+    cursor.execute(
+        f"UPDATE {table} AS t SET {', '.join(sets)} FROM unnest({arrays}) AS v({names}) "
+        "WHERE t.id = v.id",
+        [list(column) for column in zip(*rows, strict=True)],
+    )
 
 
 BEAT_GRAIN = 0.1  # seconds: the precision of a stored heartbeat
@@ -828,6 +834,17 @@ def _grain(ts: float | None) -> int | None:
 
 def _at_grain(grain: int | None, adapt: Callable[[Any], Any]) -> Any:
     return None if grain is None else adapt(to_datetime(round(grain * BEAT_GRAIN, 6)))
+
+
+def _id_lists(ids: list[int]) -> Iterator[tuple[str, list]]:
+    """Conditions on ``id`` that cover ``ids``, with their parameters: one array on
+    PostgreSQL (one parameter however many ids: see ``_update_from_arrays``), IN lists
+    within the parameter limit elsewhere."""
+    if connection.vendor == "postgresql":
+        yield "id = ANY(%s::bigint[])", [list(ids)]
+        return
+    for chunk in _chunks(ids):
+        yield f"id IN ({', '.join(['%s'] * len(chunk))})", chunk
 
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
