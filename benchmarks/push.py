@@ -299,11 +299,17 @@ def flush_bytes(*, engines: int) -> dict:
 
     call_command("migrate", verbosity=0, interactive=False)
     now = timezone.now()
-    RunnerHeartbeat.objects.create(name="bench", started_at=now, last_seen=now)
+    RunnerHeartbeat.objects.create(name="bench", started_at=now, last_seen=now, beats_since=now)
     lease = {"lease_owner": "bench", "lease_expires_at": now + timedelta(minutes=10)}
     Engine.objects.bulk_create(
         Engine(
-            symbol=f"B{i:05d}USDT", status="running", started_at=now, last_heartbeat=now, **lease
+            symbol=f"B{i:05d}USDT",
+            status="running",
+            started_at=now,
+            last_heartbeat=now,
+            last_tick_at=now,
+            beats_with_runner=True,  # in step with the runner's flushes
+            **lease,
         )
         for i in range(engines)
     )
@@ -312,8 +318,7 @@ def flush_bytes(*, engines: int) -> dict:
 
     def flush(fills: bool) -> tuple[int, int, float]:
         stamp = timezone.now()
-        # As the runner writes a flush: beats alone leave updated_at as it is.
-        Engine.objects.update(last_heartbeat=stamp, last_tick_at=stamp)
+        # As the runner writes a flush: the beats of engines in step are its own row's.
         if fills:
             ids = Engine.objects.values_list("id", flat=True)[::FILLED_EVERY]
             Engine.objects.filter(id__in=list(ids)).update(
@@ -323,7 +328,7 @@ def flush_bytes(*, engines: int) -> dict:
                 total_pnl=F("total_pnl") + 1.37,
                 updated_at=stamp,
             )
-        RunnerHeartbeat.objects.filter(name="bench").update(last_seen=stamp)
+        RunnerHeartbeat.objects.filter(name="bench").update(last_seen=stamp, beats_since=stamp)
         epoch, seen = stamp.timestamp(), runners_seen()
         written = Engine.objects.all()  # every engine beat
         whole = {

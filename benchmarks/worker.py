@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import io
 import json
+import logging
 import os
 import signal
 import statistics
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler
 from pathlib import Path
 
 import psutil
@@ -98,16 +100,26 @@ async def _steady(engines: int, seconds: float, counter: TransactionCounter) -> 
     writes = writer.write_transactions
     await _until(lambda: writer.write_transactions >= writes + 2)  # statuses and a flush
     rss_after = _rss()
+    # Steady state: start-up's log lines written, and the engines in step with the flushes.
+    await _until(lambda: _log_backlog() == 0 and _in_step(writer, engines), timeout=60)
     transactions, writes, started = counter.count, writer.write_transactions, time.perf_counter()
+    writer.flush_log.clear()
     with _cpu() as cpu:
         lags = await lag_probe(seconds)
     elapsed = time.perf_counter() - started
+    flushes = list(writer.flush_log)
     db_tx = (counter.count - transactions) / elapsed
     runner_tx = (writer.write_transactions - writes) / elapsed
     recovery = await _crashes_in_database(runner, min(seconds, 3.0))
     runner.request_exit()
     await task
+    plain = [seconds * 1000 for seconds, renewed, _ in flushes if not renewed]
+    renewals = [seconds * 1000 for seconds, renewed, _ in flushes if renewed]
     return recovery | {
+        "runner_flush_ms": statistics.median(plain) if plain else None,
+        "runner_flush_max_ms": max(plain, default=None),
+        "runner_flush_rows": statistics.median([rows for *_, rows in flushes] or [0]),
+        "runner_renewal_ms": statistics.median(renewals) if renewals else None,
         "rss_per_engine_kb": (rss_after - rss_before) / engines / 1024,
         "lag_p99_ms": percentile(lags, 99) * 1000,
         "cpu_percent": cpu.percent,
@@ -175,6 +187,17 @@ async def _crashes_in_database(runner, seconds: float) -> dict:
         "db_crash_written_p99_ms": percentile(written, 99) * 1000,
         "db_restart_running_p99_ms": percentile(running, 99) * 1000,
     }
+
+
+def _log_backlog() -> int:
+    """Engine log records queued for the log thread, not written yet."""
+    handlers = logging.getLogger("levipanel.engine").handlers
+    return sum(h.queue.qsize() for h in handlers if isinstance(h, QueueHandler))
+
+
+def _in_step(writer, engines: int) -> bool:
+    """The last heartbeat flush wrote the rows of a tenth of the engines at most."""
+    return bool(writer.flush_log) and writer.flush_log[-1][2] <= engines / 10
 
 
 def _add_crashers() -> list[int]:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Case, F, OuterRef, Subquery, When
+from django.db.models.functions import Coalesce, Greatest
 
 from .runtime import Status as RuntimeStatus
 from .runtime.engine import MAX_CYCLE, EngineConfig, symbol_problem
@@ -28,6 +31,40 @@ STATUS_LABELS = {
 def validate_symbol(value: str) -> None:
     if problem := symbol_problem(value):
         raise ValidationError(problem, code="invalid_symbol")
+
+
+Moment = TypeVar("Moment", datetime, float)
+
+
+def heartbeat_expression() -> models.Expression:
+    """An engine's heartbeat in SQL (``shown_heartbeat`` in Python): its stored one, or,
+    while it beats in step with its runner, the later of that and the runner's
+    ``beats_since``. A flush of a fleet in step writes the runner's row alone. (Its last
+    tick is shown the same way, from ``last_tick_at``.)"""
+    beats = RunnerHeartbeat.objects.filter(name=OuterRef("lease_owner")).values("beats_since")
+    runner, beat = Subquery(beats[:1]), F("last_heartbeat")
+    with_runner = Greatest(Coalesce(runner, beat), Coalesce(beat, runner))
+    return Case(
+        When(beats_with_runner=True, then=with_runner),
+        default=beat,
+        output_field=models.DateTimeField(),
+    )
+
+
+def shown_heartbeat(
+    stored: Moment | None, with_runner: bool, beats_since: Moment | None
+) -> Moment | None:
+    """``heartbeat_expression`` for a row read as it is stored (datetimes, or Unix
+    seconds): ``beats_since`` is its lease holder's (None: no runner's row)."""
+    if not with_runner or beats_since is None:
+        return stored
+    return beats_since if stored is None else max(stored, beats_since)
+
+
+class EngineQuerySet(models.QuerySet):
+    def with_heartbeat(self) -> EngineQuerySet:
+        """Each engine's heartbeat as ``heartbeat`` (``heartbeat_expression``)."""
+        return self.annotate(heartbeat=heartbeat_expression())
 
 
 class Engine(models.Model):
@@ -78,7 +115,19 @@ class Engine(models.Model):
         null=True, blank=True, help_text="When the engine took its current status."
     )
     started_at = models.DateTimeField(null=True, blank=True)
-    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    last_heartbeat = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Its last heartbeat written on its own; see beats_with_runner.",
+    )
+    beats_with_runner = models.BooleanField(
+        default=False,
+        help_text=(
+            "It beats and gets prices in step with its runner's flushes: its heartbeat "
+            "(and last tick) is the later of its stored one and its runner's beats_since "
+            "(shown_heartbeat)."
+        ),
+    )
     error_count = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     position = models.FloatField(null=True, blank=True)
@@ -130,6 +179,8 @@ class Engine(models.Model):
     lease_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="Renewed with its runner's heartbeat flush."
     )
+
+    objects = EngineQuerySet.as_manager()
 
     class Meta:
         ordering = ["symbol"]
@@ -310,6 +361,14 @@ class RunnerHeartbeat(models.Model):
     )
     down_since = models.DateTimeField(
         null=True, blank=True, help_text="Set while a 'runner down' alert is open."
+    )
+    beats_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=(
+            "As of last_seen, every engine of this runner marked beats_with_runner "
+            "heart-beat and got a price at or after this."
+        ),
     )
 
     objects = RunnerHeartbeatQuerySet.as_manager()

@@ -36,7 +36,8 @@ from .store import db
 log = logging.getLogger("levipanel.runner")
 
 RUNNING = Engine.DesiredState.RUNNING
-# The most engines one claim takes (PostgreSQL, several runners): the rest at the next polls.
+# The most engines one claim takes (PostgreSQL, several runners): a claim is a transaction
+# of its own, short next to a lease; a poll claims batch after batch (``_balance``).
 CLAIM_BATCH = 1000
 # Control rows are read at least this often (or a fifth of the lease, if shorter) even when
 # no command was given: to see a joining runner, or a lease that expired.
@@ -236,7 +237,12 @@ class Reconciler:
 
     async def _balance(self, rows: dict[str, store.ControlRow], live: set[str]) -> bool:
         """Claim up to this runner's fair share, or hand the excess over. True when it
-        claimed: there may be more to claim at the next poll."""
+        claimed: there may be more to claim at the next poll.
+
+        Claims go a batch at a time, each its own short transaction, one after another
+        while there is more to take, the live runners counted again before each: a runner
+        that joined meanwhile lowers the share at once (a fleet no longer waits a poll per
+        batch to start)."""
         share = self._share(len(rows), live)
         held = len(self.leases) - len(self._handing_over)
         if held < share:
@@ -245,7 +251,15 @@ class Reconciler:
                 not row.lease_live or (self.exclusive and row.lease_owner != runner)
                 for row in rows.values()
             ):
-                return await self._claim(share - held) > 0
+                claimed = 0
+                while held < share:
+                    got = await self._claim(share - held)
+                    claimed, held = claimed + got, held + got
+                    if got < CLAIM_BATCH or self.exclusive:  # nothing more free now
+                        break
+                    live = await db(store.live_runners)(within=self.leases.lease)
+                    share = self._share(len(rows), live)
+                return claimed > 0
         elif held > share and not self._handing_over:
             excess = sorted(self.leases.epochs)[share:]
             self._handing_over |= set(excess)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..models import (
     ExchangeAccount,
     RunnerHeartbeat,
     Trade,
+    heartbeat_expression,
 )
 from ..runtime.broker import DAY, Book, utc_day
 from ..runtime.brokers import Account
@@ -97,6 +99,9 @@ class StatusRow:
     last_error: str | None
     changed_at: float | None = None  # when the status began; None: now
     code: str = ""  # why, for machines (``risk.DAILY_LOSS``): alerts key on it
+    # The engine's last beat: a status change takes it out of step with its runner's
+    # flushes (``HeartbeatRow.in_step``), its own beat stored. None: as stored.
+    last_heartbeat: float | None = None
 
 
 @dataclass(slots=True)  # not frozen: made for every engine at every flush, at half the cost
@@ -117,6 +122,9 @@ class HeartbeatRow:
     # False: only the beat (and the last tick) is new since the last flush; the rest of the
     # row is as stored, and is not written again.
     changed: bool = True
+    # It beats in step with the runner's flushes from now on: its later beats are the
+    # runner's ``beats_since``, and are not written again (``Engine.beats_with_runner``).
+    in_step: bool = False
 
     def values(self) -> tuple:
         """What the runner knows beyond the beat: the writer compares these between flushes."""
@@ -130,6 +138,11 @@ class HeartbeatRow:
             self.restart_attempt,
             self.restart_budget_left,
         )
+
+
+def gone_row(engine_id: int, beat: float) -> HeartbeatRow:
+    """The row of an engine no longer tracked that was in step: its last beat, stored."""
+    return HeartbeatRow(engine_id, beat, 0, None, None, 0.0, 0.0, 0, changed=False)
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,11 @@ class RunnerRow:
     pid: int | None = None
     held: int = 0
     stopped: bool = False  # it stopped on a signal and released its engines
+    # Every engine it holds in step (``HeartbeatRow.in_step``) beat at or after this.
+    beats_since: float | None = None
+    # Its first flush: rows left in step under its name (by a process of the same name
+    # before it) are taken out of step first.
+    first: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +201,7 @@ class Written:
 
     lost: set[int] = field(default_factory=set)
     conflicts: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0  # how long the transaction took, commit included
 
 
 @dataclass(frozen=True)
@@ -310,7 +329,8 @@ def claim_engines(
         )
         if not found:
             return []
-        Engine.objects.filter(id__in=[row[0] for row in found]).update(
+        out_of_step(
+            Engine.objects.filter(id__in=[row[0] for row in found]),
             lease_owner=runner,
             lease_epoch=F("lease_epoch") + 1,
             lease_expires_at=Now() + timedelta(seconds=lease),
@@ -492,13 +512,17 @@ def write(
     if not any((statuses, errors, restarts, heartbeats, acks, books, runner, pnl_samples)):
         if fence is None or not (fence.lease or fence.release):
             return written
-    now = datetime.now(UTC)
+    began, now = time.perf_counter(), datetime.now(UTC)
+    beating = {r.id for r in heartbeats}
+    renewed = False  # the leases of the engines not beating renewed by the fence already
     with transaction.atomic():
+        if runner is not None and runner.first:
+            out_of_step(Engine.objects.filter(lease_owner=runner.name, beats_with_runner=True))
         if fence is not None:
             touched = {r.id for r in (*statuses, *heartbeats, *books, *pnl_samples)}
             touched |= {r.engine_id for r in (*errors, *restarts)}
             touched |= {a.engine_id for a in acks if a.engine_id is not None}
-            valid, written.lost = _fenced(fence, touched | fence.release)
+            valid, written.lost, renewed = _fenced(fence, touched | fence.release, beating)
             written.conflicts = _fill_conflicts([r for r in books if r.id in valid])
             valid -= set(written.conflicts)
             statuses = [r for r in statuses if r.id in valid]
@@ -512,51 +536,104 @@ def write(
         if books:
             _write_books(books, now, fence)
         lease_until = None
-        if fence is not None and fence.lease is not None:
+        if fence is not None and fence.lease is not None and (heartbeats or not renewed):
             lease_until = _database_now() + timedelta(seconds=fence.lease)
         if heartbeats:
             _flush_heartbeats(heartbeats, now, lease_until)
-        if lease_until is not None:  # the engines held that did not beat: renewed alone
-            _renew(valid - {r.id for r in heartbeats}, lease_until)
+        if lease_until is not None and not renewed:  # the engines that did not beat
+            _renew(valid - beating, lease_until)
         if pnl_samples:
             _sample_pnl(pnl_samples, now)
         if fence is not None and fence.release:
-            Engine.objects.filter(id__in=fence.release & valid, lease_owner=fence.runner).update(
-                lease_owner="", lease_expires_at=None, updated_at=now
-            )
+            released = Engine.objects.filter(id__in=fence.release & valid, lease_owner=fence.runner)
+            out_of_step(released, lease_owner="", lease_expires_at=None, updated_at=now)
         if runner is not None:
             _runner_heartbeat(runner, now)
+    written.seconds = time.perf_counter() - began
     engines_written.send(
         sender=Engine,
         statuses=statuses,
         errors=errors,
         restarts=restarts,
-        heartbeats=bool(heartbeats),
+        heartbeats=bool(heartbeats) or runner is not None,
         acks=acks,
         books=books,
     )
     return written
 
 
-def _fenced(fence: Fence, touched: set[int]) -> tuple[set[int], set[int]]:
+def out_of_step(engines: QuerySet, **fields: Any) -> None:
+    """Update ``engines`` with ``fields``, each with the heartbeat it shows now stored on
+    its own row, and no longer in step with a runner (it changes hands, or its runner
+    begins again)."""
+    engines.update(**fields, beats_with_runner=False, last_heartbeat=heartbeat_expression())
+
+
+def _fenced(
+    fence: Fence, touched: set[int], beating: set[int] = frozenset()
+) -> tuple[set[int], set[int], bool]:
     """The engines of ``touched`` (all it holds, when renewing) this runner still holds at
-    its epochs, their rows locked until the transaction ends; and the ones it lost.
+    its epochs, their rows locked until the transaction ends; the ones it lost; and whether
+    the leases of those not ``beating`` were renewed on the way.
 
     A renewal (or a write of many engines) finds the rows by their owner, in one plain
     query, not by a list of every id: the statement is the same whatever the fleet's size.
-    The leases are renewed by the writes that follow (``_flush_heartbeats``, ``_renew``),
-    only for the engines found valid here: one the runner gave up (self-fenced) expires."""
+    On PostgreSQL a renewal is that statement (``_renew_held``) for the engines whose beats
+    are not written (a row updated twice in one transaction no longer fits its page: see
+    migration 0014); the statements of the beats renew the others (``_flush_heartbeats``),
+    as they do every engine's elsewhere, with ``_renew``. Either way only the engines found
+    valid here are renewed: one the runner gave up (self-fenced) expires."""
     asked = set(fence.epochs) | touched if fence.lease is not None else touched
-    if fence.lease is None and len(asked) <= FEW_IDS:
-        found = Engine.objects.filter(lease_owner=fence.runner, id__in=list(asked))
-        held = dict(found.select_for_update().values_list("id", "lease_epoch"))
+    renewed = fence.lease is not None and connection.vendor == "postgresql"
+    if renewed:
+        held = _renew_held(fence, set(fence.epochs) - beating)
+        if beating & asked:
+            held.update(_held_among(fence.runner, sorted(beating & asked)))
+    elif fence.lease is None and len(asked) <= FEW_IDS:
+        held = _held_among(fence.runner, sorted(asked))
     else:
         held = _held_by(fence.runner)
     valid = {pk for pk in asked if held.get(pk, -1) == fence.epochs.get(pk)}
-    return valid, (asked & fence.epochs.keys()) - valid
+    return valid, (asked & fence.epochs.keys()) - valid, renewed
 
 
 FEW_IDS = 500  # a write of up to this many engines looks them up by id; else by owner
+
+
+def _held_among(runner: str, ids: list[int]) -> dict[int, int]:
+    """``_held_by`` among the engines ``ids`` only (a write of a few engines)."""
+    if not ids:
+        return {}
+    table = connection.ops.quote_name(Engine._meta.db_table)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    held: dict[int, int] = {}
+    with connection.cursor() as cursor:
+        for where, params in _id_lists(ids):
+            cursor.execute(
+                f"SELECT id, lease_epoch FROM {table} WHERE lease_owner = %s AND {where}{lock}",
+                [runner, *params],
+            )
+            held.update(cursor.fetchall())
+    return held
+
+
+def _renew_held(fence: Fence, ids: set[int]) -> dict[int, int]:
+    """PostgreSQL: renew the leases this runner holds among ``ids`` (engines of its
+    epochs: one it gave up must expire), by the database's clock, and return them (id ->
+    epoch), their rows locked: the fence and the renewal in one statement, where a
+    SELECT … FOR UPDATE and an UPDATE of every row were two. ``_fenced`` keeps those still
+    at the epoch it claimed."""
+    if not ids:
+        return {}
+    table = connection.ops.quote_name(Engine._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} "
+            "SET lease_expires_at = STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second' "
+            f"WHERE lease_owner = %s AND id = ANY({ID_ARRAY}) RETURNING id, lease_epoch",
+            [fence.lease, fence.runner, id_text(ids)],
+        )
+        return dict(cursor.fetchall())
 
 
 def _held_by(runner: str) -> dict[int, int]:
@@ -638,11 +715,21 @@ STATUS_COLUMNS = (
 ).split()
 
 
+# The types of ``STATUS_COLUMNS`` and then ``last_heartbeat`` (PostgreSQL arrays).
+STATUS_TYPES = (
+    "text text timestamptz timestamptz integer integer timestamptz integer text timestamptz "
+    "timestamptz"
+).split()
+
+
 def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
-    # One executemany UPDATE, like the heartbeats: a whole fleet starting is one statement.
+    """One statement, like the heartbeats: a whole fleet starting is one UPDATE (an
+    ``executemany`` on SQLite, arrays on PostgreSQL: see ``_update_from_arrays``). A new
+    status takes the engine out of step with its runner (``HeartbeatRow.in_step``): a
+    stopped or crashed engine shows its own last beat at once, not its runner's flush."""
     quote = connection.ops.quote_name
     table = quote(Engine._meta.db_table)
-    assignments = ", ".join(f"{quote(c)} = %s" for c in STATUS_COLUMNS)
+    beat, in_step = quote("last_heartbeat"), quote("beats_with_runner")
     adapt = connection.ops.adapt_datetimefield_value
     stamp = adapt(now)
     params = [
@@ -657,11 +744,21 @@ def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
             row.error_count,
             row.last_error or "",
             stamp,
+            adapt(to_datetime(row.last_heartbeat)),
             row.id,
         )
         for row in rows
     ]
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            sets = [f"{quote(c)} = v.c{i}" for i, c in enumerate(STATUS_COLUMNS)]
+            sets += [f"{beat} = COALESCE(v.c{len(sets)}, t.{beat})", f"{in_step} = FALSE"]
+            _update_from_arrays(cursor, table, sets, STATUS_TYPES, params)
+            return
+        assignments = ", ".join(
+            [f"{quote(c)} = %s" for c in STATUS_COLUMNS]
+            + [f"{beat} = COALESCE(%s, {beat})", f"{in_step} = FALSE"]
+        )
         cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
 
 
@@ -748,25 +845,32 @@ def _flush_heartbeats(
     table = quote(Engine._meta.db_table)
     adapt = connection.ops.adapt_datetimefield_value
     stamp = adapt(now)
-    groups: dict[tuple[int | None, int | None], list[int]] = defaultdict(list)
+    groups: dict[tuple[int | None, int | None, bool], list[int]] = defaultdict(list)
     for row in rows:
-        groups[_grain(row.last_heartbeat), _grain(row.last_tick_at)].append(row.id)
+        groups[_grain(row.last_heartbeat), _grain(row.last_tick_at), row.in_step].append(row.id)
     ticks = []
     if len(groups) > MAX_GROUPS:  # ticks on schedules of their own: by beat alone, then ticks
         groups = defaultdict(list)
         for row in rows:
-            groups[_grain(row.last_heartbeat), None].append(row.id)
+            groups[_grain(row.last_heartbeat), None, row.in_step].append(row.id)
         ticks = [(_at_grain(_grain(r.last_tick_at), adapt), r.id) for r in rows]
     beat, tick, updated = (quote(c) for c in ("last_heartbeat", "last_tick_at", "updated_at"))
     until = None if lease_until is None else adapt(lease_until)
     lease = quote("lease_expires_at")  # renewed in the same statement, with a lease
+    in_step = quote("beats_with_runner")
     with connection.cursor() as cursor:
-        for (beat_grain, tick_grain), ids in groups.items():
+        for (beat_grain, tick_grain, step), ids in groups.items():
             for where, params in _id_lists(ids):
                 cursor.execute(
                     f"UPDATE {table} SET {beat} = %s, {tick} = COALESCE(%s, {tick}), "
-                    f"{lease} = COALESCE(%s, {lease}) WHERE {where}",
-                    [_at_grain(beat_grain, adapt), _at_grain(tick_grain, adapt), until, *params],
+                    f"{in_step} = %s, {lease} = COALESCE(%s, {lease}) WHERE {where}",
+                    [
+                        _at_grain(beat_grain, adapt),
+                        _at_grain(tick_grain, adapt),
+                        step,
+                        until,
+                        *params,
+                    ],
                 )
         postgresql = connection.vendor == "postgresql"
         if ticks and postgresql:
@@ -793,12 +897,24 @@ VALUE_TYPES = [*"integer text float8 float8 float8 integer integer integer".spli
 
 
 def _update_values(cursor: Any, table: str, params: list[tuple]) -> None:
-    """The changed rows' values on PostgreSQL (``_update_from_arrays``)."""
+    """The changed rows' values on PostgreSQL (``_update_from_arrays``). ``updated_at`` is
+    stamped only where a value differs from the stored one: a row written whole on its
+    refresh turn (``REFRESH_FLUSHES``) with nothing new changes no indexed column, and is
+    a HOT update (see migration 0014)."""
     quote = connection.ops.quote_name
-    columns = [*VALUE_COLUMNS, *VALUE_IF_GIVEN, "updated_at"]
-    sets = [f"{quote(c)} = v.c{i}" for i, c in enumerate(columns)]
-    for i, c in enumerate(VALUE_IF_GIVEN, start=len(VALUE_COLUMNS)):
-        sets[i] = f"{quote(c)} = COALESCE(v.c{i}, t.{quote(c)})"
+    values = [f"v.c{i}" for i in range(len(VALUE_COLUMNS))]
+    values += [
+        f"COALESCE(v.c{i}, t.{quote(c)})"
+        for i, c in enumerate(VALUE_IF_GIVEN, start=len(VALUE_COLUMNS))
+    ]
+    columns = [*VALUE_COLUMNS, *VALUE_IF_GIVEN]
+    sets = [f"{quote(c)} = {value}" for c, value in zip(columns, values, strict=True)]
+    stored = ", ".join(f"t.{quote(c)}" for c in columns)
+    updated = quote("updated_at")
+    sets.append(
+        f"{updated} = CASE WHEN ({stored}) IS DISTINCT FROM ({', '.join(values)}) "
+        f"THEN v.c{len(columns)} ELSE t.{updated} END"
+    )
     _update_from_arrays(cursor, table, sets, VALUE_TYPES, params)
 
 
@@ -836,12 +952,22 @@ def _at_grain(grain: int | None, adapt: Callable[[Any], Any]) -> Any:
     return None if grain is None else adapt(to_datetime(round(grain * BEAT_GRAIN, 6)))
 
 
+# Ids as one parameter on PostgreSQL: a text of digits and commas, made an array by the
+# server. Django's cursors bind parameters on the client, and psycopg quotes a list
+# element by element (a regular expression each); a text is quoted once. Not a list of
+# placeholders either: psycopg splits a query's placeholders in Python, microseconds each.
+ID_ARRAY = "string_to_array(%s, ',')::bigint[]"
+
+
+def id_text(ids: Iterable[int]) -> str:
+    return ",".join(map(str, ids))
+
+
 def _id_lists(ids: list[int]) -> Iterator[tuple[str, list]]:
     """Conditions on ``id`` that cover ``ids``, with their parameters: one array on
-    PostgreSQL (one parameter however many ids: see ``_update_from_arrays``), IN lists
-    within the parameter limit elsewhere."""
+    PostgreSQL (``ID_ARRAY``), IN lists within the parameter limit elsewhere."""
     if connection.vendor == "postgresql":
-        yield "id = ANY(%s::bigint[])", [list(ids)]
+        yield f"id = ANY({ID_ARRAY})", [id_text(ids)]
         return
     for chunk in _chunks(ids):
         yield f"id IN ({', '.join(['%s'] * len(chunk))})", chunk
@@ -889,6 +1015,7 @@ def _runner_heartbeat(row: RunnerRow, now: datetime) -> None:
         "pid": row.pid,
         "held": row.held,
         "stopped_at": now if row.stopped else None,
+        "beats_since": to_datetime(row.beats_since),
     }
     if not RunnerHeartbeat.objects.filter(name=row.name).update(**fields):
         RunnerHeartbeat.objects.create(name=row.name, **fields)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from django.db import DatabaseError
@@ -29,6 +30,8 @@ log = logging.getLogger("levipanel.runner")
 # A fill waits at most this long (plus one loop turn) for a write to ride along with.
 FILL_DELAY = 0.5
 REFRESH_FLUSHES = 60  # each row is written whole at least once per this many flushes
+FLUSH_LOG = 600  # heartbeat flushes kept in ``Writer.flush_log``
+STEP_SLACK = 0.5  # seconds a beat may be late and its engine still in step with the flushes
 
 
 class Writer:
@@ -71,6 +74,15 @@ class Writer:
         self._values: dict[tuple[int, int], tuple[tuple, int]] = {}
         self._flushing_values: dict[tuple[int, int], tuple[tuple, int]] = {}
         self._flushes = 0
+        # Engine id -> its last beat seen at a flush, for the engines stored in step with
+        # this runner's flushes (``HeartbeatRow.in_step``): their beats are ``beats_since``.
+        self._in_step: dict[int, float] = {}
+        self._stepping: dict[int, float | None] = {}  # this write's changes (None: out)
+        self._beats_since: float | None = None
+        self._runner_written = False  # the first flush takes rows left in step out of it
+        # The last heartbeat flushes: (seconds in the database, whether it renewed the
+        # leases, engine rows it wrote). Read by the benchmark.
+        self.flush_log: deque[tuple[float, bool, int]] = deque(maxlen=FLUSH_LOG)
         self._retry_at = 0.0
         self._failures = 0
         self._log_limiter = LogLimiter(limit=1, window=10.0)  # an outage: a line per 10 s
@@ -145,9 +157,12 @@ class Writer:
         acks = list(self._acks)
         self._flushing.clear()
         self._flushing_values.clear()
+        self._stepping = {row.id: None for row in statuses}  # a status takes it out of step
+        if heartbeat_due and not self._runner_written:
+            self._in_step.clear()  # the first flush takes every row out of step first
         # A status or a fill writes some of the same columns its own way: write those rows whole.
         self._forget({row.id for row in statuses} | {row.id for row in books})
-        heartbeats = self._heartbeat_rows() if heartbeat_due else []
+        heartbeats = self._heartbeat_rows(now) if heartbeat_due else []
         samples = self._pnl_rows(now) if heartbeat_due else []
         release = frozenset(self._release)
         fence = store.Fence(
@@ -179,12 +194,16 @@ class Writer:
             # that the final flush neither repeats it nor loses it.
             with contextlib.suppress(DatabaseError):
                 self._sent(await call, now, began, fence, acks, release, samples)
+                self._runner_written |= heartbeat_due
             raise
         except DatabaseError as exc:
             await self.database_error(exc)
             return False
         if heartbeat_due or any((statuses, errors, restarts, acks, books, samples, release)):
             self.write_transactions += 1
+        self._runner_written |= heartbeat_due
+        if heartbeat_due:
+            self.flush_log.append((written.seconds, fence.lease is not None, len(heartbeats)))
         self._sent(written, now, began, fence, acks, release, samples)
         return True
 
@@ -205,7 +224,15 @@ class Writer:
         del self._acks[: len(acks)]  # acks queued during the write wait for the next one
         self._release -= release
         self._values.update(self._flushing_values)
-        self._forget(release | written.lost | set(written.conflicts))
+        for engine_id, beat in self._stepping.items():
+            if beat is None:
+                self._in_step.pop(engine_id, None)
+            else:
+                self._in_step[engine_id] = beat
+        gone = release | written.lost | set(written.conflicts)
+        for engine_id in gone:  # taken out of step by the release, or by their new holder
+            self._in_step.pop(engine_id, None)
+        self._forget(gone)
         for engine_id in release:
             self.leases.drop(engine_id)
         if release:
@@ -250,6 +277,7 @@ class Writer:
         started_at = engine.started_at if engine and event.status in ACTIVE else None
         return store.StatusRow(
             id=self.ids[event.symbol],
+            last_heartbeat=engine.last_heartbeat if engine else None,
             status=event.status,
             reason=event.reason,
             changed_at=event.at,
@@ -273,20 +301,52 @@ class Writer:
             pid=identity.pid,
             held=0 if self.stopped else len(self.leases),
             stopped=self.stopped,
+            beats_since=self._beats_since,
+            first=not self._runner_written,
         )
 
-    def _heartbeat_rows(self) -> list[store.HeartbeatRow]:
-        """Rows for the engines that heart-beat since the last flush (stopped ones too: their
-        last cycles must reach the database). A row whose values are as last written is
-        marked unchanged, and only its beat is written; a row not written whole for
-        ``REFRESH_FLUSHES`` flushes is written whole again, whatever else wrote the columns."""
+    def _heartbeat_rows(self, now: float) -> list[store.HeartbeatRow]:
+        """Rows for the engines whose stored heartbeat must move (stopped ones too: their
+        last cycles must reach the database).
+
+        A running engine that cycles at least once a flush, and beat and got a price within
+        ``flush_interval + cycle_interval + STEP_SLACK``, is in step with the flushes: its
+        row is written when it comes into step, and then not for its beats and ticks at
+        all — the runner's own row carries ``beats_since``, the oldest beat or tick of the
+        engines in step.
+        One that falls out of step (hung, stopped, gone) is written with its own last beat.
+        So a flush of a quiet fleet writes only the rows due for their refresh (below).
+
+        A row whose values are as last written is marked unchanged, and only its beat is
+        written; a row not written whole for ``REFRESH_FLUSHES`` flushes is written whole
+        again, whatever else wrote the columns."""
         rows = []
         self._flushes = flush = self._flushes + 1
         ids, flushed, values, epochs = self.ids, self._flushed, self._values, self.leases.epochs
-        for symbol, engine in self.manager.engines():
+        in_step, stepping, step_after = self._in_step, self._stepping, now - STEP_SLACK
+        oldest: float | None = None
+        seen: set[int] = set()
+        for symbol, engine, running in self.manager.beats():
             engine_id = ids.get(symbol)
             beat = engine.last_heartbeat
-            if engine_id is None or beat is None or flushed.get(symbol) == beat:
+            if engine_id is None or beat is None:
+                continue
+            seen.add(engine_id)
+            cycle = engine.config.cycle_interval
+            tick = engine.state.last_tick_at
+            was = engine_id in in_step and engine_id not in stepping
+            since = step_after - cycle - self.flush_interval
+            now_in = (
+                running
+                and cycle <= self.flush_interval
+                and beat >= since
+                and tick is not None
+                and tick >= since
+            )
+            if now_in:
+                beat_or_tick = tick if tick < beat else beat
+                oldest = beat_or_tick if oldest is None or beat_or_tick < oldest else oldest
+            elif not was and flushed.get(symbol) == beat:
                 continue
             self._flushing[symbol] = beat
             state = engine.state
@@ -303,15 +363,26 @@ class Writer:
                 state.last_tick_at,
                 attempt,
                 budget,
+                in_step=now_in,
             )
-            now, key = row.values(), (engine_id, epochs.get(engine_id, -1))
+            current, key = row.values(), (engine_id, epochs.get(engine_id, -1))
             last, whole_at = values.get(key, (None, 0))
-            if last == now and flush - whole_at < REFRESH_FLUSHES:
+            if last == current and flush - whole_at < REFRESH_FLUSHES:
+                if was and now_in:  # in step, as stored: nothing to write
+                    in_step[engine_id] = beat
+                    continue
                 row.changed = False
             else:  # the next refresh staggered by id: the fleet's rows do not all come due at once
                 first = last is None
-                self._flushing_values[key] = (now, flush - engine_id % REFRESH_FLUSHES * first)
+                self._flushing_values[key] = (current, flush - engine_id % REFRESH_FLUSHES * first)
+            if was != now_in or engine_id in stepping:
+                stepping[engine_id] = beat if now_in else None
             rows.append(row)
+        for engine_id in in_step.keys() - seen:  # no longer tracked: its last beat, stored
+            stepping[engine_id] = None
+            if engine_id in epochs:
+                rows.append(store.gone_row(engine_id, in_step[engine_id]))
+        self._beats_since = oldest
         return rows
 
     def _forget(self, engine_ids: set[int]) -> None:

@@ -314,6 +314,10 @@ class EngineManager:
         """Every tracked engine by symbol, running or not."""
         return ((symbol, slot.engine) for symbol, slot in self.slots.items())
 
+    def beats(self) -> Iterator[tuple[str, TradingEngine, bool]]:
+        """Every tracked engine by symbol, and whether it is running (degraded included)."""
+        return ((symbol, slot.engine, slot.is_running) for symbol, slot in self.slots.items())
+
     def running_engines(self) -> Iterator[TradingEngine]:
         """The engines running now (degraded included)."""
         return (slot.engine for slot in self.slots.values() if slot.is_running)

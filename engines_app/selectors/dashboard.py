@@ -15,7 +15,7 @@ from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet, TextF
 from django.db.models.functions import Cast
 
 from ..conf import engine_settings
-from ..models import Engine, EngineCommand, EnginePnlSample
+from ..models import Engine, EngineCommand, EnginePnlSample, shown_heartbeat
 from ..runtime import ACTIVE
 from ..runtime.brokers import PAPER
 from ..runtime.redact import redact_text, redact_url
@@ -23,6 +23,8 @@ from .engines import (
     AT_REST,
     BROKER_FIELDS,
     UNKNOWN,
+    RunnerSeen,
+    beat_after,
     engine_status,
     epoch,
     runners_seen,
@@ -35,7 +37,7 @@ LOG_TAIL_BYTES = 256 * 1024
 
 
 def engine_row(
-    engine: Engine, now: float, seen: Mapping[str, float] | None = None
+    engine: Engine, now: float, seen: Mapping[str, RunnerSeen] | None = None
 ) -> dict[str, Any]:
     """The guide's status of one engine, plus what the page needs to tick and to order
     updates: ``started_at`` and ``version`` (the row's ``updated_at``)."""
@@ -106,16 +108,17 @@ def fetch(rows: QuerySet) -> list[tuple]:
         return cursor.fetchall()
 
 
-def raw_rows(engines: QuerySet, now: datetime) -> list[tuple]:
-    """``RAW_COLUMNS`` and ``RAW_TIMES`` (as text) of ``engines``, then whether a live lease
-    holds each and whether its heartbeat is fresh (within ``STALE_AFTER``) at ``now``."""
+def raw_rows(engines: QuerySet, now: datetime, seen: Mapping[str, RunnerSeen]) -> list[tuple]:
+    """``RAW_COLUMNS`` and ``RAW_TIMES`` (as text) of ``engines``, whether each beats with
+    its runner, then whether a live lease holds it and whether its heartbeat is fresh
+    (within ``STALE_AFTER``) at ``now``; ``seen`` is ``runners_seen()``."""
     held = ExpressionWrapper(~Q(lease_owner="") & Q(lease_expires_at__gt=now), BooleanField())
-    fresh = Q(last_heartbeat__gt=now - timedelta(seconds=STALE_AFTER))
+    fresh = beat_after(now - timedelta(seconds=STALE_AFTER), seen)
     times = {f"{name}_text": as_text(name) for name in RAW_TIMES}
     rows = engines.annotate(**BROKER_FIELDS).annotate(
         **times, held=held, fresh=ExpressionWrapper(fresh, BooleanField())
     )
-    return fetch(rows.values_list(*RAW_COLUMNS, *times, "held", "fresh"))
+    return fetch(rows.values_list(*RAW_COLUMNS, *times, "beats_with_runner", "held", "fresh"))
 
 
 def stamps(engines: QuerySet) -> list[tuple[str, str]]:
@@ -139,16 +142,18 @@ def raw_epoch(value: Any) -> float | None:
     return value.timestamp()
 
 
-def page_row(raw: tuple, seen: Mapping[str, float]) -> dict[str, Any]:
+def page_row(raw: tuple, seen: Mapping[str, RunnerSeen]) -> dict[str, Any]:
     """One engine as the dashboard shows it (``PAGE_FIELDS``), from ``raw_rows``: only what
     changes what the page shows. Its status is ``shown_status``'s; ``stale`` says whether
     the heartbeat is older than ``STALE_AFTER`` (the page counts a fresh row's age from the
     frame's ``flushed_at``); PnL is rounded to the cent the page shows."""
     symbol, status, reason, desired, owner, position, daily, total, trades = raw[:9]
-    errors, last_error, broker, exchange, started, heartbeat, _, held, fresh = raw[9:]
+    errors, last_error, broker, exchange, started, heartbeat, _, in_step, held, fresh = raw[9:]
     shown = status if status in AT_REST or held else UNKNOWN
-    last_seen = seen.get(owner) if owner and not held else None
-    beat = raw_epoch(heartbeat)
+    runner = seen.get(owner) if owner else None
+    last_seen = runner.at if runner and not held else None
+    beats_since = runner.beats_since.timestamp() if runner and runner.beats_since else None
+    beat = shown_heartbeat(raw_epoch(heartbeat), bool(in_step), beats_since)
     return {
         "symbol": symbol,
         "status": shown,
@@ -175,7 +180,7 @@ def fleet_rows(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str, tupl
     """Every engine: its page row, its ``row_key`` and its raw ``updated_at``, by symbol."""
     seen = runners_seen()
     rows, keys, versions = {}, {}, {}
-    for raw in raw_rows(Engine.objects.all(), now):
+    for raw in raw_rows(Engine.objects.all(), now, seen):
         rows[raw[0]], keys[raw[0]], versions[raw[0]] = (
             page_row(raw, seen),
             row_key(raw),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db.models import Q
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
-from ..models import Engine, RunnerHeartbeat
+from ..models import Engine, RunnerHeartbeat, shown_heartbeat
 from ..runtime import ACTIVE
 from ..runtime.brokers import PAPER
 from .exchanges import broker_summary
@@ -44,6 +44,7 @@ STATUS_FIELDS = (
     "last_tick_at",
     "lease_owner",
     "lease_expires_at",
+    "beats_with_runner",
 )
 
 
@@ -80,13 +81,34 @@ def with_shown_status(status: str, now: datetime | None = None) -> Q:
     return Q(status=status) & ~unheld(now)
 
 
-def runners_seen(names: Iterable[str] | None = None) -> dict[str, float]:
-    """The last heartbeat of the runners ``names`` (default: every runner, a handful of
-    rows), as Unix seconds."""
+class RunnerSeen(NamedTuple):
+    """A runner's last heartbeat flush (Unix seconds), and the beat its engines in step
+    show (``RunnerHeartbeat.beats_since``)."""
+
+    at: float
+    beats_since: datetime | None
+
+
+def runners_seen(names: Iterable[str] | None = None) -> dict[str, RunnerSeen]:
+    """The runners ``names`` (default: every runner, a handful of rows), by name."""
     runners = RunnerHeartbeat.objects.all()
     if names is not None:
         runners = runners.filter(name__in=list(names))
-    return {name: at.timestamp() for name, at in runners.values_list("name", "last_seen")}
+    rows = runners.values_list("name", "last_seen", "beats_since")
+    return {name: RunnerSeen(at.timestamp(), beats) for name, at, beats in rows}
+
+
+def beating_runners(seen: Mapping[str, RunnerSeen], after: datetime) -> list[str]:
+    """The runners whose engines in step beat after ``after``."""
+    return [name for name, r in seen.items() if r.beats_since is not None and r.beats_since > after]
+
+
+def beat_after(after: datetime, seen: Mapping[str, RunnerSeen]) -> Q:
+    """Engines whose heartbeat (``shown_heartbeat``) is later than ``after``, as a filter."""
+    found = Q(last_heartbeat__gt=after)
+    if names := beating_runners(seen, after):
+        found |= Q(beats_with_runner=True, lease_owner__in=names)
+    return found
 
 
 def status_counts(statuses: Iterable[str]) -> dict[str, int]:
@@ -128,14 +150,16 @@ def status_row(
     row: dict[str, Any], now: float | None = None, seen: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
     """The status of one engine from its ``STATUS_FIELDS`` values; ``seen`` maps runner
-    names to their last heartbeat (``runners_seen``)."""
+    names to what they last wrote (``runners_seen``)."""
     now = time.time() if now is None else now
     owner, expires = row["lease_owner"], row["lease_expires_at"]
     status = shown_status(row["status"], owner, expires, now)
     started = row["started_at"].timestamp() if row["started_at"] and status in ACTIVE else None
-    heartbeat = epoch(row["last_heartbeat"])
-    tick = row["last_tick_at"]
-    last_seen = (seen or {}).get(owner) if owner else None
+    runner = (seen or {}).get(owner) if owner else None
+    beats_since, in_step = (runner.beats_since if runner else None), row["beats_with_runner"]
+    heartbeat = epoch(shown_heartbeat(row["last_heartbeat"], in_step, beats_since))
+    tick = shown_heartbeat(row["last_tick_at"], in_step, beats_since)
+    last_seen = runner.at if runner else None
     return {
         "symbol": row["symbol"],
         "status": status,

@@ -8,7 +8,8 @@ all of these hold:
 - the data version is the one it was built at: ``data_version()``, one aggregate query over
   the engine rows (count, highest id, and the sums of ``updated_at`` and
   ``lease_expires_at``: every write that changes what a status shows stamps ``updated_at``,
-  a lease renewal moves ``lease_expires_at``), plus every runner's last heartbeat;
+  a lease renewal moves ``lease_expires_at``), plus every runner's last heartbeat and
+  the beat it carries for its engines in step;
 - no lease it showed live has expired since (the engine would now show ``unknown``);
 - it is younger than ``MAX_AGE``: ages (``uptime_seconds``, ``heartbeat_age_seconds``) are
   as of when it was built.
@@ -62,8 +63,10 @@ def data_version() -> tuple | None:
     with connection.cursor() as cursor:
         cursor.execute(sql.format(table=quote(Engine._meta.db_table)))
         engines = cursor.fetchone()
-        # Every runner's last heartbeat: shown as ``runner_last_seen``. A handful of rows.
-        cursor.execute(f"SELECT name, last_seen FROM {quote(RunnerHeartbeat._meta.db_table)}")
+        # Every runner's last heartbeat (shown as ``runner_last_seen``) and the beat of its
+        # engines in step (``Engine.beats_with_runner``). A handful of rows.
+        table = quote(RunnerHeartbeat._meta.db_table)
+        cursor.execute(f"SELECT name, last_seen, beats_since FROM {table}")
         runners = sorted(cursor.fetchall())
     return tuple(engines), tuple(runners)
 

@@ -18,7 +18,7 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,13 +27,20 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from django.db.models import Q
 from django.utils import timezone
 
 from ..models import Engine
 from ..runtime import ACTIVE
 from ..runtime.ratelimit import LogLimiter
 from ..selectors import dashboard
-from ..selectors.engines import AT_REST, runners_seen
+from ..selectors.engines import (
+    AT_REST,
+    RunnerSeen,
+    beat_after,
+    beating_runners,
+    runners_seen,
+)
 from ..selectors.runners import runners_list
 
 log = logging.getLogger("levipanel.dashboard")
@@ -175,19 +182,21 @@ class Broadcaster:
         # What time alone changes (leases running out, heartbeats getting old) and rows
         # deleted without a command: scans of the table, twice a second, not on every hint.
         scan = now - self._scanned_at >= SCAN_EVERY
+        seen = runners_seen() if scan else {}
         if scan:
             changed.update(self._expired(now))
-            changed.update(self._turned_stale(now))
-            changed.update(self._beating_again(now))
+            changed.update(self._turned_stale(now, seen))
+            changed.update(self._beating_again(now, seen))
             if Engine.objects.count() != len(self._rows) + len(changed - self._rows.keys()):
                 present = set(Engine.objects.values_list("symbol", flat=True))
                 gone = self._rows.keys() - present
                 changed |= present - self._rows.keys()
         commands, removed = self._changed_commands(self._since)
         runners, beat = self._changed_runners()
-        seen = runners_seen() if changed else {}
+        if changed and not seen:
+            seen = runners_seen()
         deltas, kept, keys, versions = [], {}, {}, {}
-        for raw in _read(changed, now, self._since):
+        for raw in _read(changed, now, self._since, seen):
             symbol = raw[0]
             versions[symbol] = raw[dashboard.UPDATED]
             key = dashboard.row_key(raw)
@@ -252,13 +261,16 @@ class Broadcaster:
         )
         return list(rows.exclude(status__in=AT_REST).values_list("symbol", flat=True))
 
-    def _turned_stale(self, now: datetime) -> list[str]:
-        """Engines whose heartbeat got older than ``STALE_AFTER`` since the last look."""
+    def _turned_stale(self, now: datetime, seen: Mapping[str, RunnerSeen]) -> list[str]:
+        """Engines whose heartbeat got older than ``STALE_AFTER`` since the last look: their
+        own, or the one their runner carries for them (``Engine.beats_with_runner``)."""
         stale = timedelta(seconds=dashboard.STALE_AFTER)
-        rows = Engine.objects.filter(
-            last_heartbeat__gt=self._stale_since - stale, last_heartbeat__lte=now - stale
-        )
-        return list(rows.values_list("symbol", flat=True))
+        after, until = self._stale_since - stale, now - stale
+        on_own = Q(beats_with_runner=False, last_heartbeat__gt=after, last_heartbeat__lte=until)
+        went = set(beating_runners(seen, after)) - set(beating_runners(seen, until))
+        if went:
+            on_own |= Q(beats_with_runner=True, lease_owner__in=went)
+        return list(Engine.objects.filter(on_own).values_list("symbol", flat=True))
 
     def _changed_runners(self) -> tuple[list[dict[str, Any]] | None, float | None]:
         """Every runner when one joined, left, went silent or changed what it holds (None
@@ -272,7 +284,7 @@ class Broadcaster:
         self._runners = key
         return runners, beat
 
-    def _beating_again(self, now: datetime) -> list[str]:
+    def _beating_again(self, now: datetime, seen: Mapping[str, RunnerSeen]) -> list[str]:
         """Running engines shown stale whose heartbeat is fresh again: a beat alone does not
         stamp ``updated_at``. (Usually none are stale: no query.)"""
         stale = [
@@ -284,7 +296,7 @@ class Broadcaster:
         found: list[str] = []
         for start in range(0, len(stale), READ_CHUNK):
             chunk = Engine.objects.filter(symbol__in=stale[start : start + READ_CHUNK])
-            found += chunk.filter(last_heartbeat__gt=fresh).values_list("symbol", flat=True)
+            found += chunk.filter(beat_after(fresh, seen)).values_list("symbol", flat=True)
         return found
 
     def _changed_commands(self, since: datetime) -> tuple[list[dict[str, Any]], list[str]]:
@@ -364,19 +376,21 @@ def row_delta(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]
 READ_CHUNK = 2000  # symbols per query: SQLite takes at most 32,766 parameters
 
 
-def _read(symbols: set[str], now: datetime, since: datetime) -> Iterator[tuple]:
+def _read(
+    symbols: set[str], now: datetime, since: datetime, seen: Mapping[str, RunnerSeen]
+) -> Iterator[tuple]:
     """``dashboard.raw_rows`` of the engines ``symbols``: after a flush, most of them were
     written since ``since``, read in one go; the others by symbol."""
     rest = set(symbols)
     if len(symbols) > READ_CHUNK:
-        for raw in dashboard.raw_rows(Engine.objects.filter(updated_at__gte=since), now):
+        for raw in dashboard.raw_rows(Engine.objects.filter(updated_at__gte=since), now, seen):
             if raw[0] in rest:
                 rest.discard(raw[0])
                 yield raw
     ordered = sorted(rest)
     for start in range(0, len(ordered), READ_CHUNK):
         chunk = Engine.objects.filter(symbol__in=ordered[start : start + READ_CHUNK])
-        yield from dashboard.raw_rows(chunk, now)
+        yield from dashboard.raw_rows(chunk, now, seen)
 
 
 def send_hint(sender: Any, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from django.conf import settings
 from django.db.models import Count
@@ -24,9 +24,17 @@ from prometheus_client.core import (
     Metric,
 )
 
-from ..models import Alert, Engine, EngineRestart, Incident, PrunedRestarts, RunnerHeartbeat
+from ..models import (
+    Alert,
+    Engine,
+    EngineRestart,
+    Incident,
+    PrunedRestarts,
+    RunnerHeartbeat,
+    shown_heartbeat,
+)
 from ..runtime import ACTIVE
-from ..selectors.engines import shown_status, status_counts
+from ..selectors.engines import RunnerSeen, runners_seen, shown_status, status_counts
 from ..selectors.runners import live_since, runner_live
 from .clients import client_address, networks, within
 
@@ -43,6 +51,7 @@ ENGINE_COLUMNS = (
     "position",
     "lease_owner",
     "lease_expires_at",
+    "beats_with_runner",
 )
 
 
@@ -53,7 +62,7 @@ class FleetCollector:
         now = time.time()
         engines = list(Engine.objects.values_list(*ENGINE_COLUMNS))
         yield self._by_status([shown_status(row[2], row[9], row[10], now) for row in engines])
-        yield from self._per_engine(engines, now)
+        yield from self._per_engine(engines, now, runners_seen())
         yield from self._runners(now)
         yield from self._alerts()
 
@@ -69,7 +78,9 @@ class FleetCollector:
             family.add_metric([status], count)
         return family
 
-    def _per_engine(self, engines: list[tuple], now: float) -> Iterator[Metric]:
+    def _per_engine(
+        self, engines: list[tuple], now: float, seen: Mapping[str, RunnerSeen]
+    ) -> Iterator[Metric]:
         per_engine = EngineRestart.objects.values("engine_id").annotate(n=Count("id"))
         restarts = dict(per_engine.values_list("engine_id", "n"))
         pruned = dict(PrunedRestarts.objects.values_list("engine_id", "count"))
@@ -89,7 +100,11 @@ class FleetCollector:
         daily_f = GaugeMetricFamily("levipanel_engine_daily_pnl", "Daily PnL.", labels=lab)
         total_f = GaugeMetricFamily("levipanel_engine_total_pnl", "Total PnL.", labels=lab)
         position_f = GaugeMetricFamily("levipanel_engine_position", "Open position.", labels=lab)
-        for pk, symbol, status, heartbeat, errors, trades, daily, total, position, *_ in engines:
+        for row in engines:
+            pk, symbol, status, stored, errors, trades, daily, total, position = row[:9]
+            owner, in_step = row[9], row[11]
+            runner = seen.get(owner) if in_step and owner else None
+            heartbeat = shown_heartbeat(stored, in_step, runner.beats_since if runner else None)
             restarts_f.add_metric([symbol], restarts.get(pk, 0) + pruned.get(pk, 0))
             errors_f.add_metric([symbol], errors)
             fills_f.add_metric([symbol], trades)

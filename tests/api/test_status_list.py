@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -363,3 +363,29 @@ def test_a_write_by_another_process_is_seen_by_the_next_request(project):
         after = http.get("/engines/status", headers={"If-None-Match": etag})
     assert after.status_code == 200
     assert [e["position"] for e in after.json()["engines"]] == [None, 7.0]
+
+
+def test_an_engine_in_step_shows_its_runners_beat_and_a_flush_changes_the_answer(
+    client, fleet, token
+):
+    """Beats in step with the flushes are the runner's ``beats_since``: its row alone moves."""
+    now = datetime.now(UTC)
+    stored = now - timedelta(seconds=60)
+    Engine.objects.filter(symbol="BTCUSDT").update(
+        last_heartbeat=stored, last_tick_at=stored, beats_with_runner=True
+    )
+    Engine.objects.filter(symbol="AAAUSDT").update(last_heartbeat=stored, last_tick_at=stored)
+    heartbeat("runner-a", beats_since=now - timedelta(seconds=2))
+    first = get(client, token)
+    by_symbol = {e["symbol"]: e for e in first.json()["engines"]}
+    one = get(client, token, "/engines/status/BTCUSDT").json()
+    for btc in (by_symbol["BTCUSDT"], one):
+        assert btc["last_heartbeat"] == pytest.approx((now - timedelta(seconds=2)).timestamp())
+        assert 2 <= btc["heartbeat_age_seconds"] < 4
+        assert 2 <= btc["last_tick_age_seconds"] < 4
+    assert by_symbol["AAAUSDT"]["heartbeat_age_seconds"] >= 60  # not in step: its own
+    heartbeat("runner-a", beats_since=now)  # the next flush: no engine row written
+    after = get(client, token, HTTP_IF_NONE_MATCH=first["ETag"])
+    assert after.status_code == 200
+    btc = next(e for e in after.json()["engines"] if e["symbol"] == "BTCUSDT")
+    assert btc["last_heartbeat"] == pytest.approx(now.timestamp())

@@ -10,7 +10,17 @@ from .clocks import DAY, T0, FakeClock, ShiftedClock
 from .fuzzing import fuzz_examples, fuzz_settings
 from .ledger import check_ledger, ledger_problems
 from .proxy import TcpProxy
-from .rows import bearer, book_rows, engine_row, heartbeat, hold, make_user, query, samples
+from .rows import (
+    SHOWN_HEARTBEATS,
+    bearer,
+    book_rows,
+    engine_row,
+    heartbeat,
+    hold,
+    make_user,
+    query,
+    samples,
+)
 from .runner import (
     FAST_RUNNER,
     TRADES_OFTEN,
@@ -25,6 +35,7 @@ from .waiting import eventually, eventually_sync
 from .webhooks import HttpRecorder, Received
 
 __all__ = [
+    "SHOWN_HEARTBEATS",
     "FAST_RUNNER",
     "TRADES_OFTEN",
     "CHROMIUM",

@@ -89,6 +89,16 @@ def query(installation: Installation, sql: str, *args) -> list[tuple]:
         return db.execute(sql, args).fetchall()
 
 
+# (symbol, heartbeat) of every engine as the panel shows it (``heartbeat_expression``), in
+# SQL that SQLite and PostgreSQL both take: an engine in step shows its runner's beat.
+SHOWN_HEARTBEATS = """
+SELECT e.symbol,
+    CASE WHEN e.beats_with_runner AND (e.last_heartbeat IS NULL OR r.beats_since > e.last_heartbeat)
+    THEN r.beats_since ELSE e.last_heartbeat END
+FROM engines_app_engine e LEFT JOIN engines_app_runnerheartbeat r ON r.name = e.lease_owner
+"""
+
+
 def engine_row(installation: Installation, symbol: str) -> tuple:
     """(position, trade_count, total_pnl, status) of one engine of an installation."""
     return query(

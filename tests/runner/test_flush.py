@@ -131,3 +131,60 @@ def test_ticks_on_schedules_of_their_own_are_stored_each_at_its_grain():
     for engine in Engine.objects.all():
         assert engine.last_tick_at.timestamp() == pytest.approx(ticked[engine.pk], abs=0.1)
         assert engine.last_heartbeat.timestamp() == pytest.approx(T0, abs=0.1)
+
+
+# Engines in step with their runner's flushes (``HeartbeatRow.in_step``) --------------------
+
+
+def runner_row(name: str, beats_since: float, **fields) -> store.RunnerRow:
+    return store.RunnerRow(name, T0, 1, {}, beats_since=beats_since, **fields)
+
+
+def shown(engine: Engine) -> tuple[float, bool]:
+    found = Engine.objects.with_heartbeat().get(pk=engine.pk)
+    return found.heartbeat.timestamp(), found.beats_with_runner
+
+
+def in_step(runner: str = "runner-a", n: int = 1) -> list[Engine]:
+    """Engines ``runner`` holds, written in step at ``T0``; its row carries ``T0 + 30``."""
+    rows = engines(n)
+    hold(rows, runner)
+    beats = [beat(e, T0, in_step=True) for e in rows]
+    write(fence_of(runner, rows), heartbeats=beats, runner=runner_row(runner, T0 + 30))
+    return rows
+
+
+def test_an_engine_in_step_shows_its_runners_beat_until_it_changes_hands():
+    (a,) = in_step()
+    assert shown(a) == (pytest.approx(T0 + 30), True)
+    assert Engine.objects.get(pk=a.pk).last_heartbeat.timestamp() == pytest.approx(T0, abs=0.1)
+    hold([a], "runner-b", seconds=-1)  # the lease ran out
+    (claim,) = store.claim_engines("runner-b", limit=1, lease=15.0)
+    assert claim.id == a.pk
+    # Out of step, with the beat it showed stored: runner-b's row does not carry it.
+    assert shown(a) == (pytest.approx(T0 + 30), False)
+    write(fence_of("runner-b", [a]), runner=runner_row("runner-b", T0 + 90))
+    assert shown(a) == (pytest.approx(T0 + 30), False)
+
+
+def test_a_release_a_status_and_a_runners_first_flush_take_engines_out_of_step():
+    released, stopped, left = in_step(n=3)
+    fence = fence_of("runner-a", [released, stopped], release=frozenset({released.pk}))
+    status = store.StatusRow(stopped.pk, "stopped", "", None, 0, 5, None, 0, None)
+    write(fence, statuses=[dataclasses.replace(status, last_heartbeat=T0 + 29)])
+    assert shown(released) == (pytest.approx(T0 + 30), False)
+    assert shown(stopped) == (pytest.approx(T0 + 29), False)  # its own last beat
+    assert shown(left) == (pytest.approx(T0 + 30), True)
+    # The same runner's name, begun again: its rows left in step are not carried any more.
+    write(fence_of("runner-a", [left]), runner=runner_row("runner-a", T0 + 60, first=True))
+    assert shown(left) == (pytest.approx(T0 + 30), False)
+
+
+def test_a_flush_of_engines_in_step_writes_only_the_runners_row():
+    rows = in_step(n=500)
+    fence = fence_of("runner-a", rows)
+    with CaptureQueriesContext(connection) as queries:
+        write(fence, runner=runner_row("runner-a", T0 + 31))
+    table = Engine._meta.db_table
+    assert [q["sql"] for q in queries.captured_queries if table in q["sql"]] == []
+    assert [shown(e) for e in rows[:3]] == [(pytest.approx(T0 + 31), True)] * 3

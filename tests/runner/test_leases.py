@@ -275,3 +275,23 @@ async def test_a_lease_lost_during_start_up_stops_that_engine_not_the_runner(tmp
         await eventually(lambda: runner.manager.is_alive("ETHUSDT"))
         await eventually(lambda: runner.manager.status_of("BTCUSDT") is None)
         assert len(runner.leases) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_runner_among_several_claims_its_share_batch_after_batch_not_a_batch_a_poll(
+    tmp_path, monkeypatch
+):
+    from engines_app.runner import reconciler
+    from engines_app.runner.lifecycle import Runner
+    from tests.helpers import db, eventually, fast_settings, running
+
+    monkeypatch.setattr(reconciler, "CLAIM_BATCH", 4)
+    symbols = [f"C{i:03d}USDT" for i in range(18)]
+    await db(Engine.objects.bulk_create, [Engine(symbol=s) for s in symbols])
+    runner = Runner(settings=fast_settings(tmp_path / "logs", symbols=[]), symbols=None)
+    runner.exclusive = runner.reconciler.exclusive = False  # claims as on PostgreSQL
+    async with running(runner):
+        await eventually(lambda: len(runner.leases) == 18)
+        # The start-up's claim, then the first poll's, batch after batch: 4 + 4 + 4 + 4 + 2.
+        assert runner.reconciler.polls <= 1
+        await eventually(lambda: all(runner.manager.is_alive(s) for s in symbols))

@@ -26,6 +26,7 @@ import pytest
 from engines_app.testing import Installation
 from tests.helpers import (
     FAST_RUNNER,
+    SHOWN_HEARTBEATS,
     TRADES_OFTEN,
     TcpProxy,
     check_ledger,
@@ -310,7 +311,7 @@ def test_sigterm_hands_engines_over_within_a_poll(fleet: Fleet):
 
 
 def heartbeats(project: Installation) -> dict[str, str]:
-    return dict(query(project, "SELECT symbol, last_heartbeat FROM engines_app_engine"))
+    return dict(query(project, SHOWN_HEARTBEATS))
 
 
 def all_running(project: Installation) -> bool:

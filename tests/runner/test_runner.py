@@ -104,7 +104,7 @@ async def _is(symbol, status):
 
 
 async def _heartbeat(symbol):
-    return (await engine(symbol)).last_heartbeat
+    return await db(lambda: Engine.objects.with_heartbeat().get(symbol=symbol).heartbeat)
 
 
 async def test_crash_is_written_and_restarted_after_backoff(tmp_path):

@@ -82,17 +82,61 @@ async def test_no_samples_when_the_interval_is_zero(tmp_path, settings, writes):
     assert await db(EnginePnlSample.objects.count) == 0
 
 
-async def test_a_row_whose_values_did_not_change_is_flushed_as_a_beat_only(tmp_path, writes):
+def flushes(writes: list[dict]) -> list[dict]:
+    """The heartbeat flushes among the writes (they carry the runner's row)."""
+    return [call for call in writes if call["runner"] is not None]
+
+
+def shown(symbol: str) -> tuple[float, float, bool]:
+    """The engine's shown heartbeat, its stored one, and whether it beats with its runner."""
+    engine = Engine.objects.with_heartbeat().get(symbol=symbol)
+    return engine.heartbeat.timestamp(), engine.last_heartbeat.timestamp(), engine.beats_with_runner
+
+
+async def test_an_engine_in_step_is_written_once_then_its_runners_row_carries_its_beats(
+    tmp_path, writes
+):
     # stop_entries: the engine never opens a position, so its values stand still.
     await db(services.engine_add, symbol="BTCUSDT", config={"stop_entries": True})
     engine_id = await db(lambda: Engine.objects.get(symbol="BTCUSDT").pk)
-    async with running(Runner(settings=fast_settings(tmp_path / "logs"))):
-        await eventually(lambda: len(beats_of(writes, engine_id)) >= 6)
+    async with running(Runner(settings=fast_settings(tmp_path / "logs"))) as runner:
+        await eventually(lambda: beats_of(writes, engine_id))
+        first = len(flushes(writes))
+        await eventually(lambda: len(flushes(writes)) >= first + 8)
+        beat, stored, with_runner = await db(shown, "BTCUSDT")
+        engine = runner.manager.engine_of("BTCUSDT")
+        assert with_runner
+        # Shown: the runner's last flush; never later than the engine's own beat.
+        assert engine.last_heartbeat - 0.5 < beat <= engine.last_heartbeat
+        assert stored < beat  # the engine's row was not written for these beats
     rows = beats_of(writes, engine_id)
-    assert rows[0].changed  # the first flush writes the row whole
-    # Then only the beat, but on the row's refresh turn (one flush in REFRESH_FLUSHES).
-    assert sum(row.changed for row in rows[1:6]) <= 1
-    assert len({row.last_heartbeat for row in rows}) == len(rows)  # each a new beat
+    assert rows[0].changed and rows[0].in_step  # written whole, as it came into step
+    # Then nothing, but on the row's refresh turn (one flush in REFRESH_FLUSHES).
+    later = [row for call in flushes(writes)[first : first + 8] for row in call["heartbeats"]]
+    assert len(later) <= 1
+    carried = [call["runner"].beats_since for call in flushes(writes)[first : first + 8]]
+    assert carried == sorted(carried) and len(set(carried)) == len(carried)
+    # Released as the runner stopped: the engine's own last beat is on its row again.
+    beat, stored, with_runner = await db(shown, "BTCUSDT")
+    assert not with_runner and beat == stored >= carried[-1]
+
+
+async def test_a_hung_engine_falls_out_of_step_and_shows_its_own_last_beat(tmp_path, writes):
+    await db(services.engine_add, symbol="BTCUSDT", config={"hang_after_cycles": 5})
+    await db(services.engine_add, symbol="ETHUSDT")  # beats on: the runner's row moves
+    hung_id = await db(lambda: Engine.objects.get(symbol="BTCUSDT").pk)
+    settings = fast_settings(tmp_path / "logs", symbols=["BTCUSDT", "ETHUSDT"])
+    async with running(Runner(settings=settings)) as runner:
+        await eventually(lambda: any(not row.in_step for row in beats_of(writes, hung_id)[1:]))
+        hung = runner.manager.engine_of("BTCUSDT").last_heartbeat
+        out = [row for row in beats_of(writes, hung_id) if not row.in_step][-1]
+        assert out.last_heartbeat == hung
+        first = len(flushes(writes))
+        await eventually(lambda: len(flushes(writes)) >= first + 5)
+        beat, stored, with_runner = await db(shown, "BTCUSDT")
+        assert not with_runner and beat == stored == pytest.approx(hung, abs=store.BEAT_GRAIN)
+        assert flushes(writes)[-1]["runner"].beats_since > hung + 0.2  # ETHUSDT's go on
+        assert await db(lambda: shown("ETHUSDT")[0]) > hung + 0.2
 
 
 def beats_of(writes: list[dict], engine_id: int) -> list[store.HeartbeatRow]:

@@ -500,3 +500,16 @@ def test_nan_and_infinity_in_a_config_are_refused_in_the_add_form(operator, conf
     assert response.status_code == 200
     assert message in " ".join(response.context["adminform"].form.errors["config"])
     assert not Engine.objects.exists() and not EngineCommand.objects.exists()
+
+
+def test_an_engine_in_step_shows_its_runners_beat(engines, watcher):
+    btc = engines["BTCUSDT"]
+    old = datetime.now(UTC) - timedelta(minutes=30)
+    Engine.objects.filter(pk=btc.pk).update(last_heartbeat=old, beats_with_runner=True)
+    hold([btc], "runner-a")
+    heartbeat("runner-a", beats_since=datetime.now(UTC) - timedelta(seconds=3))
+    listed = as_user(watcher).get(CHANGELIST).content.decode()
+    page = as_user(watcher).get(f"{CHANGELIST}{btc.pk}/change/").content.decode()
+    for shown in (listed, page):
+        assert re.search(r">\s*[345] s\s*<", shown), "heartbeat age: the runner's, 3 s"
+        assert "30 min" not in shown

@@ -236,6 +236,30 @@ def test_a_heartbeat_alone_sends_the_flush_time_not_the_rows(engines, every_look
     }
 
 
+def test_an_engine_in_step_goes_stale_and_fresh_with_its_runners_row(engines, every_look_scans):
+    """Its beats are its runner's ``beats_since``: nothing writes its own row meanwhile."""
+    beat = timezone.now()
+    heartbeat("runner-a", beats_since=beat)
+    btc = Engine.objects.filter(symbol="BTCUSDT")
+    btc.update(last_heartbeat=beat - timedelta(seconds=60), beats_with_runner=True)
+    broadcaster = loaded()
+    row = {r["symbol"]: r for r in broadcaster.state()[1]}["BTCUSDT"]
+    assert row["stale"] is False and row["last_heartbeat"] == round(beat.timestamp(), 3)
+    with time_machine.travel(beat + timedelta(seconds=11)):
+        frame = broadcaster.changes()  # the runner wrote nothing for 11 s
+    assert frame["engines"] == [
+        {"symbol": "BTCUSDT", "stale": True, "last_heartbeat": round(beat.timestamp(), 3)}
+    ]
+    later = beat + timedelta(seconds=12)
+    with time_machine.travel(later, tick=False):
+        heartbeat("runner-a", beats_since=later)  # a flush: the runner carries the beat again
+        frame = broadcaster.changes()
+        assert broadcaster.changes() is None
+    assert frame["engines"] == [
+        {"symbol": "BTCUSDT", "stale": False, "last_heartbeat": round(later.timestamp(), 3)}
+    ]
+
+
 def test_broadcaster_sends_an_engine_added_in_full_and_notices_a_deleted_one(engines):
     broadcaster = loaded()
     Engine.objects.create(symbol="XRPUSDT", status="stopped")

@@ -310,3 +310,19 @@ def test_daphne_proxy_headers_cannot_forge_an_allowed_address(tmp_path):
         forged = httpx.get(f"{installation.url}/metrics", headers={"X-Forwarded-For": "10.9.9.9"})
 
     assert forged.status_code == 403
+
+
+def test_an_engine_in_step_shows_the_age_of_its_runners_beat(client, token):
+    now = datetime.now(UTC)
+    engine = Engine.objects.create(
+        symbol="XRPUSDT",
+        status="running",
+        last_heartbeat=now - timedelta(seconds=40),
+        beats_with_runner=True,
+    )
+    hold([engine], "runner-a")
+    heartbeat("runner-a", beats_since=now - timedelta(seconds=3))
+    age = scrape(client, **token)[
+        ("levipanel_engine_heartbeat_age_seconds", (("symbol", "XRPUSDT"),))
+    ]
+    assert 3 <= age < 6
