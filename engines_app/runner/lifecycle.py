@@ -7,6 +7,7 @@ database says operators want; a ``Writer`` batches what the engines did back int
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -136,17 +137,25 @@ class Runner:
                 self.settings.lease, options
             )
         database = connection.settings_dict["NAME"] if self.exclusive else ""
-        with hold_database(str(database), self.identity), EngineLogs(self.settings.log_dir):
-            self.say(f"Starting LeviPanel engine runner {self.identity.name}...")
-            if not await self._start_when_database_ready():
-                return
-            try:
-                await self._serve()
-            except ExceptionGroup as group:
-                log.error("A runner task failed: stopping the runner", exc_info=group)
-                raise RunnerFailed(_describe(group)) from group
-            finally:
-                await self.shutdown()
+        # No cyclic collection while the fleet starts (each would walk every engine made
+        # so far): the reconciler freezes the started engines and turns it on again.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with hold_database(str(database), self.identity), EngineLogs(self.settings.log_dir):
+                self.say(f"Starting LeviPanel engine runner {self.identity.name}...")
+                if not await self._start_when_database_ready():
+                    return
+                try:
+                    await self._serve()
+                except ExceptionGroup as group:
+                    log.error("A runner task failed: stopping the runner", exc_info=group)
+                    raise RunnerFailed(_describe(group)) from group
+                finally:
+                    await self.shutdown()
+        finally:
+            if collecting:
+                gc.enable()
 
     async def _start_when_database_ready(self) -> bool:
         """Start up; a database that is unreachable or not migrated yet is waited for, not a

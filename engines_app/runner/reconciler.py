@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -87,6 +88,7 @@ class Reconciler:
         self._safety_read_due = 0.0
         self._summary: tuple = ()  # store.fleet_summary when the rows were last read
         self._claiming = False
+        self._freeze_due = False  # engines were started: freeze the heap at the next poll
 
     # Start-up ---------------------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class Reconciler:
         self.ids.update({symbol: row.id for symbol, row in self.control.items()})
         live = await db(store.live_runners)(within=self.leases.lease)
         await self._claim(self._share(len(self.control), live))
+        self._freeze_due = True  # even with nothing started: the collector runs again
 
     async def _claim(self, limit: int) -> int:
         if not self.exclusive:
@@ -150,6 +153,7 @@ class Reconciler:
                 started += 1
                 self.say(f"Engine {symbol} started")
         self.say(f"Started {started}/{wanted} engines")
+        self._freeze_due = self._freeze_due or started > 0
 
     def _adopt_halted(self, row: store.ControlRow, state: EngineState) -> bool:
         """Keep an engine halted today by a risk limit halted, ready for the next day."""
@@ -171,6 +175,7 @@ class Reconciler:
         summary moved (checked every ``FULL_READ`` seconds: a joining runner, an expired
         lease, an engine added or toggled outside the services), and every ``SAFETY_READ``
         seconds: a quiet poll costs two small queries whatever the fleet's size."""
+        self._settle()
         runner = self.leases.runner
         latest = await db(store.latest_command_id)()
         commands = await db(store.pending_commands)(runner, self.symbols)
@@ -187,6 +192,17 @@ class Reconciler:
         for symbol in self.manager.resume_halted(self.clock()):
             self.say(f"Engine {symbol} resumed: a new UTC day")
         self.polls += 1
+
+    def _settle(self) -> None:
+        """Once the engines just started have taken their first steps: put them out of the
+        cyclic collector's sight (``gc.freeze``), and let it collect again (the runner's
+        start-up turns it off). They live as long as the runner, and a full collection
+        walked all of them: 40-160 ms with the loop stopped, every second or so, at 10,000
+        engines. What they allocate later, restarts included, is collected as usual."""
+        if self._freeze_due and not self._claiming and not self.manager.summary()["starting"]:
+            gc.freeze()
+            gc.enable()
+            self._freeze_due = False
 
     async def _fleet_moved(self) -> tuple[tuple, bool]:
         """The fleet's summary now, and whether the rows must be read again."""

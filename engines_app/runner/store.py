@@ -126,19 +126,6 @@ class HeartbeatRow:
     # runner's ``beats_since``, and are not written again (``Engine.beats_with_runner``).
     in_step: bool = False
 
-    def values(self) -> tuple:
-        """What the runner knows beyond the beat: the writer compares these between flushes."""
-        return (
-            self.error_count,
-            self.last_error,
-            self.position,
-            self.daily_pnl,
-            self.total_pnl,
-            self.trade_count,
-            self.restart_attempt,
-            self.restart_budget_left,
-        )
-
 
 def gone_row(engine_id: int, beat: float) -> HeartbeatRow:
     """The row of an engine no longer tracked that was in step: its last beat, stored."""
@@ -834,28 +821,29 @@ def trade_row(engine_id: int, fill, *, runner: str = "", epoch: int = 0) -> Trad
 def _flush_heartbeats(
     rows: list[HeartbeatRow], now: datetime, lease_until: datetime | None = None
 ) -> None:
-    """Beats, then the rows whose values changed. A flush of a quiet fleet is a few
+    """Beats, and the rows whose values changed. A flush of a quiet fleet is a few
     statements, not one per engine: the beats within the same ``BEAT_GRAIN`` seconds are
     stored as one UPDATE of their ids, at the start of their grain (never later than the
     beat). A beat alone does not stamp ``updated_at``: that column (indexed, for the
     readers that look for changed rows) moves with what a page shows, and a beat is in the
-    runner's heartbeat row already. The values go as one executemany UPDATE of the changed
-    rows only, stamped."""
+    runner's heartbeat row already. A row whose values changed is one UPDATE with its beat
+    (``_value_params``), stamped: an executemany on SQLite, arrays on PostgreSQL."""
     quote = connection.ops.quote_name
     table = quote(Engine._meta.db_table)
     adapt = connection.ops.adapt_datetimefield_value
     stamp = adapt(now)
+    until = None if lease_until is None else adapt(lease_until)
+    beats = [row for row in rows if not row.changed]
     groups: dict[tuple[int | None, int | None, bool], list[int]] = defaultdict(list)
-    for row in rows:
+    for row in beats:
         groups[_grain(row.last_heartbeat), _grain(row.last_tick_at), row.in_step].append(row.id)
     ticks = []
     if len(groups) > MAX_GROUPS:  # ticks on schedules of their own: by beat alone, then ticks
         groups = defaultdict(list)
-        for row in rows:
+        for row in beats:
             groups[_grain(row.last_heartbeat), None, row.in_step].append(row.id)
-        ticks = [(_at_grain(_grain(r.last_tick_at), adapt), r.id) for r in rows]
+        ticks = [(_at_grain(_grain(r.last_tick_at), adapt), r.id) for r in beats]
     beat, tick, updated = (quote(c) for c in ("last_heartbeat", "last_tick_at", "updated_at"))
-    until = None if lease_until is None else adapt(lease_until)
     lease = quote("lease_expires_at")  # renewed in the same statement, with a lease
     in_step = quote("beats_with_runner")
     with connection.cursor() as cursor:
@@ -880,20 +868,24 @@ def _flush_heartbeats(
             cursor.executemany(
                 f"UPDATE {table} SET {tick} = COALESCE(%s, {tick}) WHERE id = %s", ticks
             )
-        changed = [_value_params(row, stamp) for row in rows if row.changed]
+        changed = [_value_params(row, stamp, adapt, until) for row in rows if row.changed]
         if changed and postgresql:
             _update_values(cursor, table, changed)
         elif changed:
             assignments = ", ".join(
                 [f"{quote(c)} = %s" for c in VALUE_COLUMNS]
                 + [f"{quote(c)} = COALESCE(%s, {quote(c)})" for c in VALUE_IF_GIVEN]
-                + [f"{updated} = %s"]
+                + [f"{updated} = %s", f"{beat} = %s", f"{tick} = COALESCE(%s, {tick})"]
+                + [f"{in_step} = %s", f"{lease} = COALESCE(%s, {lease})"]
             )
             cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", changed)
 
 
 # The types of ``_value_params``' columns (PostgreSQL arrays).
-VALUE_TYPES = [*"integer text float8 float8 float8 integer integer integer".split(), "timestamptz"]
+VALUE_TYPES = (
+    "integer text float8 float8 float8 integer integer integer timestamptz "
+    "timestamptz timestamptz boolean timestamptz"
+).split()
 
 
 def _update_values(cursor: Any, table: str, params: list[tuple]) -> None:
@@ -911,10 +903,19 @@ def _update_values(cursor: Any, table: str, params: list[tuple]) -> None:
     sets = [f"{quote(c)} = {value}" for c, value in zip(columns, values, strict=True)]
     stored = ", ".join(f"t.{quote(c)}" for c in columns)
     updated = quote("updated_at")
-    sets.append(
-        f"{updated} = CASE WHEN ({stored}) IS DISTINCT FROM ({', '.join(values)}) "
-        f"THEN v.c{len(columns)} ELSE t.{updated} END"
+    n = len(columns)
+    beat, tick, in_step, lease = (
+        quote(c)
+        for c in ("last_heartbeat", "last_tick_at", "beats_with_runner", "lease_expires_at")
     )
+    sets += [
+        f"{updated} = CASE WHEN ({stored}) IS DISTINCT FROM ({', '.join(values)}) "
+        f"THEN v.c{n} ELSE t.{updated} END",
+        f"{beat} = v.c{n + 1}",
+        f"{tick} = COALESCE(v.c{n + 2}, t.{tick})",
+        f"{in_step} = v.c{n + 3}",
+        f"{lease} = COALESCE(v.c{n + 4}, t.{lease})",
+    ]
     _update_from_arrays(cursor, table, sets, VALUE_TYPES, params)
 
 
@@ -927,13 +928,17 @@ def _update_from_arrays(
     running a statement, so no server timeout ends it and its row locks keep every other
     runner from its engines. Not a VALUES list either: psycopg splits a query's
     placeholders in Python, some microseconds each, and ten thousand rows have a hundred
-    thousand of them; arrays are one parameter a column."""
+    thousand of them; arrays are one parameter a column. The ids go twice: in the
+    arrays, and as a condition on the table's own ids, which the planner looks up by the
+    primary key (joined with the arrays alone, it read the whole table for a few rows).
+    """
+    *columns, ids = zip(*rows, strict=True)
     names = ", ".join([*(f"c{i}" for i in range(len(types))), "id"])
-    arrays = ", ".join(f"%s::{t}[]" for t in [*types, "bigint"])
+    arrays = ", ".join([*(f"%s::{t}[]" for t in types), ID_ARRAY])
     cursor.execute(
         f"UPDATE {table} AS t SET {', '.join(sets)} FROM unnest({arrays}) AS v({names}) "
-        "WHERE t.id = v.id",
-        [list(column) for column in zip(*rows, strict=True)],
+        f"WHERE t.id = ANY({ID_ARRAY}) AND t.id = v.id",
+        [*(list(column) for column in columns), id_text(ids), id_text(ids)],
     )
 
 
@@ -981,8 +986,11 @@ def _chunks(ids: list[int]) -> Iterator[list[int]]:
         yield ids[start : start + size]
 
 
-def _value_params(row: HeartbeatRow, stamp: Any) -> tuple:
-    """One row's parameters: VALUE_COLUMNS, VALUE_IF_GIVEN, ``updated_at``, id."""
+def _value_params(
+    row: HeartbeatRow, stamp: Any, adapt: Callable[[Any], Any], until: Any = None
+) -> tuple:
+    """One row's parameters: VALUE_COLUMNS, VALUE_IF_GIVEN, ``updated_at``, its beat, its
+    last tick, whether it is in step, its lease (None: as it is), id."""
     return (
         row.error_count,
         row.last_error or "",
@@ -993,6 +1001,10 @@ def _value_params(row: HeartbeatRow, stamp: Any) -> tuple:
         row.restart_attempt,
         row.restart_budget_left,
         stamp,
+        _at_grain(_grain(row.last_heartbeat), adapt),
+        _at_grain(_grain(row.last_tick_at), adapt),
+        row.in_step,
+        until,
         row.id,
     )
 

@@ -351,30 +351,36 @@ class Writer:
             self._flushing[symbol] = beat
             state = engine.state
             attempt, budget = self._recovery_view(symbol, engine.started_at)
-            row = store.HeartbeatRow(
-                engine_id,
-                beat,
+            # What the runner knows beyond the beat, compared between flushes.
+            current = (
                 state.error_count,
                 state.last_error,
                 state.position,
                 state.daily_pnl,
                 state.total_pnl,
                 state.trade_count,
+                attempt,
+                budget,
+            )
+            key = (engine_id, epochs.get(engine_id, -1))
+            last, whole_at = values.get(key, (None, 0))
+            changed = last != current or flush - whole_at >= REFRESH_FLUSHES
+            if not changed and was and now_in:  # in step, as stored: nothing to write
+                in_step[engine_id] = beat
+                continue
+            if changed:  # the next refresh staggered by id: not the whole fleet's at once
+                first = last is None
+                self._flushing_values[key] = (current, flush - engine_id % REFRESH_FLUSHES * first)
+            row = store.HeartbeatRow(
+                engine_id,
+                beat,
+                *current[:6],
                 state.last_tick_at,
                 attempt,
                 budget,
+                changed=changed,
                 in_step=now_in,
             )
-            current, key = row.values(), (engine_id, epochs.get(engine_id, -1))
-            last, whole_at = values.get(key, (None, 0))
-            if last == current and flush - whole_at < REFRESH_FLUSHES:
-                if was and now_in:  # in step, as stored: nothing to write
-                    in_step[engine_id] = beat
-                    continue
-                row.changed = False
-            else:  # the next refresh staggered by id: the fleet's rows do not all come due at once
-                first = last is None
-                self._flushing_values[key] = (current, flush - engine_id % REFRESH_FLUSHES * first)
             if was != now_in or engine_id in stepping:
                 stepping[engine_id] = beat if now_in else None
             rows.append(row)
