@@ -334,3 +334,27 @@ async def test_writes_resume_as_soon_as_the_database_answers_again(tmp_path, mon
         # not seconds later (which, with a longer outage, would fence the runner).
         assert written[0] - back < 1.0
         assert runner.manager.is_alive("BTCUSDT")
+
+
+async def test_no_cycles_are_collected_while_the_fleet_starts_then_its_engines_are_frozen(
+    tmp_path, monkeypatch
+):
+    import gc
+
+    gc.unfreeze()
+    collecting: list[bool] = []
+    real_claim = store.claim_engines
+
+    def claim(runner, **options):
+        collecting.append(gc.isenabled())
+        return real_claim(runner, **options)
+
+    monkeypatch.setattr(store, "claim_engines", claim)
+    runner = make_runner(tmp_path)
+    async with running(runner):
+        await eventually(lambda: _is("BTCUSDT", "running"))
+        await eventually(lambda: gc.get_freeze_count() > 0)
+        assert gc.isenabled()  # on again once the engines took their first steps
+    assert collecting and not any(collecting)  # off while claiming and starting
+    assert gc.isenabled()
+    gc.unfreeze()
