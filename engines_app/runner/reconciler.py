@@ -44,6 +44,7 @@ CLAIM_BATCH = 1000
 # no command was given: to see a joining runner, or a lease that expired.
 FULL_READ = 0.5
 SAFETY_READ = 60.0  # seconds: every control row is read at least this often
+SETTLE_WAIT = 10.0  # seconds engines may take to start before they are frozen anyway
 
 
 class Reconciler:
@@ -88,7 +89,9 @@ class Reconciler:
         self._safety_read_due = 0.0
         self._summary: tuple = ()  # store.fleet_summary when the rows were last read
         self._claiming = False
-        self._freeze_due = False  # engines were started: freeze the heap at the next poll
+        # Engines were started (monotonic, when): freeze them once they took their first
+        # steps (``_settle``); None: nothing to freeze.
+        self._freeze_due: float | None = None
 
     # Start-up ---------------------------------------------------------------------------
 
@@ -99,7 +102,7 @@ class Reconciler:
         self.ids.update({symbol: row.id for symbol, row in self.control.items()})
         live = await db(store.live_runners)(within=self.leases.lease)
         await self._claim(self._share(len(self.control), live))
-        self._freeze_due = True  # even with nothing started: the collector runs again
+        self._freeze_due = time.monotonic()  # even with nothing started: the collector runs
 
     async def _claim(self, limit: int) -> int:
         if not self.exclusive:
@@ -153,7 +156,8 @@ class Reconciler:
                 started += 1
                 self.say(f"Engine {symbol} started")
         self.say(f"Started {started}/{wanted} engines")
-        self._freeze_due = self._freeze_due or started > 0
+        if started and self._freeze_due is None:
+            self._freeze_due = time.monotonic()
 
     def _adopt_halted(self, row: store.ControlRow, state: EngineState) -> bool:
         """Keep an engine halted today by a risk limit halted, ready for the next day."""
@@ -199,10 +203,16 @@ class Reconciler:
         start-up turns it off). They live as long as the runner, and a full collection
         walked all of them: 40-160 ms with the loop stopped, every second or so, at 10,000
         engines. What they allocate later, restarts included, is collected as usual."""
-        if self._freeze_due and not self._claiming and not self.manager.summary()["starting"]:
+        due = self._freeze_due
+        if due is None:
+            return
+        # An engine that cannot start (say its exchange is out of reach) does not keep
+        # the collector off for long.
+        settled = not self._claiming and not self.manager.summary()["starting"]
+        if settled or time.monotonic() - due >= SETTLE_WAIT:
             gc.freeze()
             gc.enable()
-            self._freeze_due = False
+            self._freeze_due = None
 
     async def _fleet_moved(self) -> tuple[tuple, bool]:
         """The fleet's summary now, and whether the rows must be read again."""

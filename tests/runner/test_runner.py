@@ -358,3 +358,20 @@ async def test_no_cycles_are_collected_while_the_fleet_starts_then_its_engines_a
     assert collecting and not any(collecting)  # off while claiming and starting
     assert gc.isenabled()
     gc.unfreeze()
+
+
+async def test_an_engine_that_never_starts_does_not_keep_the_collector_off(tmp_path, monkeypatch):
+    import gc
+
+    from engines_app.runner import reconciler
+
+    monkeypatch.setattr(reconciler, "SETTLE_WAIT", 1.5)
+    runner = make_runner(tmp_path)
+    summary = runner.manager.summary
+    monkeypatch.setattr(runner.manager, "summary", lambda: summary() | {"starting": 1})
+    async with running(runner):
+        polls = runner.reconciler.polls
+        await eventually(lambda: runner.reconciler.polls >= polls + 2)
+        assert not gc.isenabled()  # an engine still starting: off, for now
+        await eventually(gc.isenabled, timeout=5)  # the wait ran out
+    gc.unfreeze()
