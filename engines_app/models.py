@@ -36,13 +36,13 @@ def validate_symbol(value: str) -> None:
 Moment = TypeVar("Moment", datetime, float)
 
 
-def heartbeat_expression() -> models.Expression:
+def heartbeat_expression(field: str = "last_heartbeat") -> models.Expression:
     """An engine's heartbeat in SQL (``shown_heartbeat`` in Python): its stored one, or,
     while it beats in step with its runner, the later of that and the runner's
-    ``beats_since``. A flush of a fleet in step writes the runner's row alone. (Its last
-    tick is shown the same way, from ``last_tick_at``.)"""
+    ``beats_since``. A flush of a fleet in step writes the runner's row alone. Its last
+    tick is shown the same way (``field="last_tick_at"``)."""
     beats = RunnerHeartbeat.objects.filter(name=OuterRef("lease_owner")).values("beats_since")
-    runner, beat = Subquery(beats[:1]), F("last_heartbeat")
+    runner, beat = Subquery(beats[:1]), F(field)
     with_runner = Greatest(Coalesce(runner, beat), Coalesce(beat, runner))
     return Case(
         When(beats_with_runner=True, then=with_runner),

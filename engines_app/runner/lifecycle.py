@@ -139,7 +139,7 @@ class Runner:
         database = connection.settings_dict["NAME"] if self.exclusive else ""
         # No cyclic collection while the fleet starts (each would walk every engine made
         # so far): the reconciler freezes the started engines and turns it on again.
-        collecting = gc.isenabled()
+        collecting = self.reconciler.resume_collector = gc.isenabled()
         gc.disable()
         try:
             with hold_database(str(database), self.identity), EngineLogs(self.settings.log_dir):

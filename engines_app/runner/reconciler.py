@@ -92,6 +92,7 @@ class Reconciler:
         # Engines were started (monotonic, when): freeze them once they took their first
         # steps (``_settle``); None: nothing to freeze.
         self._freeze_due: float | None = None
+        self.resume_collector = False  # the runner turned the collector off to start
 
     # Start-up ---------------------------------------------------------------------------
 
@@ -202,7 +203,9 @@ class Reconciler:
         cyclic collector's sight (``gc.freeze``), and let it collect again (the runner's
         start-up turns it off). They live as long as the runner, and a full collection
         walked all of them: 40-160 ms with the loop stopped, every second or so, at 10,000
-        engines. What they allocate later, restarts included, is collected as usual."""
+        engines. What they allocate later, restarts included, is collected as usual; a
+        frozen engine that goes (restarted, handed over) is freed by its reference counts
+        alone, so what cycles it made stay: once for each engine started with the runner."""
         due = self._freeze_due
         if due is None:
             return
@@ -210,8 +213,10 @@ class Reconciler:
         # the collector off for long.
         settled = not self._claiming and not self.manager.summary()["starting"]
         if settled or time.monotonic() - due >= SETTLE_WAIT:
+            gc.collect()  # the start-up's garbage first: frozen, it would never go
             gc.freeze()
-            gc.enable()
+            if self.resume_collector:
+                gc.enable()
             self._freeze_due = None
 
     async def _fleet_moved(self) -> tuple[tuple, bool]:
@@ -268,7 +273,8 @@ class Reconciler:
         Claims go a batch at a time, each its own short transaction, one after another
         while there is more to take, the live runners counted again before each: a runner
         that joined meanwhile lowers the share at once (a fleet no longer waits a poll per
-        batch to start)."""
+        batch to start). For a fifth of a lease at most: the writer renews the leases
+        between polls, and a runner that cannot renew fences itself."""
         share = self._share(len(rows), live)
         held = len(self.leases) - len(self._handing_over)
         if held < share:
@@ -277,11 +283,13 @@ class Reconciler:
                 not row.lease_live or (self.exclusive and row.lease_owner != runner)
                 for row in rows.values()
             ):
-                claimed = 0
+                claimed, until = 0, time.monotonic() + self.leases.lease / 5
                 while held < share:
                     got = await self._claim(share - held)
                     claimed, held = claimed + got, held + got
                     if got < CLAIM_BATCH or self.exclusive:  # nothing more free now
+                        break
+                    if time.monotonic() >= until:  # the writer's turn: renew, then go on
                         break
                     live = await db(store.live_runners)(within=self.leases.lease)
                     share = self._share(len(rows), live)

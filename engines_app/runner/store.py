@@ -99,9 +99,10 @@ class StatusRow:
     last_error: str | None
     changed_at: float | None = None  # when the status began; None: now
     code: str = ""  # why, for machines (``risk.DAILY_LOSS``): alerts key on it
-    # The engine's last beat: a status change takes it out of step with its runner's
-    # flushes (``HeartbeatRow.in_step``), its own beat stored. None: as stored.
+    # The engine's last beat and tick: a status change takes it out of step with its
+    # runner's flushes (``HeartbeatRow.in_step``), its own stored. None: as stored.
     last_heartbeat: float | None = None
+    last_tick_at: float | None = None
 
 
 @dataclass(slots=True)  # not frozen: made for every engine at every flush, at half the cost
@@ -488,15 +489,19 @@ def write(
     runner: RunnerRow | None = None,
     pnl_samples: list[PnlSampleRow] = (),
     fence: Fence | None = None,
+    unstep: Iterable[int] = (),
 ) -> Written:
     """Everything the runner has to say, in one transaction; then tell the receivers.
     A fill's Trade row and the position it leads to commit together, or not at all.
 
     With a ``fence`` (always, from the runner) only the rows of engines the runner still
     holds at its epoch are written, checked on rows locked in this transaction, so no
-    other runner can take them over before it commits; the rest is dropped and reported."""
+    other runner can take them over before it commits; the rest is dropped and reported.
+    ``unstep``: engines in step with this runner that it no longer holds at its epochs
+    (given up when it fenced itself, say), taken out of step where it is still their
+    owner: its row no longer vouches for them."""
     written = Written()
-    if not any((statuses, errors, restarts, heartbeats, acks, books, runner, pnl_samples)):
+    if not any((statuses, errors, restarts, heartbeats, acks, books, runner, pnl_samples, unstep)):
         if fence is None or not (fence.lease or fence.release):
             return written
     began, now = time.perf_counter(), datetime.now(UTC)
@@ -531,6 +536,9 @@ def write(
             _renew(valid - beating, lease_until)
         if pnl_samples:
             _sample_pnl(pnl_samples, now)
+        if unstep and fence is not None:
+            for chunk in _chunks(sorted(unstep)):
+                out_of_step(Engine.objects.filter(lease_owner=fence.runner, id__in=chunk))
         if fence is not None and fence.release:
             released = Engine.objects.filter(id__in=fence.release & valid, lease_owner=fence.runner)
             out_of_step(released, lease_owner="", lease_expires_at=None, updated_at=now)
@@ -550,10 +558,15 @@ def write(
 
 
 def out_of_step(engines: QuerySet, **fields: Any) -> None:
-    """Update ``engines`` with ``fields``, each with the heartbeat it shows now stored on
-    its own row, and no longer in step with a runner (it changes hands, or its runner
-    begins again)."""
-    engines.update(**fields, beats_with_runner=False, last_heartbeat=heartbeat_expression())
+    """Update ``engines`` with ``fields``, each with the heartbeat and last tick it shows
+    now stored on its own row, and no longer in step with a runner (it changes hands, its
+    runner begins again or gave it up)."""
+    engines.update(
+        **fields,
+        beats_with_runner=False,
+        last_heartbeat=heartbeat_expression(),
+        last_tick_at=heartbeat_expression("last_tick_at"),
+    )
 
 
 def _fenced(
@@ -702,10 +715,11 @@ STATUS_COLUMNS = (
 ).split()
 
 
-# The types of ``STATUS_COLUMNS`` and then ``last_heartbeat`` (PostgreSQL arrays).
+# The types of ``STATUS_COLUMNS`` and then ``last_heartbeat`` and ``last_tick_at``
+# (PostgreSQL arrays).
 STATUS_TYPES = (
     "text text timestamptz timestamptz integer integer timestamptz integer text timestamptz "
-    "timestamptz"
+    "timestamptz timestamptz"
 ).split()
 
 
@@ -716,7 +730,8 @@ def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
     stopped or crashed engine shows its own last beat at once, not its runner's flush."""
     quote = connection.ops.quote_name
     table = quote(Engine._meta.db_table)
-    beat, in_step = quote("last_heartbeat"), quote("beats_with_runner")
+    beat, tick = quote("last_heartbeat"), quote("last_tick_at")
+    in_step = quote("beats_with_runner")
     adapt = connection.ops.adapt_datetimefield_value
     stamp = adapt(now)
     params = [
@@ -732,6 +747,7 @@ def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
             row.last_error or "",
             stamp,
             adapt(to_datetime(row.last_heartbeat)),
+            adapt(to_datetime(row.last_tick_at)),
             row.id,
         )
         for row in rows
@@ -739,12 +755,18 @@ def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             sets = [f"{quote(c)} = v.c{i}" for i, c in enumerate(STATUS_COLUMNS)]
-            sets += [f"{beat} = COALESCE(v.c{len(sets)}, t.{beat})", f"{in_step} = FALSE"]
+            n = len(sets)
+            sets += [
+                f"{beat} = COALESCE(v.c{n}, t.{beat})",
+                f"{tick} = COALESCE(v.c{n + 1}, t.{tick})",
+                f"{in_step} = FALSE",
+            ]
             _update_from_arrays(cursor, table, sets, STATUS_TYPES, params)
             return
         assignments = ", ".join(
             [f"{quote(c)} = %s" for c in STATUS_COLUMNS]
-            + [f"{beat} = COALESCE(%s, {beat})", f"{in_step} = FALSE"]
+            + [f"{beat} = COALESCE(%s, {beat})", f"{tick} = COALESCE(%s, {tick})"]
+            + [f"{in_step} = FALSE"]
         )
         cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
 

@@ -79,6 +79,13 @@ class Writer:
         self._in_step: dict[int, float] = {}
         self._stepping: dict[int, float | None] = {}  # this write's changes (None: out)
         self._beats_since: float | None = None
+        # The last ``beats_since`` written: one written later is never earlier (an engine
+        # comes into step only with a beat and a tick at or after it), so a reader that
+        # reads the runners' rows before the engines' never pairs a row in step with a
+        # ``beats_since`` later than that engine's beat.
+        self._beats_floor: float | None = None
+        self._unstep: set[int] = set()  # engines this write takes out of step by owner
+        self._flushing_runner = False  # this write carries the runner's row
         self._runner_written = False  # the first flush takes rows left in step out of it
         # The last heartbeat flushes: (seconds in the database, whether it renewed the
         # leases, engine rows it wrote). Read by the benchmark.
@@ -158,11 +165,20 @@ class Writer:
         self._flushing.clear()
         self._flushing_values.clear()
         self._stepping = {row.id: None for row in statuses}  # a status takes it out of step
+        self._flushing_runner = heartbeat_due
         if heartbeat_due and not self._runner_written:
             self._in_step.clear()  # the first flush takes every row out of step first
         # A status or a fill writes some of the same columns its own way: write those rows whole.
         self._forget({row.id for row in statuses} | {row.id for row in books})
         heartbeats = self._heartbeat_rows(now) if heartbeat_due else []
+        # In step, no longer held at its epoch (the runner fenced itself, say): the fence
+        # drops its rows, so it is taken out of step by owner instead.
+        epochs, in_step = self.leases.epochs, self._in_step
+        self._unstep = {
+            engine_id
+            for engine_id, beat in self._stepping.items()
+            if beat is None and engine_id in in_step and engine_id not in epochs
+        }
         samples = self._pnl_rows(now) if heartbeat_due else []
         release = frozenset(self._release)
         fence = store.Fence(
@@ -185,6 +201,7 @@ class Writer:
                 runner=self._runner_row() if heartbeat_due else None,
                 pnl_samples=samples,
                 fence=fence,
+                unstep=frozenset(self._unstep),
             )
         )
         try:
@@ -224,6 +241,8 @@ class Writer:
         del self._acks[: len(acks)]  # acks queued during the write wait for the next one
         self._release -= release
         self._values.update(self._flushing_values)
+        if self._flushing_runner and self._beats_since is not None:
+            self._beats_floor = self._beats_since
         for engine_id, beat in self._stepping.items():
             if beat is None:
                 self._in_step.pop(engine_id, None)
@@ -278,6 +297,7 @@ class Writer:
         return store.StatusRow(
             id=self.ids[event.symbol],
             last_heartbeat=engine.last_heartbeat if engine else None,
+            last_tick_at=state.last_tick_at if state else None,
             status=event.status,
             reason=event.reason,
             changed_at=event.at,
@@ -324,6 +344,7 @@ class Writer:
         self._flushes = flush = self._flushes + 1
         ids, flushed, values, epochs = self.ids, self._flushed, self._values, self.leases.epochs
         in_step, stepping, step_after = self._in_step, self._stepping, now - STEP_SLACK
+        floor = self._beats_floor
         oldest: float | None = None
         seen: set[int] = set()
         for symbol, engine, running in self.manager.beats():
@@ -345,8 +366,11 @@ class Writer:
             )
             if now_in:
                 beat_or_tick = tick if tick < beat else beat
-                oldest = beat_or_tick if oldest is None or beat_or_tick < oldest else oldest
-            elif not was and flushed.get(symbol) == beat:
+                if not was and floor is not None and beat_or_tick < floor:
+                    now_in = False  # at its next beat: never behind what was vouched for
+                else:
+                    oldest = beat_or_tick if oldest is None or beat_or_tick < oldest else oldest
+            if not now_in and not was and flushed.get(symbol) == beat:
                 continue
             self._flushing[symbol] = beat
             state = engine.state

@@ -90,7 +90,10 @@ class RunnerSeen(NamedTuple):
 
 
 def runners_seen(names: Iterable[str] | None = None) -> dict[str, RunnerSeen]:
-    """The runners ``names`` (default: every runner, a handful of rows), by name."""
+    """The runners ``names`` (default: every runner, a handful of rows), by name. Read them
+    before the engines' rows they are shown with: a runner's ``beats_since`` only grows,
+    and vouches for the engines in step as of its flush, so an older one shown with newer
+    rows is never later than a beat (a newer one with older rows could be)."""
     runners = RunnerHeartbeat.objects.all()
     if names is not None:
         runners = runners.filter(name__in=list(names))
@@ -137,13 +140,12 @@ def engine_status(
 
 def engine_status_of(symbol: str) -> dict[str, Any] | None:
     """``engine_status`` of the engine ``symbol`` (None if there is none), from its
-    ``STATUS_FIELDS`` alone: the API's most frequent read."""
+    ``STATUS_FIELDS`` alone: the API's most frequent read. The runners first (a handful of
+    rows), then the engine: see ``runners_seen``."""
+    seen = runners_seen()
     engines = Engine.objects.filter(symbol=symbol).order_by()
     rows = list(engines.values(*STATUS_FIELDS, **BROKER_FIELDS)[:1])
-    if not rows:
-        return None
-    owner = rows[0]["lease_owner"]
-    return status_row(rows[0], None, runners_seen([owner]) if owner else {})
+    return status_row(rows[0], None, seen) if rows else None
 
 
 def status_row(

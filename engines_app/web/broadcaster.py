@@ -266,7 +266,8 @@ class Broadcaster:
         own, or the one their runner carries for them (``Engine.beats_with_runner``)."""
         stale = timedelta(seconds=dashboard.STALE_AFTER)
         after, until = self._stale_since - stale, now - stale
-        on_own = Q(beats_with_runner=False, last_heartbeat__gt=after, last_heartbeat__lte=until)
+        # Every row whose own beat crossed (one in step may show it, when it is the later).
+        on_own = Q(last_heartbeat__gt=after, last_heartbeat__lte=until)
         went = set(beating_runners(seen, after)) - set(beating_runners(seen, until))
         if went:
             on_own |= Q(beats_with_runner=True, lease_owner__in=went)

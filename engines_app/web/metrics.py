@@ -59,10 +59,10 @@ class FleetCollector:
     """Collect the fleet's metrics from the database."""
 
     def collect(self) -> Iterator[Metric]:
-        now = time.time()
+        now, seen = time.time(), runners_seen()  # before the engines: see ``runners_seen``
         engines = list(Engine.objects.values_list(*ENGINE_COLUMNS))
         yield self._by_status([shown_status(row[2], row[9], row[10], now) for row in engines])
-        yield from self._per_engine(engines, now, runners_seen())
+        yield from self._per_engine(engines, now, seen)
         yield from self._runners(now)
         yield from self._alerts()
 

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from ..models import CONTROL_PERMISSION, Backtest, Engine
 from ..runtime.engine import symbol_problem
 from ..selectors import dashboard
-from ..selectors.engines import STATUSES
+from ..selectors.engines import STATUSES, runners_seen
 from ..services.exchanges import kill_switch
 
 HISTORY_ROWS = 50
@@ -38,10 +38,11 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
 def engine_page(request: HttpRequest, symbol: str) -> HttpResponse:
     if symbol_problem(symbol):
         raise Http404("no such engine")
-    engine = get_object_or_404(Engine, symbol=symbol)
+    seen = runners_seen()  # before the engine: see ``runners_seen``
+    engine = get_object_or_404(Engine.objects.with_heartbeat(), symbol=symbol)
     context = {
         "engine": engine,
-        "row": dashboard.engine_row(engine, time.time()),
+        "row": dashboard.engine_row(engine, time.time(), seen),
         "restarts": engine.restarts.all()[:HISTORY_ROWS],
         "errors": engine.errors.all()[:HISTORY_ROWS],
         "commands": engine.commands.all()[:HISTORY_ROWS],

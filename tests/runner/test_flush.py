@@ -173,6 +173,8 @@ def test_a_release_a_status_and_a_runners_first_flush_take_engines_out_of_step()
     status = store.StatusRow(stopped.pk, "stopped", "", None, 0, 5, None, 0, None)
     write(fence, statuses=[dataclasses.replace(status, last_heartbeat=T0 + 29)])
     assert shown(released) == (pytest.approx(T0 + 30), False)
+    # And its last tick, which the runner's row vouched for the same way.
+    assert Engine.objects.get(pk=released.pk).last_tick_at.timestamp() == pytest.approx(T0 + 30)
     assert shown(stopped) == (pytest.approx(T0 + 29), False)  # its own last beat
     assert shown(left) == (pytest.approx(T0 + 30), True)
     # The same runner's name, begun again: its rows left in step are not carried any more.
@@ -188,3 +190,12 @@ def test_a_flush_of_engines_in_step_writes_only_the_runners_row():
     table = Engine._meta.db_table
     assert [q["sql"] for q in queries.captured_queries if table in q["sql"]] == []
     assert [shown(e) for e in rows[:3]] == [(pytest.approx(T0 + 31), True)] * 3
+
+
+def test_engines_given_up_are_taken_out_of_step_where_the_runner_still_owns_them():
+    given_up, taken = in_step(n=2)
+    hold([taken], "runner-b")  # claimed meanwhile: runner-b's now, not runner-a's to touch
+    Engine.objects.filter(pk=taken.pk).update(beats_with_runner=True)
+    write(store.Fence("runner-a", {}), unstep={given_up.pk, taken.pk})
+    assert shown(given_up) == (pytest.approx(T0 + 30), False)
+    assert Engine.objects.get(pk=taken.pk).beats_with_runner

@@ -156,3 +156,24 @@ async def test_a_row_changed_by_another_writer_is_written_whole_again(tmp_path, 
             lambda: db(lambda: rows.values_list("error_count", "daily_pnl").get() == (0, 0.0)),
             timeout=5,
         )
+
+
+async def test_an_engine_given_up_in_step_is_taken_out_of_step_by_its_owner(tmp_path, writes):
+    """Fenced itself (say, cut off from the database): the engine is abandoned and its rows
+    are the fence's to drop, yet the runner's row must stop vouching for its beats."""
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        await db(services.engine_add, symbol=symbol, config={"stop_entries": True})
+    settings = fast_settings(tmp_path / "logs", symbols=["BTCUSDT", "ETHUSDT"])
+    async with running(Runner(settings=settings)) as runner:
+        await eventually(
+            lambda: db(lambda: Engine.objects.filter(beats_with_runner=True).count() == 2)
+        )
+        btc = await db(lambda: Engine.objects.get(symbol="BTCUSDT").pk)
+        runner.reconciler.lost({btc}, "given up in a test")
+        await eventually(lambda: db(lambda: not shown("BTCUSDT")[2]), timeout=5)
+        beat, stored, _ = await db(shown, "BTCUSDT")
+        assert beat == stored <= runner.writer._beats_floor + 2  # its own, as it last showed
+        first = len(flushes(writes))
+        await eventually(lambda: len(flushes(writes)) >= first + 3)
+        assert await db(lambda: shown("BTCUSDT")[0]) == beat  # no longer carried
+        assert await db(lambda: shown("ETHUSDT")[2])  # the other one still is
