@@ -128,11 +128,6 @@ class HeartbeatRow:
     in_step: bool = False
 
 
-def gone_row(engine_id: int, beat: float) -> HeartbeatRow:
-    """The row of an engine no longer tracked that was in step: its last beat, stored."""
-    return HeartbeatRow(engine_id, beat, 0, None, None, 0.0, 0.0, 0, changed=False)
-
-
 @dataclass(frozen=True)
 class BookRow:
     """A fill (or a daily reset) of one engine: the Trade row, if any, and the engine's
@@ -497,9 +492,10 @@ def write(
     With a ``fence`` (always, from the runner) only the rows of engines the runner still
     holds at its epoch are written, checked on rows locked in this transaction, so no
     other runner can take them over before it commits; the rest is dropped and reported.
-    ``unstep``: engines in step with this runner that it no longer holds at its epochs
-    (given up when it fenced itself, say), taken out of step where it is still their
-    owner: its row no longer vouches for them."""
+    ``unstep``: engines in step with this runner with no row in this write to take them
+    out of step (no longer tracked, or no longer held at its epochs: given up when it
+    fenced itself, say), taken out of step where it is still their owner: its row no
+    longer vouches for them."""
     written = Written()
     if not any((statuses, errors, restarts, heartbeats, acks, books, runner, pnl_samples, unstep)):
         if fence is None or not (fence.lease or fence.release):

@@ -85,6 +85,7 @@ class Writer:
         # ``beats_since`` later than that engine's beat.
         self._beats_floor: float | None = None
         self._unstep: set[int] = set()  # engines this write takes out of step by owner
+        self._gone: set[int] = set()  # engines in step the manager no longer tracks
         self._flushing_runner = False  # this write carries the runner's row
         self._runner_written = False  # the first flush takes rows left in step out of it
         # The last heartbeat flushes: (seconds in the database, whether it renewed the
@@ -170,14 +171,18 @@ class Writer:
             self._in_step.clear()  # the first flush takes every row out of step first
         # A status or a fill writes some of the same columns its own way: write those rows whole.
         self._forget({row.id for row in statuses} | {row.id for row in books})
+        self._gone = set()
         heartbeats = self._heartbeat_rows(now) if heartbeat_due else []
-        # In step, no longer held at its epoch (the runner fenced itself, say): the fence
-        # drops its rows, so it is taken out of step by owner instead.
-        epochs, in_step = self.leases.epochs, self._in_step
+        # In step and out now with no row of its own to say so: no longer tracked, or no
+        # longer held at its epoch (the runner fenced itself, say: the fence drops its
+        # rows). Taken out of step by owner, the beat and tick it showed stored.
+        epochs, in_step, gone = self.leases.epochs, self._in_step, self._gone
         self._unstep = {
             engine_id
             for engine_id, beat in self._stepping.items()
-            if beat is None and engine_id in in_step and engine_id not in epochs
+            if beat is None
+            and engine_id in in_step
+            and (engine_id in gone or engine_id not in epochs)
         }
         samples = self._pnl_rows(now) if heartbeat_due else []
         release = frozenset(self._release)
@@ -408,10 +413,9 @@ class Writer:
             if was != now_in or engine_id in stepping:
                 stepping[engine_id] = beat if now_in else None
             rows.append(row)
-        for engine_id in in_step.keys() - seen:  # no longer tracked: its last beat, stored
+        self._gone = in_step.keys() - seen  # no longer tracked (removed, say): no row of its own
+        for engine_id in self._gone:
             stepping[engine_id] = None
-            if engine_id in epochs:
-                rows.append(store.gone_row(engine_id, in_step[engine_id]))
         self._beats_since = oldest
         return rows
 
