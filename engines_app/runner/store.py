@@ -584,9 +584,9 @@ def _fenced(
     if renewed:
         held = _renew_held(fence, set(fence.epochs) - beating)
         if beating & asked:
-            held.update(_held_among(fence.runner, sorted(beating & asked)))
+            held.update(_held_by(fence.runner, sorted(beating & asked)))
     elif fence.lease is None and len(asked) <= FEW_IDS:
-        held = _held_among(fence.runner, sorted(asked))
+        held = _held_by(fence.runner, sorted(asked))
     else:
         held = _held_by(fence.runner)
     valid = {pk for pk in asked if held.get(pk, -1) == fence.epochs.get(pk)}
@@ -594,23 +594,6 @@ def _fenced(
 
 
 FEW_IDS = 500  # a write of up to this many engines looks them up by id; else by owner
-
-
-def _held_among(runner: str, ids: list[int]) -> dict[int, int]:
-    """``_held_by`` among the engines ``ids`` only (a write of a few engines)."""
-    if not ids:
-        return {}
-    table = connection.ops.quote_name(Engine._meta.db_table)
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    held: dict[int, int] = {}
-    with connection.cursor() as cursor:
-        for where, params in _id_lists(ids):
-            cursor.execute(
-                f"SELECT id, lease_epoch FROM {table} WHERE lease_owner = %s AND {where}{lock}",
-                [runner, *params],
-            )
-            held.update(cursor.fetchall())
-    return held
 
 
 def _renew_held(fence: Fence, ids: set[int]) -> dict[int, int]:
@@ -632,15 +615,23 @@ def _renew_held(fence: Fence, ids: set[int]) -> dict[int, int]:
         return dict(cursor.fetchall())
 
 
-def _held_by(runner: str) -> dict[int, int]:
-    """id -> lease epoch of every engine ``runner`` holds, the rows locked (PostgreSQL)."""
+def _held_by(runner: str, ids: list[int] | None = None) -> dict[int, int]:
+    """id -> lease epoch of every engine ``runner`` holds (among ``ids``, if given), the
+    rows locked (PostgreSQL)."""
+    if ids is not None and not ids:
+        return {}
     table = connection.ops.quote_name(Engine._meta.db_table)
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    conditions = [("", [])] if ids is None else [(f" AND {w}", p) for w, p in _id_lists(ids)]
+    held: dict[int, int] = {}
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id, lease_epoch FROM {table} WHERE lease_owner = %s{lock}", [runner]
-        )
-        return dict(cursor.fetchall())
+        for where, params in conditions:
+            cursor.execute(
+                f"SELECT id, lease_epoch FROM {table} WHERE lease_owner = %s{where}{lock}",
+                [runner, *params],
+            )
+            held.update(cursor.fetchall())
+    return held
 
 
 def _database_now() -> datetime:
@@ -705,29 +696,34 @@ def _write_rows(statuses, errors, restarts, acks, now: datetime, fence: Fence | 
     EngineRestart.objects.bulk_create(restarts)
 
 
-STATUS_COLUMNS = (
-    "status status_reason status_changed_at started_at restart_attempt restart_budget_left "
-    "next_retry_at error_count last_error updated_at"
-).split()
+# A column of ``update_each``: its name, its PostgreSQL type, and whether None keeps the
+# stored value.
+Column = tuple[str, str, bool]
 
 
-# The types of ``STATUS_COLUMNS`` and then ``last_heartbeat`` and ``last_tick_at``
-# (PostgreSQL arrays).
-STATUS_TYPES = (
-    "text text timestamptz timestamptz integer integer timestamptz integer text timestamptz "
-    "timestamptz timestamptz"
-).split()
+# A status row's columns (``_write_statuses``), as ``update_each`` takes them: then its
+# beat and last tick, each kept as stored when None.
+STATUS_COLUMNS: list[Column] = [
+    ("status", "text", False),
+    ("status_reason", "text", False),
+    ("status_changed_at", "timestamptz", False),
+    ("started_at", "timestamptz", False),
+    ("restart_attempt", "integer", False),
+    ("restart_budget_left", "integer", False),
+    ("next_retry_at", "timestamptz", False),
+    ("error_count", "integer", False),
+    ("last_error", "text", False),
+    ("updated_at", "timestamptz", False),
+    ("last_heartbeat", "timestamptz", True),
+    ("last_tick_at", "timestamptz", True),
+]
 
 
 def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
-    """One statement, like the heartbeats: a whole fleet starting is one UPDATE (an
-    ``executemany`` on SQLite, arrays on PostgreSQL: see ``_update_from_arrays``). A new
-    status takes the engine out of step with its runner (``HeartbeatRow.in_step``): a
-    stopped or crashed engine shows its own last beat at once, not its runner's flush."""
-    quote = connection.ops.quote_name
-    table = quote(Engine._meta.db_table)
-    beat, tick = quote("last_heartbeat"), quote("last_tick_at")
-    in_step = quote("beats_with_runner")
+    """One statement, like the heartbeats: a whole fleet starting is one UPDATE
+    (``update_each``). A new status takes the engine out of step with its runner
+    (``HeartbeatRow.in_step``): a stopped or crashed engine shows its own last beat at
+    once, not its runner's flush."""
     adapt = connection.ops.adapt_datetimefield_value
     stamp = adapt(now)
     params = [
@@ -748,23 +744,9 @@ def _write_statuses(rows: list[StatusRow], now: datetime) -> None:
         )
         for row in rows
     ]
+    in_step = connection.ops.quote_name("beats_with_runner")
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            sets = [f"{quote(c)} = v.c{i}" for i, c in enumerate(STATUS_COLUMNS)]
-            n = len(sets)
-            sets += [
-                f"{beat} = COALESCE(v.c{n}, t.{beat})",
-                f"{tick} = COALESCE(v.c{n + 1}, t.{tick})",
-                f"{in_step} = FALSE",
-            ]
-            _update_from_arrays(cursor, table, sets, STATUS_TYPES, params)
-            return
-        assignments = ", ".join(
-            [f"{quote(c)} = %s" for c in STATUS_COLUMNS]
-            + [f"{beat} = COALESCE(%s, {beat})", f"{tick} = COALESCE(%s, {tick})"]
-            + [f"{in_step} = FALSE"]
-        )
-        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", params)
+        update_each(cursor, STATUS_COLUMNS, params, fixed=[f"{in_step} = FALSE"])
 
 
 def _write_books(rows: list[BookRow], now: datetime, fence: Fence | None) -> None:
@@ -861,7 +843,7 @@ def _flush_heartbeats(
         for row in beats:
             groups[_grain(row.last_heartbeat), None, row.in_step].append(row.id)
         ticks = [(_at_grain(_grain(r.last_tick_at), adapt), r.id) for r in beats]
-    beat, tick, updated = (quote(c) for c in ("last_heartbeat", "last_tick_at", "updated_at"))
+    beat, tick = quote("last_heartbeat"), quote("last_tick_at")
     lease = quote("lease_expires_at")  # renewed in the same statement, with a lease
     in_step = quote("beats_with_runner")
     with connection.cursor() as cursor:
@@ -878,63 +860,47 @@ def _flush_heartbeats(
                         *params,
                     ],
                 )
-        postgresql = connection.vendor == "postgresql"
-        if ticks and postgresql:
-            sets = [f"{tick} = COALESCE(v.c0, t.{tick})"]
-            _update_from_arrays(cursor, table, sets, ["timestamptz"], ticks)
-        elif ticks:
-            cursor.executemany(
-                f"UPDATE {table} SET {tick} = COALESCE(%s, {tick}) WHERE id = %s", ticks
-            )
+        if ticks:
+            update_each(cursor, [("last_tick_at", "timestamptz", True)], ticks)
         changed = [_value_params(row, stamp, adapt, until) for row in rows if row.changed]
-        if changed and postgresql:
-            _update_values(cursor, table, changed)
-        elif changed:
-            assignments = ", ".join(
-                [f"{quote(c)} = %s" for c in VALUE_COLUMNS]
-                + [f"{quote(c)} = COALESCE(%s, {quote(c)})" for c in VALUE_IF_GIVEN]
-                + [f"{updated} = %s", f"{beat} = %s", f"{tick} = COALESCE(%s, {tick})"]
-                + [f"{in_step} = %s", f"{lease} = COALESCE(%s, {lease})"]
-            )
-            cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", changed)
+        if changed:
+            update_each(cursor, VALUE_COLUMNS, changed, when_changed="updated_at")
 
 
-# The types of ``_value_params``' columns (PostgreSQL arrays).
-VALUE_TYPES = (
-    "integer text float8 float8 float8 integer integer integer timestamptz "
-    "timestamptz timestamptz boolean timestamptz"
-).split()
-
-
-def _update_values(cursor: Any, table: str, params: list[tuple]) -> None:
-    """The changed rows' values on PostgreSQL (``_update_from_arrays``). ``updated_at`` is
-    stamped only where a value differs from the stored one: a row written whole on its
-    refresh turn (``REFRESH_FLUSHES``) with nothing new changes no indexed column, and is
-    a HOT update (see migration 0014)."""
+def update_each(
+    cursor: Any,
+    columns: list[Column],
+    rows: list[tuple],
+    *,
+    fixed: Iterable[str] = (),
+    when_changed: str | None = None,
+) -> None:
+    """One UPDATE of engine rows, each of ``rows`` a value per column then the id; the
+    ``fixed`` assignments too. Arrays on PostgreSQL (``_update_from_arrays``), an
+    ``executemany`` elsewhere. ``when_changed``: a column set only where a column before it
+    differs from the stored value, on PostgreSQL: a row written again with nothing new (a
+    refresh) changes no indexed column then, and is a HOT update (see migration 0014).
+    SQLite rewrites the row whatever changed, and stamps it."""
     quote = connection.ops.quote_name
-    values = [f"v.c{i}" for i in range(len(VALUE_COLUMNS))]
-    values += [
-        f"COALESCE(v.c{i}, t.{quote(c)})"
-        for i, c in enumerate(VALUE_IF_GIVEN, start=len(VALUE_COLUMNS))
-    ]
-    columns = [*VALUE_COLUMNS, *VALUE_IF_GIVEN]
-    sets = [f"{quote(c)} = {value}" for c, value in zip(columns, values, strict=True)]
-    stored = ", ".join(f"t.{quote(c)}" for c in columns)
-    updated = quote("updated_at")
-    n = len(columns)
-    beat, tick, in_step, lease = (
-        quote(c)
-        for c in ("last_heartbeat", "last_tick_at", "beats_with_runner", "lease_expires_at")
-    )
-    sets += [
-        f"{updated} = CASE WHEN ({stored}) IS DISTINCT FROM ({', '.join(values)}) "
-        f"THEN v.c{n} ELSE t.{updated} END",
-        f"{beat} = v.c{n + 1}",
-        f"{tick} = COALESCE(v.c{n + 2}, t.{tick})",
-        f"{in_step} = v.c{n + 3}",
-        f"{lease} = COALESCE(v.c{n + 4}, t.{lease})",
-    ]
-    _update_from_arrays(cursor, table, sets, VALUE_TYPES, params)
+    postgresql = connection.vendor == "postgresql"
+    sets, new = [], []
+    for i, (name, _, keep) in enumerate(columns):
+        column = quote(name)
+        value = f"v.c{i}" if postgresql else "%s"
+        if keep:
+            value = f"COALESCE({value}, {f't.{column}' if postgresql else column})"
+        if postgresql and name == when_changed:
+            stored = ", ".join(f"t.{quote(c)}" for c, _, _ in columns[:i])
+            value = f"CASE WHEN ({stored}) IS DISTINCT FROM ({', '.join(new)}) "
+            value += f"THEN v.c{i} ELSE t.{column} END"
+        new.append(value)
+        sets.append(f"{column} = {value}")
+    sets += fixed
+    table = quote(Engine._meta.db_table)
+    if postgresql:
+        _update_from_arrays(cursor, table, sets, [t for _, t, _ in columns], rows)
+    else:
+        cursor.executemany(f"UPDATE {table} SET {', '.join(sets)} WHERE id = %s", rows)
 
 
 def _update_from_arrays(
@@ -963,8 +929,23 @@ def _update_from_arrays(
 BEAT_GRAIN = 0.1  # seconds: the precision of a stored heartbeat
 IN_CHUNK = 5000  # ids per IN list at most
 MAX_GROUPS = 64  # beat and tick grains: past this, one statement per row is cheaper
-VALUE_COLUMNS = "error_count last_error position daily_pnl total_pnl trade_count".split()
-VALUE_IF_GIVEN = ("restart_attempt", "restart_budget_left")  # None keeps the column
+# A changed row's columns (``_value_params``), as ``update_each`` takes them. The recovery
+# view, the last tick and the lease keep their stored values when None.
+VALUE_COLUMNS: list[Column] = [
+    ("error_count", "integer", False),
+    ("last_error", "text", False),
+    ("position", "float8", False),
+    ("daily_pnl", "float8", False),
+    ("total_pnl", "float8", False),
+    ("trade_count", "integer", False),
+    ("restart_attempt", "integer", True),
+    ("restart_budget_left", "integer", True),
+    ("updated_at", "timestamptz", False),  # stamped where a value changed (PostgreSQL)
+    ("last_heartbeat", "timestamptz", False),
+    ("last_tick_at", "timestamptz", True),
+    ("beats_with_runner", "boolean", False),
+    ("lease_expires_at", "timestamptz", True),
+]
 
 
 def _grain(ts: float | None) -> int | None:
@@ -1007,7 +988,7 @@ def _chunks(ids: list[int]) -> Iterator[list[int]]:
 def _value_params(
     row: HeartbeatRow, stamp: Any, adapt: Callable[[Any], Any], until: Any = None
 ) -> tuple:
-    """One row's parameters: VALUE_COLUMNS, VALUE_IF_GIVEN, ``updated_at``, its beat, its
+    """One row's parameters: ``VALUE_COLUMNS``: its values, ``updated_at``, its beat, its
     last tick, whether it is in step, its lease (None: as it is), id."""
     return (
         row.error_count,
