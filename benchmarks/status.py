@@ -1,6 +1,10 @@
 """GET /engines/status (whole, revalidated, one filtered page) and GET /engines/status/{symbol}
 at N engines under concurrent clients, each beside a bare Django JSON view of the same
-payload, all served by one daphne process on a temp SQLite installation."""
+payload, all served by one daphne process on a temp SQLite installation.
+
+Beside them, the bare one-engine view served by a second daphne process whose middleware
+runs hook by hook in async mode (Django's way without ``SyncMiddlewareChain``): what
+running the chain as one block saves, in the same run."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ CLIENTS = 8
 WARM_UP = 10
 ROUND = 50  # requests a round; the figures' rounds are interleaved with their baselines'
 BARE = "/bench/bare-status"
+HOOK_BY_HOOK = "benchmarks.bare_asgi:hook_by_hook"
 PAGE = "?status=stopped&symbol=B00&page=2&page_size=50"
 
 
@@ -33,6 +38,14 @@ class Figure:
     target: str | None
     revalidate: bool = False  # send the last ETag back as If-None-Match
     clients: int = CLIENTS
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL of another server, timed in the same rounds, with that server's process."""
+
+    url: str
+    server: psutil.Process
 
 
 def figures(engines: int) -> list[Figure]:
@@ -52,11 +65,18 @@ def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
     """Time ``samples`` requests to each figure's URL and to its bare view."""
     import httpx  # noqa: F401  (fail early, before starting anything)
 
-    with data_dir(engines) as path, Installation(path) as installation:
+    bare_one = (f"{BARE}/{symbols(engines)[engines // 2]}", 1)
+    with (
+        data_dir(engines) as path,
+        Installation(path) as installation,
+        Installation(path) as hook_by_hook,
+    ):
         token = _token(installation)
         server = psutil.Process(installation.serve("benchmarks.bare_asgi:application").pid)
+        other = psutil.Process(hook_by_hook.serve(HOOK_BY_HOOK, log_name="hook-by-hook").pid)
+        before = Target(f"{hook_by_hook.url}{bare_one[0]}", other)
         times, cpu = asyncio.run(
-            _measure(installation.url, token, samples, figures(engines), server)
+            _measure(installation.url, token, samples, figures(engines), server, before)
         )
     rows = []
     for figure in figures(engines):
@@ -70,6 +90,15 @@ def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
         row = _row(f"server CPU per request, GET {figure.label}", [], [], 0, figure)
         bare = (figure.bare, figure.clients)
         rows.append(row | {"value": _mean(cpu[figure]), "baseline": _mean(cpu[bare])})
+    chain = {"unit": "ms", "target": None}
+    chain["baseline_name"] = "the same view, Django's middleware hook by hook in async mode"
+    name = "bare one-engine view, middleware chain as one block"
+    for pct in (50, 99):
+        value, baseline = _pct(times[bare_one], pct), _pct(times[before], pct)
+        rows.append({"name": f"{name}, 1 client: p{pct}", "value": value, "baseline": baseline})
+    value, baseline = _mean(cpu[bare_one]), _mean(cpu[before])
+    rows.append({"name": f"server CPU per request, {name}", "value": value, "baseline": baseline})
+    rows[-3:] = [row | chain for row in rows[-3:]]
     return rows
 
 
@@ -94,28 +123,34 @@ def _pct(values: list[float], pct: int) -> float:
 
 
 async def _measure(
-    base: str, token: str, samples: int, figures: list[Figure], server: psutil.Process
+    base: str,
+    token: str,
+    samples: int,
+    figures: list[Figure],
+    server: psutil.Process,
+    other: Target,
 ) -> tuple[dict, dict]:
-    """Request times, and the server's CPU time per request of each round, by figure and
-    by (bare URL, clients)."""
+    """Request times, and the server's CPU time per request of each round, by figure, by
+    (bare URL, clients) and for ``other`` (1 client)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
     bares = sorted({(figure.bare, figure.clients) for figure in figures})
-    times: dict = {key: [] for key in [*figures, *bares]}
+    times: dict = {key: [] for key in [*figures, *bares, other]}
     cpu: dict = {key: [] for key in times}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         await _wait_ready(client)
-        for url in {figure.url for figure in figures} | {url for url, _ in bares}:
+        for url in {figure.url for figure in figures} | {url for url, _ in bares} | {other.url}:
             for _ in range(WARM_UP):
                 (await client.get(url)).raise_for_status()
         for _ in range(max(1, samples // ROUND)):
-            rounds = [(f, f.url, f.clients, f.revalidate) for f in figures]
-            rounds += [((url, clients), url, clients, False) for url, clients in bares]
-            for key, url, clients, revalidate in rounds:
-                began = _cpu(server)
+            rounds = [(f, f.url, f.clients, f.revalidate, server) for f in figures]
+            rounds += [((url, n), url, n, False, server) for url, n in bares]
+            rounds.append((other, other.url, 1, False, other.server))
+            for key, url, clients, revalidate, process in rounds:
+                began = _cpu(process)
                 times[key] += await _round(client, url, clients, revalidate)
-                cpu[key].append((_cpu(server) - began) / ROUND)
+                cpu[key].append((_cpu(process) - began) / ROUND)
     return times, cpu
 
 

@@ -57,6 +57,25 @@ def chromium_path() -> Path:
     return CHROMIUM
 
 
+@pytest.fixture(autouse=True)
+def _api_reads_see_the_test_transaction(request) -> Iterator[None]:
+    """The API's status reads run on threads of their own (``engines_app.api.reads``). In a
+    test inside a transaction they read through the test's connection, as Django's live
+    test server does, or they would not see the test's rows."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = marker is not None and marker.kwargs.get("transaction", False)
+    if "db" not in request.fixturenames and (marker is None or transactional):
+        yield
+        return
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    from engines_app.api.reads import sharing
+
+    request.getfixturevalue("db")
+    with sharing(connections[DEFAULT_DB_ALIAS]):
+        yield
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Installation]:
     """A fresh installation with a migrated SQLite file of its own."""

@@ -7,6 +7,7 @@ from ninja.errors import AuthenticationError
 from ninja.security import HttpBearer
 from ninja.security import SessionAuth as NinjaSessionAuth
 
+from .reads import read
 from .tokens import api_token_user
 
 
@@ -15,7 +16,11 @@ class TokenAuth(HttpBearer):
     session, so a client learns its token is wrong."""
 
     def authenticate(self, request: HttpRequest, token: str):
-        user = api_token_user(token.strip())
+        return self.accepted(request, api_token_user(token.strip()))
+
+    @staticmethod
+    def accepted(request: HttpRequest, user):
+        """The token's user, now the request's; a 401 for a bad token (``user`` None)."""
         if user is None:
             raise AuthenticationError(message="invalid or revoked API token")
         request.user = user
@@ -46,3 +51,22 @@ class SessionAuth(NinjaSessionAuth):
     def authenticate(self, request: HttpRequest, key):
         user = getattr(request, "user", None)
         return user if user is not None and user.is_authenticated else None
+
+
+class ReadTokenAuth(TokenAuth):
+    """``TokenAuth`` for the async reads: the token is looked up on the short reads' thread."""
+
+    is_async = True
+
+    async def authenticate(self, request: HttpRequest, token: str):
+        return self.accepted(request, await read(api_token_user, token.strip()))
+
+
+class ReadSessionAuth(SessionAuth):
+    """``SessionAuth`` for the async reads: the session is loaded on the short reads'
+    thread."""
+
+    is_async = True
+
+    async def __call__(self, request: HttpRequest):
+        return await read(super().__call__, request)

@@ -26,6 +26,8 @@ from ..services.engines import (
     engine_stop,
 )
 from ..services.exchanges import kill_switch
+from .auth import ReadSessionAuth, ReadTokenAuth
+from .reads import read, read_fleet
 from .schemas import (
     CommandOut,
     ConfigureIn,
@@ -52,6 +54,8 @@ PageSize = Annotated[
     int, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE})
 ]
 
+# The status reads are async views: their reads run on the reader threads (``reads``).
+READ_AUTH = [ReadTokenAuth(), ReadSessionAuth()]
 router = Router(tags=["engines"])
 runners_router = Router(tags=["runners"])
 
@@ -130,8 +134,9 @@ def etagged(request: HttpRequest, body: bytes, etag: str) -> HttpResponse:
     "/status",
     response={200: FleetOut, 304: None, **ERRORS},
     summary="Status of every engine",
+    auth=READ_AUTH,
 )
-def status_all(
+async def status_all(
     request: HttpRequest,
     status: Statuses | None = None,
     symbol: SymbolPrefix | None = None,
@@ -150,18 +155,30 @@ def status_all(
     statuses = None if status is None else checked_statuses(status)
     prefix = "" if symbol is None else checked_prefix(symbol)
     checked_page(page, page_size)
+    body, etag = await read_fleet(fleet_document, statuses, prefix, page, page_size)
+    return etagged(request, body, etag)
+
+
+def fleet_document(
+    statuses: list[str] | None, prefix: str, page: int | None, page_size: int | None
+) -> tuple[bytes, str]:
+    """The list's JSON and its ETag: the snapshot's own while nothing is filtered."""
     snapshot = fleet_snapshot()
     if statuses is None and not prefix and page is None and page_size is None:
-        return etagged(request, snapshot.body, snapshot.etag)
-    document = fleet_page(
-        snapshot, statuses=statuses, prefix=prefix, page=page, page_size=page_size
+        return snapshot.body, snapshot.etag
+    return encode(
+        fleet_page(snapshot, statuses=statuses, prefix=prefix, page=page, page_size=page_size)
     )
-    return etagged(request, *encode(document))
 
 
-@router.get("/status/{symbol}", response={200: EngineOut, **ERRORS}, summary="Status of one engine")
-def status_one(request: HttpRequest, symbol: Symbol):
-    found = engine_status_of(checked_symbol(symbol))
+@router.get(
+    "/status/{symbol}",
+    response={200: EngineOut, **ERRORS},
+    summary="Status of one engine",
+    auth=READ_AUTH,
+)
+async def status_one(request: HttpRequest, symbol: Symbol):
+    found = await read(engine_status_of, checked_symbol(symbol))
     if found is None:
         raise HttpError(404, f"no engine with symbol {symbol}")
     # Built in its documented shape, as the list's rows are: no second validation.

@@ -1,0 +1,93 @@
+"""The API's hot reads on threads of their own, each with one database connection kept open.
+
+Django runs a sync view on a thread made for its request, and that thread opens a database
+connection and closes it at the end: at about a millisecond each, more than the status
+read itself. The status endpoints are async views instead. They hand their reads to this
+process's two reader threads, whose connections stay open between requests:
+
+- ``read``: the short ones (the token check, one engine's status), one after another;
+- ``read_fleet``: the fleet-sized ones (the status list: its snapshot, built again when
+  the data changed, and filtered pages), so that building a list of 10,000 engines never
+  holds up a read of one.
+
+A connection that has gone bad (the database restarted, the network dropped) fails one
+read; it is then closed, and a read that failed on a connection kept from before is tried
+once more on a fresh one, so a client never sees the old connection's failure.
+
+Tests inside a transaction make the reader threads read through their own connection
+(``sharing``), as Django's live test server does, or they would not see their rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
+
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+T = TypeVar("T")
+
+_short = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levipanel-api-reads")
+_fleet = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levipanel-api-fleet-reads")
+
+
+async def read(function: Callable[..., T], *args) -> T:
+    """``function(*args)`` on the short reads' thread, awaited."""
+    return await _on(_short, function, *args)
+
+
+async def read_fleet(function: Callable[..., T], *args) -> T:
+    """``function(*args)`` on the fleet-sized reads' thread, awaited."""
+    return await _on(_fleet, function, *args)
+
+
+async def _on(executor: ThreadPoolExecutor, function: Callable[..., T], *args) -> T:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, partial(_run, function, *args))
+
+
+def _run(function: Callable[..., T], *args) -> T:
+    reused = connection.connection is not None  # opened by an earlier read
+    try:
+        result = function(*args)
+    except DatabaseError:
+        if connection.in_atomic_block or not _broken():
+            raise
+        connection.close()
+        if not reused:
+            raise
+        result = function(*args)  # once, on a fresh connection
+    return result
+
+
+def _broken() -> bool:
+    """Whether the connection can no longer serve (Django's own health check)."""
+    return connection.connection is None or not connection.is_usable()
+
+
+@contextlib.contextmanager
+def sharing(shared: BaseDatabaseWrapper) -> Iterator[None]:
+    """While inside, the reader threads read through ``shared``, another thread's
+    connection, and so see that thread's open transaction."""
+    for executor in (_short, _fleet):
+        shared.inc_thread_sharing()
+        executor.submit(_read_through, shared).result()
+    try:
+        yield
+    finally:
+        for executor in (_short, _fleet):
+            executor.submit(_read_through, None).result()
+            shared.dec_thread_sharing()
+
+
+def _read_through(shared: BaseDatabaseWrapper | None) -> None:
+    if shared is None:
+        del connections[DEFAULT_DB_ALIAS]  # the next read opens a connection of its own
+        return
+    connection.close()
+    connections[DEFAULT_DB_ALIAS] = shared

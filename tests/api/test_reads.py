@@ -1,0 +1,98 @@
+"""The status reads' own thread and kept connection, and the middleware chain run as one
+block: what makes a status request cheap, and what keeps it working when the kept
+connection dies."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import psycopg
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.handlers.asgi import ASGIHandler
+from django.db import connection
+from django.utils.deprecation import MiddlewareMixin
+
+from engines_app.api.reads import read, read_fleet
+from engines_app.testing import Installation
+
+SETUP = """
+from django.contrib.auth import get_user_model
+from engines_app.api.tokens import api_token_create
+from engines_app.models import Engine
+Engine.objects.create(symbol="BTCUSDT")
+print(api_token_create(user=get_user_model().objects.create_user("reader"), name="t")[1])
+"""
+
+
+def _connection_and_thread():
+    connection.ensure_connection()
+    return connection.connection, threading.get_ident()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reads_run_on_one_thread_and_keep_its_connection():
+    first, second = (async_to_sync(read)(_connection_and_thread) for _ in range(2))
+    assert first == second
+    assert first[1] != _connection_and_thread()[1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fleet_read_in_progress_does_not_hold_up_a_short_read():
+    """A list of 10,000 engines being built, and a read of one engine meanwhile."""
+    building, done = threading.Event(), threading.Event()
+
+    def build():
+        building.set()
+        return done.wait(10)
+
+    async def both():
+        fleet = asyncio.ensure_future(read_fleet(build))
+        await asyncio.get_running_loop().run_in_executor(None, building.wait, 10)
+        short = await asyncio.wait_for(read(_connection_and_thread), 5)
+        assert not fleet.done()
+        done.set()
+        return short, await fleet
+
+    short, fleet_finished = async_to_sync(both)()
+    assert fleet_finished and short[1] != threading.get_ident()
+
+
+def test_every_django_middleware_runs_sync_under_asgi(monkeypatch, settings):
+    """In async mode each hook of a ``MiddlewareMixin`` is a hop to a thread and back."""
+    loaded: list[MiddlewareMixin] = []
+    init = MiddlewareMixin.__init__
+
+    def record(self, get_response):
+        init(self, get_response)
+        loaded.append(self)
+
+    monkeypatch.setattr(MiddlewareMixin, "__init__", record)
+    ASGIHandler()
+    assert len(loaded) >= 6
+    assert [type(m).__name__ for m in loaded if m.async_mode] == []
+
+
+def test_a_status_read_survives_its_kept_connection_being_killed(postgres_database, tmp_path):
+    """PostgreSQL restarted, a connection cut: the next request is served, not a 503."""
+    import httpx
+
+    env = {"DATABASE_URL": postgres_database}
+    with Installation(tmp_path / "data", env) as installation:
+        key = installation.manage("shell", "-c", SETUP).stdout.split()[-1]
+        installation.serve()
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=installation.url, headers=headers, timeout=10) as http:
+            assert http.get("/engines/status/BTCUSDT").status_code == 200
+            name = postgres_database.rsplit("/", 1)[1]
+            with psycopg.connect(postgres_database, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                ).fetchone()[0]
+            assert killed >= 1  # the reader's kept connection
+            for url in ("/engines/status/BTCUSDT", "/engines/status"):
+                response = http.get(url)
+                assert response.status_code == 200, response.text
