@@ -62,9 +62,13 @@ def _api_reads_see_the_test_transaction(request) -> Iterator[None]:
     """The API's status reads run on threads of their own (``engines_app.api.reads``). In a
     test inside a transaction they read through the test's connection, as Django's live
     test server does, or they would not see the test's rows."""
+    from pytest_django.fixtures import validate_django_db
+
     marker = request.node.get_closest_marker("django_db")
-    transactional = marker is not None and marker.kwargs.get("transaction", False)
-    if "db" not in request.fixturenames and (marker is None or transactional):
+    transactional = {"transactional_db", "live_server"} & set(request.fixturenames) or (
+        marker is not None and validate_django_db(marker)[0]  # (transaction, …)
+    )
+    if transactional or ("db" not in request.fixturenames and marker is None):
         yield
         return
     from django.db import DEFAULT_DB_ALIAS, connections

@@ -14,14 +14,19 @@ A connection that has gone bad (the database restarted, the network dropped) fai
 read; it is then closed, and a read that failed on a connection kept from before is tried
 once more on a fresh one, so a client never sees the old connection's failure.
 
-Tests inside a transaction make the reader threads read through their own connection
-(``sharing``), as Django's live test server does, or they would not see their rows.
+A test inside a transaction makes the reader threads read through the test's connection
+(``sharing``), as Django's live test server does, or they would not see its rows.
+
+A kept connection idle for longer than ``IDLE_CLOSE`` is closed before its next read: a
+firewall or NAT may have dropped it without a word, and a read on it would hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -32,8 +37,11 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 T = TypeVar("T")
 
+IDLE_CLOSE = 60.0  # seconds
+
 _short = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levipanel-api-reads")
 _fleet = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levipanel-api-fleet-reads")
+_last = threading.local()  # on each reader thread: when its connection last served a read
 
 
 async def read(function: Callable[..., T], *args) -> T:
@@ -52,11 +60,15 @@ async def _on(executor: ThreadPoolExecutor, function: Callable[..., T], *args) -
 
 
 def _run(function: Callable[..., T], *args) -> T:
+    own = not connection.allow_thread_sharing  # not a test's connection (``sharing``)
+    if own and time.monotonic() - getattr(_last, "read", 0.0) > IDLE_CLOSE:
+        connection.close()
+    _last.read = time.monotonic()
     reused = connection.connection is not None  # opened by an earlier read
     try:
         result = function(*args)
     except DatabaseError:
-        if connection.in_atomic_block or not _broken():
+        if not own or connection.in_atomic_block or not _broken():
             raise
         connection.close()
         if not reused:
@@ -74,13 +86,15 @@ def _broken() -> bool:
 def sharing(shared: BaseDatabaseWrapper) -> Iterator[None]:
     """While inside, the reader threads read through ``shared``, another thread's
     connection, and so see that thread's open transaction."""
-    for executor in (_short, _fleet):
-        shared.inc_thread_sharing()
-        executor.submit(_read_through, shared).result()
+    shared_with: list[ThreadPoolExecutor] = []
     try:
+        for executor in (_short, _fleet):
+            shared.inc_thread_sharing()
+            shared_with.append(executor)
+            executor.submit(_read_through, shared).result()
         yield
     finally:
-        for executor in (_short, _fleet):
+        for executor in shared_with:
             executor.submit(_read_through, None).result()
             shared.dec_thread_sharing()
 

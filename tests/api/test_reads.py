@@ -14,6 +14,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import connection
 from django.utils.deprecation import MiddlewareMixin
 
+from engines_app.api import reads
 from engines_app.api.reads import read, read_fleet
 from engines_app.testing import Installation
 
@@ -39,6 +40,21 @@ def test_reads_run_on_one_thread_and_keep_its_connection():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_connection_left_idle_too_long_is_replaced(monkeypatch):
+    """A firewall may have dropped it without a word."""
+    monkeypatch.setattr(reads, "IDLE_CLOSE", 0.0)
+    first, second = (async_to_sync(read)(_connection_and_thread) for _ in range(2))
+    assert first[0] is not second[0] and first[1] == second[1]
+
+
+def test_the_status_reads_share_the_apis_two_security_schemes(client):
+    schema = client.get("/openapi.json").json()
+    assert set(schema["components"]["securitySchemes"]) == {"TokenAuth", "SessionAuth"}
+    operation = schema["paths"]["/engines/status"]["get"]
+    assert operation["security"] == [{"TokenAuth": []}, {"SessionAuth": []}]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_fleet_read_in_progress_does_not_hold_up_a_short_read():
     """A list of 10,000 engines being built, and a read of one engine meanwhile."""
     building, done = threading.Event(), threading.Event()
@@ -50,9 +66,11 @@ def test_a_fleet_read_in_progress_does_not_hold_up_a_short_read():
     async def both():
         fleet = asyncio.ensure_future(read_fleet(build))
         await asyncio.get_running_loop().run_in_executor(None, building.wait, 10)
-        short = await asyncio.wait_for(read(_connection_and_thread), 5)
-        assert not fleet.done()
-        done.set()
+        try:
+            short = await asyncio.wait_for(read(_connection_and_thread), 5)
+            assert not fleet.done()
+        finally:
+            done.set()
         return short, await fleet
 
     short, fleet_finished = async_to_sync(both)()
@@ -84,7 +102,8 @@ def test_a_status_read_survives_its_kept_connection_being_killed(postgres_databa
         installation.serve()
         headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=installation.url, headers=headers, timeout=10) as http:
-            assert http.get("/engines/status/BTCUSDT").status_code == 200
+            for url in ("/engines/status/BTCUSDT", "/engines/status"):  # both threads
+                assert http.get(url).status_code == 200
             name = postgres_database.rsplit("/", 1)[1]
             with psycopg.connect(postgres_database, autocommit=True) as admin:
                 killed = admin.execute(
