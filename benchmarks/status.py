@@ -90,15 +90,18 @@ def run(*, engines: int = 1000, samples: int = 400) -> list[Row]:
         row = _row(f"server CPU per request, GET {figure.label}", [], [], 0, figure)
         bare = (figure.bare, figure.clients)
         rows.append(row | {"value": _mean(cpu[figure]), "baseline": _mean(cpu[bare])})
-    chain = {"unit": "ms", "target": None}
-    chain["baseline_name"] = "the same view, Django's middleware hook by hook in async mode"
     name = "bare one-engine view, middleware chain as one block"
-    for pct in (50, 99):
-        value, baseline = _pct(times[bare_one], pct), _pct(times[before], pct)
-        rows.append({"name": f"{name}, 1 client: p{pct}", "value": value, "baseline": baseline})
-    value, baseline = _mean(cpu[bare_one]), _mean(cpu[before])
-    rows.append({"name": f"server CPU per request, {name}", "value": value, "baseline": baseline})
-    rows[-3:] = [row | chain for row in rows[-3:]]
+    chain = [
+        (f"{name}, 1 client: p50", _pct(times[bare_one], 50), _pct(times[before], 50)),
+        (f"{name}, 1 client: p99", _pct(times[bare_one], 99), _pct(times[before], 99)),
+        (f"server CPU per request, {name}", _mean(cpu[bare_one]), _mean(cpu[before])),
+    ]
+    hook_by_hook = "the same view, Django's middleware hook by hook in async mode"
+    for label, value, baseline in chain:
+        rows.append(
+            {"name": label, "value": value, "unit": "ms", "baseline": baseline}
+            | {"baseline_name": hook_by_hook, "target": None}
+        )
     return rows
 
 
