@@ -11,6 +11,8 @@ from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
+from levipanel.collector import freeze_loaded  # noqa: E402
+
 application = get_asgi_application()
 settings.ROOT_URLCONF = "benchmarks.bare_urls"
 
@@ -25,3 +27,4 @@ def _hook_by_hook() -> ASGIHandler:
 
 
 hook_by_hook = _hook_by_hook()
+freeze_loaded()  # as the panel's own ASGI module does

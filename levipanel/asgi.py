@@ -12,6 +12,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from engines_app.web.consumers import ConnectGate  # noqa: E402
 from engines_app.web.origin import SameOriginValidator  # noqa: E402
 from engines_app.web.routing import websocket_urlpatterns  # noqa: E402
+from levipanel.collector import freeze_loaded  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -23,3 +24,4 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+freeze_loaded()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from functools import wraps
-from inspect import iscoroutinefunction
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
@@ -51,7 +50,9 @@ def _database_busy(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
 def json_405(view):
     """ninja answers a wrong method with a plain-text 405; make it JSON like every error."""
 
-    def json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs):
+        response = view(request, *args, **kwargs)
         if isinstance(response, HttpResponseNotAllowed):
             allowed = response["Allow"]
             response = JsonResponse(
@@ -59,18 +60,6 @@ def json_405(view):
             )
             response["Allow"] = allowed
         return response
-
-    if iscoroutinefunction(view):
-
-        @wraps(view)
-        async def awaited(request: HttpRequest, *args, **kwargs):
-            return json(request, await view(request, *args, **kwargs))
-
-        return awaited
-
-    @wraps(view)
-    def wrapped(request: HttpRequest, *args, **kwargs):
-        return json(request, view(request, *args, **kwargs))
 
     return wrapped
 

@@ -8,7 +8,7 @@ from ninja.security import HttpBearer
 from ninja.security import SessionAuth as NinjaSessionAuth
 
 from .reads import read
-from .tokens import api_token_user
+from .tokens import api_token_found, api_token_touch, api_token_user
 
 
 class TokenAuth(HttpBearer):
@@ -54,18 +54,23 @@ class SessionAuth(NinjaSessionAuth):
 
 
 class ReadTokenAuth(TokenAuth):
-    """``TokenAuth`` for the async reads: the token is looked up on the short reads' thread."""
+    """``TokenAuth`` for the status reads: the token is looked up on the short reads'
+    thread, with its kept connection. Its use is noted (a write, once a minute) on the
+    request's own thread: a write waiting for the database's lock holds up no other read."""
 
-    async def authenticate(self, request: HttpRequest, token: str):
-        return self.accepted(request, await read(api_token_user, token.strip()))
+    def authenticate(self, request: HttpRequest, key: str):
+        token = read(api_token_found, key.strip())
+        if token is not None:
+            api_token_touch(token)
+        return self.accepted(request, None if token is None else token.user)
 
 
 class ReadSessionAuth(SessionAuth):
-    """``SessionAuth`` for the async reads: the session is loaded on the short reads'
+    """``SessionAuth`` for the status reads: the session is loaded on the short reads'
     thread."""
 
-    async def __call__(self, request: HttpRequest):
-        return await read(super().__call__, request)
+    def __call__(self, request: HttpRequest):
+        return read(super().__call__, request)
 
 
 # The OpenAPI schema names a scheme after its class: these are the same two schemes, so a

@@ -2,13 +2,17 @@
 
 Django runs a sync view on a thread made for its request, and that thread opens a database
 connection and closes it at the end: at about a millisecond each, more than the status
-read itself. The status endpoints are async views instead. They hand their reads to this
-process's two reader threads, whose connections stay open between requests:
+read itself. The status views hand their reads to this process's two reader threads
+instead, whose connections stay open between requests, and wait for the answer:
 
 - ``read``: the short ones (the token check, one engine's status), one after another;
 - ``read_fleet``: the fleet-sized ones (the status list: its snapshot, built again when
   the data changed, and filtered pages), so that building a list of 10,000 engines never
   holds up a read of one.
+
+The views stay sync and wait on their own thread. An async view would be awaited on the
+event loop, and each read's answer would wait there behind whatever else the loop has to
+do (a flood of websocket frames): a round trip through a busy loop per read.
 
 A connection that has gone bad (the database restarted, the network dropped) fails one
 read; it is then closed, and a read that failed on a connection kept from before is tried
@@ -23,13 +27,11 @@ firewall or NAT may have dropped it without a word, and a read on it would hang.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
@@ -39,24 +41,26 @@ T = TypeVar("T")
 
 IDLE_CLOSE = 60.0  # seconds
 
-_short = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levipanel-api-reads")
-_fleet = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levipanel-api-fleet-reads")
+_SHORT, _FLEET = "levipanel-api-reads", "levipanel-api-fleet-reads"  # the threads' names
+_short = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_SHORT)
+_fleet = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_FLEET)
 _last = threading.local()  # on each reader thread: when its connection last served a read
 
 
-async def read(function: Callable[..., T], *args) -> T:
-    """``function(*args)`` on the short reads' thread, awaited."""
-    return await _on(_short, function, *args)
+def read(function: Callable[..., T], *args) -> T:
+    """``function(*args)`` on the short reads' thread; its result, once it is done."""
+    return _on(_short, _SHORT, function, *args)
 
 
-async def read_fleet(function: Callable[..., T], *args) -> T:
-    """``function(*args)`` on the fleet-sized reads' thread, awaited."""
-    return await _on(_fleet, function, *args)
+def read_fleet(function: Callable[..., T], *args) -> T:
+    """``function(*args)`` on the fleet-sized reads' thread; its result, once it is done."""
+    return _on(_fleet, _FLEET, function, *args)
 
 
-async def _on(executor: ThreadPoolExecutor, function: Callable[..., T], *args) -> T:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, partial(_run, function, *args))
+def _on(executor: ThreadPoolExecutor, name: str, function: Callable[..., T], *args) -> T:
+    if threading.current_thread().name.startswith(f"{name}_"):
+        return _run(function, *args)  # a read within a read: waiting would never end
+    return executor.submit(_run, function, *args).result()
 
 
 def _run(function: Callable[..., T], *args) -> T:

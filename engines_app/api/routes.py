@@ -54,7 +54,7 @@ PageSize = Annotated[
     int, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE})
 ]
 
-# The status reads are async views: their reads run on the reader threads (``reads``).
+# The status reads run on the reader threads, with their kept connections (``reads``).
 READ_AUTH = [ReadTokenAuth(), ReadSessionAuth()]
 router = Router(tags=["engines"])
 runners_router = Router(tags=["runners"])
@@ -136,7 +136,7 @@ def etagged(request: HttpRequest, body: bytes, etag: str) -> HttpResponse:
     summary="Status of every engine",
     auth=READ_AUTH,
 )
-async def status_all(
+def status_all(
     request: HttpRequest,
     status: Statuses | None = None,
     symbol: SymbolPrefix | None = None,
@@ -155,15 +155,16 @@ async def status_all(
     statuses = None if status is None else checked_statuses(status)
     prefix = "" if symbol is None else checked_prefix(symbol)
     checked_page(page, page_size)
-    body, etag = await read_fleet(fleet_document, statuses, prefix, page, page_size)
+    body, etag = read_fleet(fleet_document, statuses, prefix, page, page_size)
     return etagged(request, body, etag)
 
 
 def fleet_document(
     statuses: list[str] | None, prefix: str, page: int | None, page_size: int | None
 ) -> tuple[bytes, str]:
-    """The list's JSON and its ETag: the snapshot's own while nothing is filtered."""
-    snapshot = fleet_snapshot()
+    """The list's JSON and its ETag: the snapshot's own while nothing is filtered. On the
+    fleet reads' thread, whose connection only reads."""
+    snapshot = fleet_snapshot(reads_only=True)
     if statuses is None and not prefix and page is None and page_size is None:
         return snapshot.body, snapshot.etag
     return encode(
@@ -177,8 +178,8 @@ def fleet_document(
     summary="Status of one engine",
     auth=READ_AUTH,
 )
-async def status_one(request: HttpRequest, symbol: Symbol):
-    found = await read(engine_status_of, checked_symbol(symbol))
+def status_one(request: HttpRequest, symbol: Symbol):
+    found = read(engine_status_of, checked_symbol(symbol))
     if found is None:
         raise HttpError(404, f"no engine with symbol {symbol}")
     # Built in its documented shape, as the list's rows are: no second validation.

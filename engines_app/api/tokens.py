@@ -8,11 +8,13 @@ import re
 import secrets
 from datetime import timedelta
 
-from django.db import transaction
+from django.contrib.auth import get_user_model
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from ..models import ApiToken
+from ..selectors.prepared import Prepared
 
 PREFIX = "lvp_"
 KEY_RE = re.compile(r"^lvp_[A-Za-z0-9_-]{43}$")
@@ -36,15 +38,55 @@ def api_token_create(*, user, name: str) -> tuple[ApiToken, str]:
 
 def api_token_user(key: str):
     """The active user a key belongs to, or None for a malformed, unknown or revoked key."""
+    token = api_token_found(key)
+    if token is None:
+        return None
+    api_token_touch(token)
+    return token.user
+
+
+# The token's fields a request needs, in the model's order (``from_db`` takes them so).
+_TOKEN_FIELDS = ["id", "user_id", "last_used_at"]
+
+
+def _user_fields() -> list[str]:
+    return [field.attname for field in get_user_model()._meta.concrete_fields]
+
+
+# The token and its user in one read (the API's every request): see ``Prepared``.
+_TOKEN = Prepared(
+    lambda key_hash: (
+        ApiToken.objects.filter(key_hash=key_hash)
+        .order_by()
+        .values(*_TOKEN_FIELDS, *(f"user__{name}" for name in _user_fields()))[:1]
+    )
+)
+
+
+def api_token_found(key: str) -> ApiToken | None:
+    """The key's token, its user loaded, if the key is well formed, known and its user
+    active: reads only."""
     if not KEY_RE.match(key):
         return None
-    token = ApiToken.objects.select_related("user").filter(key_hash=_hash(key)).first()
-    if token is None or not token.user.is_active:
+    rows = _TOKEN.rows(_hash(key))
+    if not rows:
         return None
+    row, names = rows[0], _user_fields()
+    user = get_user_model().from_db(
+        DEFAULT_DB_ALIAS, names, [row[f"user__{name}"] for name in names]
+    )
+    if not user.is_active:
+        return None
+    token = ApiToken.from_db(DEFAULT_DB_ALIAS, _TOKEN_FIELDS, [row[n] for n in _TOKEN_FIELDS])
+    token.user = user
+    return token
+
+
+def api_token_touch(token: ApiToken) -> None:
+    """Note that the token was used now, if its last note is over ``TOUCH_EVERY`` old."""
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > TOUCH_EVERY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user
 
 
 class TokenNotFound(Exception):

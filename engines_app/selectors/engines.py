@@ -15,6 +15,7 @@ from ..models import Engine, RunnerHeartbeat, shown_heartbeat
 from ..runtime import ACTIVE
 from ..runtime.brokers import PAPER
 from .exchanges import broker_summary
+from .prepared import Prepared
 
 # Shown, never stored: an engine no live lease holds, whose last stored status (say
 # ``running``) was written by a runner that may be gone.
@@ -89,16 +90,20 @@ class RunnerSeen(NamedTuple):
     beats_since: datetime | None
 
 
+_SEEN_FIELDS = ("name", "last_seen", "beats_since")
+_RUNNERS_SEEN = Prepared(lambda: RunnerHeartbeat.objects.values(*_SEEN_FIELDS))
+
+
 def runners_seen(names: Iterable[str] | None = None) -> dict[str, RunnerSeen]:
     """The runners ``names`` (default: every runner, a handful of rows), by name. Read them
     before the engines' rows they are shown with: a runner's ``beats_since`` only grows,
     and vouches for the engines in step as of its flush, so an older one shown with newer
     rows is never later than a beat (a newer one with older rows could be)."""
-    runners = RunnerHeartbeat.objects.all()
-    if names is not None:
-        runners = runners.filter(name__in=list(names))
-    rows = runners.values_list("name", "last_seen", "beats_since")
-    return {name: RunnerSeen(at.timestamp(), beats) for name, at, beats in rows}
+    if names is None:
+        rows = _RUNNERS_SEEN.rows()
+    else:
+        rows = RunnerHeartbeat.objects.filter(name__in=list(names)).values(*_SEEN_FIELDS)
+    return {r["name"]: RunnerSeen(r["last_seen"].timestamp(), r["beats_since"]) for r in rows}
 
 
 def beating_runners(seen: Mapping[str, RunnerSeen], after: datetime) -> list[str]:
@@ -125,6 +130,11 @@ def status_counts(statuses: Iterable[str]) -> dict[str, int]:
 # An engine's broker and exchange, read from its config by the database (``broker_summary``
 # reads them the same way from a loaded row).
 BROKER_FIELDS = {"broker": KT("config__broker"), "exchange": KT("config__feed_options__exchange")}
+_ENGINE_STATUS = Prepared(
+    lambda symbol: (
+        Engine.objects.filter(symbol=symbol).order_by().values(*STATUS_FIELDS, **BROKER_FIELDS)[:1]
+    )
+)
 
 
 def engine_status(
@@ -143,8 +153,7 @@ def engine_status_of(symbol: str) -> dict[str, Any] | None:
     ``STATUS_FIELDS`` alone: the API's most frequent read. The runners first (a handful of
     rows), then the engine: see ``runners_seen``."""
     seen = runners_seen()
-    engines = Engine.objects.filter(symbol=symbol).order_by()
-    rows = list(engines.values(*STATUS_FIELDS, **BROKER_FIELDS)[:1])
+    rows = _ENGINE_STATUS.rows(symbol)
     return status_row(rows[0], None, seen) if rows else None
 
 

@@ -4,12 +4,12 @@ connection dies."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connection
 from django.utils.deprecation import MiddlewareMixin
@@ -34,7 +34,7 @@ def _connection_and_thread():
 
 @pytest.mark.django_db(transaction=True)
 def test_reads_run_on_one_thread_and_keep_its_connection():
-    first, second = (async_to_sync(read)(_connection_and_thread) for _ in range(2))
+    first, second = (read(_connection_and_thread) for _ in range(2))
     assert first == second
     assert first[1] != _connection_and_thread()[1]
 
@@ -43,7 +43,7 @@ def test_reads_run_on_one_thread_and_keep_its_connection():
 def test_a_connection_left_idle_too_long_is_replaced(monkeypatch):
     """A firewall may have dropped it without a word."""
     monkeypatch.setattr(reads, "IDLE_CLOSE", 0.0)
-    first, second = (async_to_sync(read)(_connection_and_thread) for _ in range(2))
+    first, second = (read(_connection_and_thread) for _ in range(2))
     assert first[0] is not second[0] and first[1] == second[1]
 
 
@@ -63,18 +63,28 @@ def test_a_fleet_read_in_progress_does_not_hold_up_a_short_read():
         building.set()
         return done.wait(10)
 
-    async def both():
-        fleet = asyncio.ensure_future(read_fleet(build))
-        await asyncio.get_running_loop().run_in_executor(None, building.wait, 10)
+    with ThreadPoolExecutor(max_workers=1) as request:  # the list request's own thread
+        fleet = request.submit(read_fleet, build)
+        assert building.wait(10)
         try:
-            short = await asyncio.wait_for(read(_connection_and_thread), 5)
+            short = request_thread_read(_connection_and_thread)
             assert not fleet.done()
         finally:
             done.set()
-        return short, await fleet
+        assert fleet.result(10)
+    assert short[1] != threading.get_ident()
 
-    short, fleet_finished = async_to_sync(both)()
-    assert fleet_finished and short[1] != threading.get_ident()
+
+def request_thread_read(function):
+    """``read(function)`` from another request's thread, given up after 5 s."""
+    with ThreadPoolExecutor(max_workers=1) as request:
+        return request.submit(read, function).result(5)
+
+
+def test_a_read_within_a_read_runs_in_place():
+    """A session check that reads again on the same thread: waiting would never end."""
+    outer = request_thread_read(lambda: (threading.get_ident(), read(threading.get_ident)))
+    assert outer[0] == outer[1] != threading.get_ident()
 
 
 def test_every_django_middleware_runs_sync_under_asgi(monkeypatch, settings):
@@ -115,3 +125,62 @@ def test_a_status_read_survives_its_kept_connection_being_killed(postgres_databa
             for url in ("/engines/status/BTCUSDT", "/engines/status"):
                 response = http.get(url)
                 assert response.status_code == 200, response.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_use_noted_while_a_writer_holds_the_database_holds_up_no_other_read(client):
+    """Noting a token's use is a write: it waits for the lock on the request's own thread,
+    not on the short reads' thread that every status request needs."""
+    import sqlite3
+
+    from django.contrib.auth import get_user_model
+
+    from engines_app.api.tokens import api_token_create
+    from engines_app.models import Engine
+
+    if connection.vendor != "sqlite":
+        pytest.skip("holds SQLite's write lock from a second connection")
+    Engine.objects.create(symbol="BTCUSDT")
+    key = api_token_create(user=get_user_model().objects.create_user("reader"), name="t")[1]
+    writer = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process writing for a while
+    try:
+        with ThreadPoolExecutor(max_workers=1) as request:
+            status = request.submit(
+                client.get, "/engines/status/BTCUSDT", HTTP_AUTHORIZATION=f"Bearer {key}"
+            )
+            time.sleep(0.5)
+            assert not status.done()  # its token is due to be noted: it waits for the lock
+            assert request_thread_read(Engine.objects.count) == 1
+            writer.execute("ROLLBACK")
+            assert status.result(10).status_code == 200
+    finally:
+        writer.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fleet_thread_reads_the_data_version_again_only_after_another_commit():
+    """On SQLite the pragma tells whether anything was committed: no aggregate over every
+    engine row for each list request while nothing was."""
+    from datetime import UTC, datetime
+
+    from django.test.utils import CaptureQueriesContext
+
+    from engines_app.models import Engine
+    from engines_app.selectors.fleet_cache import data_version
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PRAGMA data_version is SQLite's")
+    Engine.objects.create(symbol="BTCUSDT")
+
+    def version_and_queries():
+        with CaptureQueriesContext(connection) as queries:
+            version = data_version(reads_only=True)
+        return version, [query["sql"] for query in queries]
+
+    first, _ = read_fleet(version_and_queries)
+    again, asked = read_fleet(version_and_queries)
+    assert again == first and asked == ["PRAGMA data_version"]
+    Engine.objects.update(updated_at=datetime(2030, 1, 1, tzinfo=UTC))  # committed elsewhere
+    changed, asked = read_fleet(version_and_queries)
+    assert changed != first and len(asked) == 3
