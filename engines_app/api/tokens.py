@@ -45,8 +45,12 @@ def api_token_user(key: str):
     return token.user
 
 
-# The token's fields a request needs, in the model's order (``from_db`` takes them so).
-_TOKEN_FIELDS = ["id", "user_id", "last_used_at"]
+# The token's fields a request needs, in the model's order, as ``from_db`` takes them.
+_TOKEN_FIELDS = [
+    field.attname
+    for field in ApiToken._meta.concrete_fields
+    if field.attname in {"id", "user_id", "last_used_at"}
+]
 
 
 def _user_fields() -> list[str]:

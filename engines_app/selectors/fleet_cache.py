@@ -58,7 +58,8 @@ def data_version(*, reads_only: bool = False) -> tuple | None:
     """What the fleet's status is made of, as a value that changes with every write to it;
     None on a database this does not know how to ask (nothing is cached then).
 
-    ``reads_only``: this thread's connection never writes (the API's reader threads).
+    ``reads_only``: this thread's connection never writes (the API's fleet reads'
+    thread).
     On SQLite the version is then asked again only after another connection committed:
     ``PRAGMA data_version`` tells, without reading a row, while the aggregate reads all
     of them (0.5 ms at 1,000 engines). Not for a connection that writes: its own
@@ -75,14 +76,13 @@ def data_version(*, reads_only: bool = False) -> tuple | None:
             known = getattr(_asked, "version", None)
             if known is not None and known[0][0] is mark[0] and known[0][1] == mark[1]:
                 return known[1]
-        cursor.execute(sql.format(table=quote(Engine._meta.db_table)))
-        engines = cursor.fetchone()
+        engines = _engines_version(cursor, sql)
         # Every runner's last heartbeat (shown as ``runner_last_seen``) and the beat of its
         # engines in step (``Engine.beats_with_runner``). A handful of rows.
         table = quote(RunnerHeartbeat._meta.db_table)
         cursor.execute(f"SELECT name, last_seen, beats_since FROM {table}")
         runners = sorted(cursor.fetchall())
-    version = tuple(engines), tuple(runners)
+    version = engines, tuple(runners)
     if mark is not None:
         _asked.version = mark, version
     return version
@@ -90,6 +90,12 @@ def data_version(*, reads_only: bool = False) -> tuple | None:
 
 # On each thread: (its SQLite connection and data_version pragma, the version read then).
 _asked = threading.local()
+
+
+def _engines_version(cursor, sql: str) -> tuple:
+    """The engine rows' part of the version: the aggregate over every row."""
+    cursor.execute(sql.format(table=connection.ops.quote_name(Engine._meta.db_table)))
+    return tuple(cursor.fetchone())
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class Snapshot:
     version: tuple | None
     built: float
     valid_until: float
+    rows: list[dict[str, Any]]  # the engine rows as read (``STATUS_FIELDS``)
     engines: list[dict[str, Any]]
     counts: dict[str, int]
     by_status: dict[str, list[dict[str, Any]]]
@@ -117,11 +124,19 @@ def encode(document: dict[str, Any]) -> tuple[bytes, str]:
     return body, f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
 
 
-def build(version: tuple | None) -> Snapshot:
+def build(version: tuple | None, previous: Snapshot | None = None) -> Snapshot:
     """Read the rows and make a snapshot (``version`` read first: a write that lands in
-    between is in the rows, and the next look sees a newer version)."""
+    between is in the rows, and the next look sees a newer version).
+
+    When only the runners' rows moved since ``previous`` (a fleet whose engines are in
+    step: their runners' flushes carry their beats), its engine rows are used again: the
+    ages and beats shown are worked out anew from them, without reading every row again.
+    Whether they are still the database's is asked after the runners' rows are read, as
+    readers must (``runners_seen``)."""
     now, seen = time.time(), runners_seen()
-    rows = list(Engine.objects.values(*STATUS_FIELDS, **BROKER_FIELDS))
+    rows = _rows_unchanged_since(previous, version)
+    if rows is None:
+        rows = list(Engine.objects.values(*STATUS_FIELDS, **BROKER_FIELDS))
     engines = [status_row(row, now, seen) for row in rows]
     counts = status_counts(engine["status"] for engine in engines)
     body, etag = encode({**counts, "matched": len(engines), "engines": engines})
@@ -135,7 +150,20 @@ def build(version: tuple | None) -> Snapshot:
     by_status: dict[str, list[dict[str, Any]]] = {status: [] for status in STATUSES}
     for engine in engines:
         by_status.setdefault(engine["status"], []).append(engine)
-    return Snapshot(version, now, valid_until, engines, counts, by_status, body, etag)
+    return Snapshot(version, now, valid_until, rows, engines, counts, by_status, body, etag)
+
+
+def _rows_unchanged_since(
+    previous: Snapshot | None, version: tuple | None
+) -> list[dict[str, Any]] | None:
+    """``previous``'s engine rows if no engine row has changed since it was built."""
+    if previous is None or previous.version is None or version is None:
+        return None
+    if previous.version[0] != version[0]:
+        return None
+    with connection.cursor() as cursor:
+        now = _engines_version(cursor, _VERSION_SQL[connection.vendor])
+    return previous.rows if now == previous.version[0] else None
 
 
 _lock = threading.Lock()
@@ -155,7 +183,7 @@ def fleet_snapshot(*, reads_only: bool = False) -> Snapshot:
         found = _latest
         if found is not None and found.current(version, time.time()):
             return found
-        _latest = found = build(version)
+        _latest = found = build(version, found)
     return found
 
 

@@ -46,7 +46,7 @@ def test_an_argument_the_sql_does_not_get_as_it_is_is_refused():
 
 
 def test_one_engines_status_shows_its_runners_beat_and_rows_written_after_a_first_read():
-    assert engine_status_of("BTCUSDT") is None  # both reads compiled, nothing found
+    assert engine_status_of("BTCUSDT") is None  # nothing found (and both reads compiled)
     now = datetime.now(UTC).replace(microsecond=0)
     RunnerHeartbeat.objects.create(name="r1", started_at=now, last_seen=now, beats_since=now)
     Engine.objects.create(

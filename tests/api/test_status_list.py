@@ -365,6 +365,51 @@ def test_a_write_by_another_process_is_seen_by_the_next_request(project):
     assert [e["position"] for e in after.json()["engines"]] == [None, 7.0]
 
 
+def test_a_flush_that_moved_only_the_runners_row_is_shown_without_reading_the_engines_again(
+    client, fleet, token
+):
+    """A fleet in step: each flush writes the runner's row alone. The next answer works
+    the beats out anew from the engine rows already read; an engine write is read."""
+    now = datetime.now(UTC)
+    Engine.objects.filter(symbol="BTCUSDT").update(beats_with_runner=True)
+    heartbeat("runner-a", beats_since=now - timedelta(seconds=2))
+    first = get(client, token)
+    heartbeat("runner-a", beats_since=now)
+    with CaptureQueriesContext(connection) as queries:
+        after = get(client, token, HTTP_IF_NONE_MATCH=first["ETag"])
+    assert after.status_code == 200 and rows_read(queries.captured_queries) == 0
+    btc = next(e for e in after.json()["engines"] if e["symbol"] == "BTCUSDT")
+    assert btc["last_heartbeat"] == pytest.approx(now.timestamp())
+    Engine.objects.filter(symbol="ETHUSDT").update(position=3.0, updated_at=datetime.now(UTC))
+    heartbeat("runner-a", beats_since=now + timedelta(seconds=1))
+    with CaptureQueriesContext(connection) as queries:
+        written = get(client, token)
+    assert rows_read(queries.captured_queries) == 1
+    eth = next(e for e in written.json()["engines"] if e["symbol"] == "ETHUSDT")
+    assert eth["position"] == 3.0
+
+
+def test_an_engine_write_landing_while_the_runners_rows_are_read_is_in_the_answer(
+    client, fleet, token, monkeypatch
+):
+    """The engine rows are used again only if they are still the database's after the
+    runners' rows were read."""
+    from engines_app.selectors import fleet_cache
+
+    get(client, token)
+    heartbeat("runner-a", beats_since=datetime.now(UTC))  # only the runner's row moved
+    read_runners = fleet_cache.runners_seen
+
+    def then_a_write():
+        seen = read_runners()
+        Engine.objects.filter(symbol="ETHUSDT").update(position=5.0, updated_at=datetime.now(UTC))
+        return seen
+
+    monkeypatch.setattr(fleet_cache, "runners_seen", then_a_write)
+    eth = next(e for e in get(client, token).json()["engines"] if e["symbol"] == "ETHUSDT")
+    assert eth["position"] == 5.0
+
+
 def test_an_engine_in_step_shows_its_runners_beat_and_a_flush_changes_the_answer(
     client, fleet, token
 ):
