@@ -64,8 +64,7 @@ def data_version(*, reads_only: bool = False) -> tuple | None:
     ``PRAGMA data_version`` tells, without reading a row, while the aggregate reads all
     of them (0.5 ms at 1,000 engines). Not for a connection that writes: its own
     commits leave the pragma as it was."""
-    sql = _VERSION_SQL.get(connection.vendor)
-    if sql is None:
+    if connection.vendor not in _VERSION_SQL:
         return None
     quote = connection.ops.quote_name
     with connection.cursor() as cursor:
@@ -74,9 +73,9 @@ def data_version(*, reads_only: bool = False) -> tuple | None:
             cursor.execute("PRAGMA data_version")
             mark = (connection.connection, cursor.fetchone()[0])
             known = getattr(_asked, "version", None)
-            if known is not None and known[0][0] is mark[0] and known[0][1] == mark[1]:
+            if known is not None and known[0] == mark:  # the same connection, nothing new
                 return known[1]
-        engines = _engines_version(cursor, sql)
+        engines = _engines_version(cursor)
         # Every runner's last heartbeat (shown as ``runner_last_seen``) and the beat of its
         # engines in step (``Engine.beats_with_runner``). A handful of rows.
         table = quote(RunnerHeartbeat._meta.db_table)
@@ -92,8 +91,9 @@ def data_version(*, reads_only: bool = False) -> tuple | None:
 _asked = threading.local()
 
 
-def _engines_version(cursor, sql: str) -> tuple:
+def _engines_version(cursor) -> tuple:
     """The engine rows' part of the version: the aggregate over every row."""
+    sql = _VERSION_SQL[connection.vendor]
     cursor.execute(sql.format(table=connection.ops.quote_name(Engine._meta.db_table)))
     return tuple(cursor.fetchone())
 
@@ -162,7 +162,7 @@ def _rows_unchanged_since(
     if previous.version[0] != version[0]:
         return None
     with connection.cursor() as cursor:
-        now = _engines_version(cursor, _VERSION_SQL[connection.vendor])
+        now = _engines_version(cursor)
     return previous.rows if now == previous.version[0] else None
 
 
