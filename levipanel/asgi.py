@@ -1,8 +1,9 @@
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "levipanel.settings")
+
+from levipanel.handler import get_asgi_application  # noqa: E402
+
 # Set up Django (and its app registry) before anything imports models.
 django_asgi_app = get_asgi_application()
 

@@ -90,8 +90,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it answers a locked-out login with the lockout page.
     "axes.middleware.AxesMiddleware",
-    # Passes everything on; being sync-only, it makes the whole chain run as one block.
-    "levipanel.middleware.SyncMiddlewareChain",
 ]
 
 ROOT_URLCONF = "levipanel.urls"

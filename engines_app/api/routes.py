@@ -7,6 +7,8 @@ from typing import Annotated
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified, JsonResponse
+from django.middleware.gzip import re_accepts_gzip
+from django.utils.cache import patch_vary_headers
 from django.utils.http import parse_etags
 from ninja import Router, Status
 from ninja.errors import HttpError
@@ -114,9 +116,12 @@ def checked_page(page: int | None, page_size: int | None) -> None:
         )
 
 
-def etagged(request: HttpRequest, body: bytes, etag: str) -> HttpResponse:
+def etagged(request: HttpRequest, body: bytes, etag: str, *, gzipped: bool = False) -> HttpResponse:
     """``body`` as JSON with its ETag, or a 304 with no body when the client has it
-    (If-None-Match, compared weakly as RFC 9110 says; other preconditions are ignored)."""
+    (If-None-Match, compared weakly as RFC 9110 says; other preconditions are ignored).
+
+    ``gzipped``: ``body`` is gzipped; its ETag is then weak, as Django's ``GZipMiddleware``
+    makes it, so either form sent back matches."""
     sent = parse_etags(request.headers.get("If-None-Match", ""))
     fresh = "*" in sent or etag in {tag.removeprefix("W/") for tag in sent}
     response = (
@@ -124,9 +129,12 @@ def etagged(request: HttpRequest, body: bytes, etag: str) -> HttpResponse:
         if fresh
         else HttpResponse(body, content_type="application/json; charset=utf-8")
     )
-    response["ETag"] = etag
+    if gzipped and not fresh:
+        response["Content-Encoding"] = "gzip"
+    response["ETag"] = f"W/{etag}" if gzipped else etag
     # Each client asks again each time; it may keep the answer and ask with If-None-Match.
     response["Cache-Control"] = "private, no-cache"
+    patch_vary_headers(response, ("Accept-Encoding",))
     return response
 
 
@@ -150,26 +158,36 @@ def status_all(
     ``matched`` is how many engines passed. With ``page`` or ``page_size`` (1-500, default
     50) it gives one page of them, in symbol order, and says ``page`` and ``page_size``.
 
-    Strong ``ETag``: send it back as ``If-None-Match`` for a 304 with no body while nothing
-    changed."""
+    ``ETag``: send it back as ``If-None-Match`` for a 304 with no body while nothing
+    changed. The whole list is gzipped for a client that sends ``Accept-Encoding: gzip``;
+    its ETag is then weak (``W/``), and either form matches."""
     statuses = None if status is None else checked_statuses(status)
     prefix = "" if symbol is None else checked_prefix(symbol)
     checked_page(page, page_size)
-    body, etag = read_fleet(fleet_document, statuses, prefix, page, page_size)
-    return etagged(request, body, etag)
+    gzip_ok = bool(re_accepts_gzip.search(request.headers.get("Accept-Encoding", "")))
+    body, etag, gzipped = read_fleet(fleet_document, statuses, prefix, page, page_size, gzip_ok)
+    return etagged(request, body, etag, gzipped=gzipped)
 
 
 def fleet_document(
-    statuses: list[str] | None, prefix: str, page: int | None, page_size: int | None
-) -> tuple[bytes, str]:
-    """The list's JSON and its ETag: the snapshot's own while nothing is filtered. On the
-    fleet reads' thread, whose connection only reads."""
+    statuses: list[str] | None,
+    prefix: str,
+    page: int | None,
+    page_size: int | None,
+    gzip_ok: bool = False,
+) -> tuple[bytes, str, bool]:
+    """The list's JSON, its ETag and whether it is gzipped: the snapshot's own while
+    nothing is filtered, gzipped for a client that takes it (``gzip_ok``). On the fleet
+    reads' thread, whose connection only reads."""
     snapshot = fleet_snapshot(reads_only=True)
     if statuses is None and not prefix and page is None and page_size is None:
-        return snapshot.body, snapshot.etag
-    return encode(
-        fleet_page(snapshot, statuses=statuses, prefix=prefix, page=page, page_size=page_size)
+        if gzip_ok:
+            return snapshot.gzipped, snapshot.etag, True
+        return snapshot.body, snapshot.etag, False
+    page_document = fleet_page(
+        snapshot, statuses=statuses, prefix=prefix, page=page, page_size=page_size
     )
+    return *encode(page_document), False
 
 
 @router.get(

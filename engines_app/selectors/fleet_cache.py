@@ -23,10 +23,12 @@ same millisecond, read between the two, is seen when the snapshot's ``MAX_AGE`` 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import ujson
@@ -115,6 +117,13 @@ class Snapshot:
 
     def current(self, version: tuple | None, now: float) -> bool:
         return version is not None and version == self.version and now < self.valid_until
+
+    @cached_property
+    def gzipped(self) -> bytes:
+        """``body`` gzipped, made the first time a client asks for it: a thirteenth of the
+        size, in about 1.3 ms at 1,000 engines (level 3: level 6 takes twice as long for
+        a tenth less)."""
+        return gzip.compress(self.body, compresslevel=3, mtime=0)
 
 
 def encode(document: dict[str, Any]) -> tuple[bytes, str]:

@@ -1,6 +1,5 @@
-"""The status reads' own thread and kept connection, and the middleware chain run as one
-block: what makes a status request cheap, and what keeps it working when the kept
-connection dies."""
+"""The status reads' own thread and kept connection: what makes a status request cheap,
+and what keeps it working when the kept connection dies."""
 
 from __future__ import annotations
 
@@ -10,9 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from django.core.handlers.asgi import ASGIHandler
 from django.db import connection
-from django.utils.deprecation import MiddlewareMixin
 
 from engines_app.api import reads
 from engines_app.api.reads import read, read_fleet
@@ -85,21 +82,6 @@ def test_a_read_within_a_read_runs_in_place():
     """A session check that reads again on the same thread: waiting would never end."""
     outer = request_thread_read(lambda: (threading.get_ident(), read(threading.get_ident)))
     assert outer[0] == outer[1] != threading.get_ident()
-
-
-def test_every_django_middleware_runs_sync_under_asgi(monkeypatch, settings):
-    """In async mode each hook of a ``MiddlewareMixin`` is a hop to a thread and back."""
-    loaded: list[MiddlewareMixin] = []
-    init = MiddlewareMixin.__init__
-
-    def record(self, get_response):
-        init(self, get_response)
-        loaded.append(self)
-
-    monkeypatch.setattr(MiddlewareMixin, "__init__", record)
-    ASGIHandler()
-    assert len(loaded) >= 6
-    assert [type(m).__name__ for m in loaded if m.async_mode] == []
 
 
 def test_a_status_read_survives_its_kept_connection_being_killed(postgres_database, tmp_path):

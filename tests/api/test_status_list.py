@@ -3,6 +3,7 @@ and pages over it, with the fleet's counts kept."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import sqlite3
 import time
@@ -92,6 +93,45 @@ def test_the_snapshot_is_built_once_and_served_to_every_client(client, fleet, to
         second = get(client, operator2)
     assert first.content == second.content and first["ETag"] == second["ETag"]
     assert rows_read(queries.captured_queries) == 1
+
+
+def test_the_whole_list_is_gzipped_for_a_client_that_takes_it(client, fleet, token):
+    plain = get(client, token)
+    packed = get(client, token, HTTP_ACCEPT_ENCODING="br, gzip, deflate")
+    assert "Content-Encoding" not in plain and plain["Vary"] == "Accept-Encoding"
+    assert packed["Content-Encoding"] == "gzip" and packed["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed.content) == plain.content
+    # The same representation's data: the gzipped one's tag is the plain one's, made weak
+    # (as Django's GZipMiddleware does), and either sent back is a 304.
+    assert packed["ETag"] == f"W/{plain['ETag']}"
+    for sent in (plain["ETag"], packed["ETag"]):
+        again = get(client, token, HTTP_ACCEPT_ENCODING="gzip", HTTP_IF_NONE_MATCH=sent)
+        assert again.status_code == 304 and again.content == b"", sent
+        assert "Content-Encoding" not in again and again["ETag"] == packed["ETag"]
+
+
+def test_the_gzipped_list_is_made_once_a_snapshot(client, fleet, token, monkeypatch):
+    made = []
+    compress = gzip.compress
+    monkeypatch.setattr(
+        "engines_app.selectors.fleet_cache.gzip.compress",
+        lambda *args, **kwargs: made.append(1) or compress(*args, **kwargs),
+    )
+    first = get(client, token, HTTP_ACCEPT_ENCODING="gzip")
+    assert get(client, token, HTTP_ACCEPT_ENCODING="gzip").content == first.content
+    assert len(made) == 1
+    assert client.post("/engines/stop/BTCUSDT", **token).status_code == 202
+    changed = get(client, token, HTTP_ACCEPT_ENCODING="gzip")
+    assert len(made) == 2 and changed["ETag"] != first["ETag"]
+    engines = json.loads(gzip.decompress(changed.content))["engines"]
+    assert next(e for e in engines if e["symbol"] == "BTCUSDT")["desired_state"] == "stopped"
+
+
+def test_a_filtered_page_is_not_gzipped(client, fleet, token):
+    page = get(client, token, "/engines/status?status=running", HTTP_ACCEPT_ENCODING="gzip")
+    assert page.status_code == 200 and "Content-Encoding" not in page
+    assert symbols(page) == ["AAAUSDT", "ABCUSDT", "BTCUSDT"]
+    assert not page["ETag"].startswith("W/")
 
 
 @pytest.fixture
