@@ -17,9 +17,11 @@ The thread is the request's alone while it runs, as asgiref's
 ``ThreadSensitiveContext(executor=...)`` (its public way to give one) guarantees; it comes
 from ``RequestThreads``, was started by an earlier request, and goes back once everything
 the request handed it has run, as a WSGI server's threads serve one request after
-another. What Django keeps per thread it ends itself at the end of each request, as under
-WSGI: ``request_finished`` closes the database connections (``CONN_MAX_AGE`` 0) on the
-request's thread.
+another. The database connections are the one thing Django keeps per thread; it closes
+them at the end of each request (``request_finished``, ``CONN_MAX_AGE`` 0) on the
+request's thread, as under WSGI, and the pool does when a cancelled request skipped that.
+Like Django's own thread a request, the pool has no upper bound: each busy thread may hold
+a database connection.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 
 KEPT = 16  # idle threads kept for the next requests; more are made while more are busy
@@ -50,9 +53,11 @@ class RequestThread(ThreadPoolExecutor):
 class RequestThreads:
     """The pool: ``take`` a thread for a request, ``give_back`` once the request is done.
 
-    A thread is taken again only once all it was handed has run: a request whose client
-    went away is cancelled, but its sync code runs on, and its thread stays out of the
-    pool until that code ends."""
+    A thread is taken again only once all it was handed has run. A request cancelled
+    while its view runs (its client went away, then daphne gave up on it) leaves the view
+    running, and may leave Django's ``request_finished`` unrun: such a thread is given
+    back by a last job of the pool's own, queued behind everything else it was handed,
+    which closes the thread's database connections as ``request_finished`` would."""
 
     def __init__(self, kept: int = KEPT) -> None:
         self.kept = kept
@@ -67,14 +72,28 @@ class RequestThreads:
 
     def give_back(self, thread: RequestThread) -> None:
         last = thread.last
-        if last is None or last.done():
+        if last is None or (last.done() and not last.cancelled()):
+            # It ran last of all it was handed, and the one worker runs them in order.
             self._idle_again(thread)
-        else:
-            last.add_done_callback(lambda _: self._idle_again(thread))
+            return
+        # Cancelled before it ran, or still running: not through ``thread.submit``, so
+        # nothing can cancel this one.
+        ThreadPoolExecutor.submit(thread, self._end_request, thread)
 
     def idle(self) -> int:
         with self._lock:
             return len(self._idle)
+
+    def close(self) -> None:
+        """Let the idle threads end."""
+        with self._lock:
+            idle, self._idle = list(self._idle), deque()
+        for thread in idle:
+            thread.shutdown(wait=False)
+
+    def _end_request(self, thread: RequestThread) -> None:
+        close_old_connections()
+        self._idle_again(thread)
 
     def _idle_again(self, thread: RequestThread) -> None:
         with self._lock:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified, JsonResponse
-from django.middleware.gzip import re_accepts_gzip
 from django.utils.cache import patch_vary_headers
 from django.utils.http import parse_etags
 from ninja import Router, Status
@@ -116,12 +115,33 @@ def checked_page(page: int | None, page_size: int | None) -> None:
         )
 
 
-def etagged(request: HttpRequest, body: bytes, etag: str, *, gzipped: bool = False) -> HttpResponse:
+def takes_gzip(request: HttpRequest) -> bool:
+    """Whether ``Accept-Encoding`` takes gzip: named (or ``*`` when it is not) with a
+    q-value above 0 (RFC 9110, 12.5.3)."""
+    weights: dict[str, float] = {}
+    for item in request.headers.get("Accept-Encoding", "").lower().split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[coding] = weight
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
+
+
+def etagged(
+    request: HttpRequest, body: bytes, etag: str, *, gzipped: bool = False, vary: bool = False
+) -> HttpResponse:
     """``body`` as JSON with its ETag, or a 304 with no body when the client has it
     (If-None-Match, compared weakly as RFC 9110 says; other preconditions are ignored).
 
     ``gzipped``: ``body`` is gzipped; its ETag is then weak, as Django's ``GZipMiddleware``
-    makes it, so either form sent back matches."""
+    makes it, so either form sent back matches. ``vary``: the answer depends on
+    ``Accept-Encoding``."""
     sent = parse_etags(request.headers.get("If-None-Match", ""))
     fresh = "*" in sent or etag in {tag.removeprefix("W/") for tag in sent}
     response = (
@@ -134,7 +154,8 @@ def etagged(request: HttpRequest, body: bytes, etag: str, *, gzipped: bool = Fal
     response["ETag"] = f"W/{etag}" if gzipped else etag
     # Each client asks again each time; it may keep the answer and ask with If-None-Match.
     response["Cache-Control"] = "private, no-cache"
-    patch_vary_headers(response, ("Accept-Encoding",))
+    if vary:
+        patch_vary_headers(response, ("Accept-Encoding",))
     return response
 
 
@@ -164,9 +185,10 @@ def status_all(
     statuses = None if status is None else checked_statuses(status)
     prefix = "" if symbol is None else checked_prefix(symbol)
     checked_page(page, page_size)
-    gzip_ok = bool(re_accepts_gzip.search(request.headers.get("Accept-Encoding", "")))
+    whole = statuses is None and not prefix and page is None and page_size is None
+    gzip_ok = whole and takes_gzip(request)
     body, etag, gzipped = read_fleet(fleet_document, statuses, prefix, page, page_size, gzip_ok)
-    return etagged(request, body, etag, gzipped=gzipped)
+    return etagged(request, body, etag, gzipped=gzipped, vary=whole)
 
 
 def fleet_document(

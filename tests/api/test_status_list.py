@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from engines_app.models import Engine, EngineCommand
 from engines_app.runner import store
+from engines_app.selectors import fleet_cache
 from engines_app.selectors.engines import STATUSES
 from engines_app.testing import Installation
 from tests.helpers import bearer, heartbeat, hold, make_user
@@ -95,7 +96,13 @@ def test_the_snapshot_is_built_once_and_served_to_every_client(client, fleet, to
     assert rows_read(queries.captured_queries) == 1
 
 
-def test_the_whole_list_is_gzipped_for_a_client_that_takes_it(client, fleet, token):
+@pytest.fixture
+def one_snapshot(monkeypatch):
+    """Snapshots live a minute: requests a test compares are answered from one."""
+    monkeypatch.setattr(fleet_cache, "MAX_AGE", 60.0)
+
+
+def test_the_whole_list_is_gzipped_for_a_client_that_takes_it(client, fleet, token, one_snapshot):
     plain = get(client, token)
     packed = get(client, token, HTTP_ACCEPT_ENCODING="br, gzip, deflate")
     assert "Content-Encoding" not in plain and plain["Vary"] == "Accept-Encoding"
@@ -110,7 +117,33 @@ def test_the_whole_list_is_gzipped_for_a_client_that_takes_it(client, fleet, tok
         assert "Content-Encoding" not in again and again["ETag"] == packed["ETag"]
 
 
-def test_the_gzipped_list_is_made_once_a_snapshot(client, fleet, token, monkeypatch):
+@pytest.mark.parametrize(
+    ("accept", "gzipped"),
+    [
+        ("gzip", True),
+        ("deflate, GZIP;q=0.5", True),
+        ("*", True),
+        ("x-gzip", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0.0, identity", False),
+        ("*, gzip;q=0", False),
+        ("*;q=0", False),
+        ("identity", False),
+        ("br, deflate", False),
+        ("gzip;q=bad", False),
+        ("", False),
+    ],
+)
+def test_gzip_is_sent_only_when_accept_encoding_takes_it(
+    client, fleet, token, one_snapshot, accept, gzipped
+):
+    response = get(client, token, HTTP_ACCEPT_ENCODING=accept)
+    assert response.status_code == 200
+    assert (response.get("Content-Encoding") == "gzip") is gzipped, accept
+    assert response["ETag"].startswith("W/") is gzipped
+
+
+def test_the_gzipped_list_is_made_once_a_snapshot(client, fleet, token, monkeypatch, one_snapshot):
     made = []
     compress = gzip.compress
     monkeypatch.setattr(
@@ -129,7 +162,7 @@ def test_the_gzipped_list_is_made_once_a_snapshot(client, fleet, token, monkeypa
 
 def test_a_filtered_page_is_not_gzipped(client, fleet, token):
     page = get(client, token, "/engines/status?status=running", HTTP_ACCEPT_ENCODING="gzip")
-    assert page.status_code == 200 and "Content-Encoding" not in page
+    assert page.status_code == 200 and "Content-Encoding" not in page and "Vary" not in page
     assert symbols(page) == ["AAAUSDT", "ABCUSDT", "BTCUSDT"]
     assert not page["ETag"].startswith("W/")
 

@@ -12,7 +12,7 @@ import time
 from contextlib import suppress
 
 import pytest
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.http import JsonResponse
 from django.urls import path
 from django.utils.deprecation import MiddlewareMixin
@@ -46,10 +46,16 @@ def database_view(request):
     )
 
 
+def database_then_wait_view(request):
+    Engine.objects.count()
+    return waiting_view(request)
+
+
 urlpatterns = [
     path("thread", thread_view),
     path("wait", waiting_view),
     path("database", database_view),
+    path("database-wait", database_then_wait_view),
 ]
 
 
@@ -59,12 +65,15 @@ def handler(settings):
     entered.clear()
     release.clear()
     held_by.clear()
-    yield PooledThreadsASGIHandler()
+    handler = PooledThreadsASGIHandler()
+    yield handler
     release.set()
+    handler.threads.close()
 
 
-async def get(app, url: str) -> dict:
-    """GET ``url`` through ``app`` as an ASGI server would; the JSON answer."""
+async def get(app, url: str, gone: asyncio.Event | None = None) -> dict:
+    """GET ``url`` through ``app`` as an ASGI server would; the JSON answer. ``gone``: set
+    it and the client disconnects."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -86,7 +95,8 @@ async def get(app, url: str) -> dict:
         if not requested:
             requested = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()  # the client stays: no disconnect
+        await (gone or asyncio.Event()).wait()
+        return {"type": "http.disconnect"}
 
     async def send(message):
         sent.append(message)
@@ -158,6 +168,33 @@ def test_a_thread_left_running_by_a_cancelled_request_waits_out_of_the_pool(hand
     asyncio.run(scenario())
 
 
+def test_a_thread_whose_client_left_waits_out_of_the_pool_until_its_view_ends(handler):
+    """The client goes: Django cancels the view's task, and queues ``request_finished``
+    behind the view. Daphne then gives up on the request and cancels the app, which
+    cancels that queued job before it ran: the thread is still busy."""
+
+    async def scenario():
+        gone = asyncio.Event()
+        waiting = asyncio.create_task(get(handler, "wait", gone))
+        await asyncio.to_thread(entered.wait, 10)
+        gone.set()
+        await asyncio.sleep(0.2)  # Django has cancelled the view's task and waits
+        assert not waiting.done()
+        waiting.cancel()
+        with suppress(asyncio.CancelledError):
+            await waiting
+        assert handler.threads.idle() == 0
+        other = await get(handler, "thread")
+        assert other["thread"] != held_by[0]
+        release.set()
+        deadline = time.monotonic() + 10
+        while handler.threads.idle() < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert handler.threads.idle() == 2
+
+    asyncio.run(scenario())
+
+
 def test_too_many_idle_threads_are_let_go(handler):
     handler.threads.kept = 1
     first = handler.threads.take()
@@ -167,8 +204,17 @@ def test_too_many_idle_threads_are_let_go(handler):
     assert handler.threads.idle() == 1 and second._shutdown
 
 
+@pytest.fixture
+def web_connections(monkeypatch):
+    """The web process's setting, ``CONN_MAX_AGE`` 0: a runner run in this test process
+    before sets it to keep its connection, on the settings every connection shares."""
+    monkeypatch.setitem(connections.settings[DEFAULT_DB_ALIAS], "CONN_MAX_AGE", 0)
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_request_threads_database_connection_is_closed_when_its_request_ends(handler):
+def test_a_request_threads_database_connection_is_closed_when_its_request_ends(
+    handler, web_connections
+):
     async def scenario():
         answer = await get(handler, "database")
         thread = handler.threads.take()  # the one that served it: the last given back
@@ -184,3 +230,30 @@ def test_a_request_threads_database_connection_is_closed_when_its_request_ends(h
     answer, still_open = asyncio.run(scenario())
     assert answer["open"] is True  # the view had one
     assert still_open is False  # Django closed it at the request's end (CONN_MAX_AGE 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancelled_requests_database_connection_is_closed_by_the_pool(handler, web_connections):
+    """Cancelled, the request never sends ``request_finished``: the pool closes what it
+    would have."""
+
+    async def scenario():
+        waiting = asyncio.create_task(get(handler, "database-wait"))
+        await asyncio.to_thread(entered.wait, 10)
+        waiting.cancel()
+        with suppress(asyncio.CancelledError):
+            await waiting
+        release.set()
+        deadline = time.monotonic() + 10
+        while handler.threads.idle() < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        thread = handler.threads.take()
+        try:
+            return await asyncio.wrap_future(
+                thread.submit(lambda: (threading.get_ident(), connection.connection is not None))
+            )
+        finally:
+            handler.threads.give_back(thread)
+
+    ident, still_open = asyncio.run(scenario())
+    assert ident == held_by[0] and still_open is False
