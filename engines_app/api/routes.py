@@ -185,10 +185,17 @@ def status_all(
     statuses = None if status is None else checked_statuses(status)
     prefix = "" if symbol is None else checked_prefix(symbol)
     checked_page(page, page_size)
-    whole = statuses is None and not prefix and page is None and page_size is None
+    whole = unfiltered(statuses, prefix, page, page_size)
     gzip_ok = whole and takes_gzip(request)
     body, etag, gzipped = read_fleet(fleet_document, statuses, prefix, page, page_size, gzip_ok)
     return etagged(request, body, etag, gzipped=gzipped, vary=whole)
+
+
+def unfiltered(
+    statuses: list[str] | None, prefix: str, page: int | None, page_size: int | None
+) -> bool:
+    """Whether the list asked for is the whole fleet's: the snapshot's own answer."""
+    return statuses is None and not prefix and page is None and page_size is None
 
 
 def fleet_document(
@@ -202,7 +209,7 @@ def fleet_document(
     nothing is filtered, gzipped for a client that takes it (``gzip_ok``). On the fleet
     reads' thread, whose connection only reads."""
     snapshot = fleet_snapshot(reads_only=True)
-    if statuses is None and not prefix and page is None and page_size is None:
+    if unfiltered(statuses, prefix, page, page_size):
         if gzip_ok:
             return snapshot.gzipped, snapshot.etag, True
         return snapshot.body, snapshot.etag, False
