@@ -117,6 +117,7 @@ class Runner:
         self.writer.on_conflict = self.reconciler.conflicted
         self.should_exit = asyncio.Event()
         self.ready = asyncio.Event()
+        self._unflushed = False  # lines said and not flushed yet (``say``)
 
     def request_exit(self) -> None:
         """First call: stop gracefully. Second call: stop now."""
@@ -156,6 +157,8 @@ class Runner:
         finally:
             if collecting:
                 gc.enable()
+            if self.out is not None:
+                self._flush_out()
 
     async def _start_when_database_ready(self) -> bool:
         """Start up; a database that is unreachable or not migrated yet is waited for, not a
@@ -166,6 +169,7 @@ class Runner:
                 await self._prepare_database()
                 await self.writer.flush()  # its heartbeat first: peers count it before it claims
                 await self.reconciler.load()
+                await asyncio.sleep(0)  # the engines it started take their first step
                 await self.writer.flush()
                 return True
             except DatabaseError as exc:
@@ -227,6 +231,9 @@ class Runner:
                 except DatabaseError as exc:
                     await self.writer.database_error(exc)
                 poll_due = self.clock() + self.settings.poll_interval
+                # Engines the poll started take their first step before the flush: it
+                # carries their running status, not a starting one and then another flush.
+                await asyncio.sleep(0)
             await self.writer.flush()
 
     async def _wait(self, timeout: float) -> None:
@@ -254,10 +261,24 @@ class Runner:
         self.say("LeviPanel engine runner stopped")
 
     def say(self, line: str) -> None:
+        """A line for the operator: to ``out``, or the runner's log. Lines said in one turn
+        of the event loop go out in one write at its end: a fleet starting says a line an
+        engine, and a flush each was a system call each, with the loop waiting."""
         if self.out is None:
             log.info(line)
-        else:
-            self.out.write(line + "\n")
+            return
+        self.out.write(line + "\n")
+        if self._unflushed:
+            return
+        self._unflushed = True
+        try:
+            asyncio.get_running_loop().call_soon(self._flush_out)
+        except RuntimeError:  # no loop running: now
+            self._flush_out()
+
+    def _flush_out(self) -> None:
+        if self._unflushed:
+            self._unflushed = False
             self.out.flush()
 
 
