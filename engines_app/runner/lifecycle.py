@@ -261,20 +261,23 @@ class Runner:
         self.say("LeviPanel engine runner stopped")
 
     def say(self, line: str) -> None:
-        """A line for the operator: to ``out``, or the runner's log. Lines said in one turn
-        of the event loop go out in one write at its end: a fleet starting says a line an
-        engine, and a flush each was a system call each, with the loop waiting."""
+        """A line for the operator: to ``out``, or the runner's log. The lines said in one
+        turn of the event loop are flushed once, at the start of the next: a fleet starting
+        says a line an engine, and a flush each was a system call each, with the loop
+        waiting. With no loop running, at once."""
         if self.out is None:
             log.info(line)
             return
         self.out.write(line + "\n")
-        if self._unflushed:
-            return
-        self._unflushed = True
         try:
-            asyncio.get_running_loop().call_soon(self._flush_out)
-        except RuntimeError:  # no loop running: now
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._unflushed = True
             self._flush_out()
+            return
+        if not self._unflushed:
+            self._unflushed = True
+            loop.call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
         if self._unflushed:

@@ -962,11 +962,12 @@ def json_rows(rows: list[tuple]) -> str:
     """``rows`` as one JSON text for ``_update_from_json``: dates and times in ISO 8601
     (exact, with their offset); a float that is not finite as the text PostgreSQL reads
     for it ('NaN', 'Infinity'), which JSON has no number for."""
+    options = {"default": _iso, "allow_nan": False, "ensure_ascii": False, "separators": (",", ":")}
     try:
-        return json.dumps(rows, default=_iso, allow_nan=False, separators=(",", ":"))
+        return json.dumps(rows, **options)
     except ValueError:  # a NaN or an infinity: rare, so looked for only then
         rows = [tuple(_finite_or_text(value) for value in row) for row in rows]
-        return json.dumps(rows, default=_iso, separators=(",", ":"))
+        return json.dumps(rows, **options)
 
 
 def _iso(value: Any) -> str:
@@ -976,7 +977,7 @@ def _iso(value: Any) -> str:
 
 
 def _finite_or_text(value: Any) -> Any:
-    if type(value) is float and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
@@ -1064,9 +1065,9 @@ def _value_params(
 
 
 def _sample_pnl(rows: list[PnlSampleRow], now: datetime) -> None:
-    """One INSERT of a PnL point for each of ``rows``: from arrays on PostgreSQL (as
-    ``update_each``; ``bulk_create`` made a model and four placeholders a row, and
-    psycopg split and quoted each), an ``executemany`` elsewhere."""
+    """One INSERT of a PnL point for each of ``rows``: from arrays on PostgreSQL, one a
+    column (``bulk_create`` made a model and four placeholders a row, and psycopg split and
+    quoted each: 0.45 s for 10,000, against 0.056 s), an ``executemany`` elsewhere."""
     quote = connection.ops.quote_name
     table = quote(EnginePnlSample._meta.db_table)
     columns = ", ".join(quote(c) for c in ("engine_id", "at", "daily_pnl", "total_pnl"))

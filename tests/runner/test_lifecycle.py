@@ -4,6 +4,7 @@ its engines stopped and their last state written; ``runengines`` then exits non-
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 
 import pytest
@@ -114,3 +115,40 @@ def test_runengines_exits_non_zero_when_a_runner_task_fails(settings, tmp_path, 
     with pytest.raises(CommandError, match="health monitor broke"):
         call_command("runengines", "--symbols", "BTCUSDT")
     assert Engine.objects.get(symbol="BTCUSDT").status == "stopped"
+
+
+class Output(io.StringIO):
+    """The runner's output, with what it held at each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+        super().flush()
+
+
+async def test_the_lines_said_in_one_loop_turn_are_flushed_once_at_the_next(tmp_path):
+    out = Output()
+    runner = Runner(settings=fast_settings(tmp_path / "logs"), out=out)
+    runner.say("Engine BTCUSDT started")
+    runner.say("Engine ETHUSDT started")
+    assert out.getvalue() == "Engine BTCUSDT started\nEngine ETHUSDT started\n"
+    assert out.flushed == []  # written, not flushed yet: the loop has not turned
+    await asyncio.sleep(0)
+    assert out.flushed == ["Engine BTCUSDT started\nEngine ETHUSDT started\n"]
+    runner.say("Started 2/2 engines")
+    await asyncio.sleep(0)
+    assert out.flushed[1:] == [out.getvalue()] and out.getvalue().endswith("2/2 engines\n")
+
+
+def test_a_line_said_with_no_loop_running_is_flushed_at_once(tmp_path):
+    out = Output()
+    runner = Runner(settings=fast_settings(tmp_path / "logs"), out=out)
+    runner.say("Second signal: stopping every engine now")
+    runner.say("LeviPanel engine runner stopped")
+    assert out.flushed == [
+        "Second signal: stopping every engine now\n",
+        "Second signal: stopping every engine now\nLeviPanel engine runner stopped\n",
+    ]

@@ -40,8 +40,25 @@ beats = [
     store.HeartbeatRow(d, at, 4, reason, -0.5, 1e-9, 123456.789, 9, at - 1.5),
 ]
 samples = [store.PnlSampleRow(a, -2.25, 10.125), store.PnlSampleRow(b, 0.0, 1e300)]
+# C's day as stored before: a book without a day keeps it
+Engine.objects.filter(pk=c).update(pnl_day="2025-12-02", day_start_pnl=4.0, loss_base=5.0)
 store.write(statuses=statuses, errors=[], restarts=[], heartbeats=beats, books=books,
             pnl_samples=samples)
+stamped = Engine.objects.get(pk=d).updated_at
+store.write(statuses=[], errors=[], restarts=[], heartbeats=beats)  # D again, nothing new
+same_stamp = Engine.objects.get(pk=d).updated_at == stamped
+
+# Ticks on more grains than MAX_GROUPS: one UPDATE of the last tick a row (``update_each``)
+many = Engine.objects.bulk_create(
+    [Engine(symbol=f"T{i:03d}USDT") for i in range(store.MAX_GROUPS + 6)])
+store.write(statuses=[], errors=[], restarts=[], heartbeats=[
+    store.HeartbeatRow(e.pk, at, 0, None, None, 0.0, 0.0, 0, at - i * 0.1 - 0.05, changed=False)
+    for i, e in enumerate(many)])
+ticks = [
+    round(at - tick.timestamp(), 6)
+    for tick in Engine.objects.filter(symbol__startswith="T").order_by("symbol")
+    .values_list("last_tick_at", flat=True)
+]
 
 def iso(value):
     return None if value is None else value.isoformat()
@@ -52,7 +69,7 @@ fields = ("symbol", "status", "status_reason", "status_changed_at", "started_at"
           "total_pnl", "trade_count", "pnl_day", "day_start_pnl", "loss_base")
 rows = [
     [iso(v) if hasattr(v, "isoformat") else v for v in row]
-    for row in Engine.objects.order_by("symbol").values_list(*fields)
+    for row in Engine.objects.filter(symbol__in=symbols).order_by("symbol").values_list(*fields)
 ]
 points = sorted(
     [s, iso(t), p, q]
@@ -64,7 +81,8 @@ found = {
     "states": sorted(store.load_states(["AAAUSDT", "CCCUSDT"])),
     "halted": sorted(store.halted_on(["AAAUSDT", "BBBUSDT"], at)),
 }
-print(json.dumps({"rows": rows, "points": points, "found": found}))
+print(json.dumps({"rows": rows, "points": points, "found": found, "same_stamp": same_stamp,
+                  "ticks": ticks}))
 """
 
 
@@ -85,7 +103,7 @@ def expected_rows() -> list[list]:
         ["BBBUSDT", "backoff", "", AT.format("45.123456"), None, 2, 3, RETRY_AT]
         + [7, "ValueError: 'x'", None, None, None, 0.0, 0.0, 0, None, 0.0, 0.0],
         # C: a book without a day: the stored day and its figures kept
-        ["CCCUSDT", *never, None, 0.1, 0.2, 1, None, 0.0, 0.0],
+        ["CCCUSDT", *never, None, 0.1, 0.2, 1, "2025-12-02", 4.0, 5.0],
         # D: a beat with changed values, its beat and tick at the start of their grain
         ["DDDUSDT", "stopped", "", None, None, 0, None, None, 4, REASON, AT.format("45.100000")]
         + [AT.format("43.600000"), -0.5, 1e-9, 123456.789, 9, None, 0.0, 0.0],
@@ -98,7 +116,7 @@ def run(installation: Installation) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def check(found: dict) -> None:
+def check(found: dict, *, stamped_again: bool) -> None:
     for row, want in zip(found["rows"], expected_rows(), strict=True):
         assert row[0] == want[0]
         assert row == want, (row, want)
@@ -106,6 +124,13 @@ def check(found: dict) -> None:
     (s1, t1, d1, p1), (s2, t2, d2, p2) = found["points"]
     assert (s1, d1, p1, s2, d2, p2) == ("AAAUSDT", -2.25, 10.125, "BBBUSDT", 0.0, 1e300)
     assert t1 == t2  # one stamp for the write
+    # A row written again with nothing new: PostgreSQL keeps its ``updated_at`` (``when_changed``,
+    # a HOT update); SQLite rewrites the row and stamps it.
+    assert found["same_stamp"] is not stamped_again
+    # Ticks 0.05, 0.15, 0.25 s… before ``at`` (19:30:45.123456), each stored at the start of
+    # its tenth of a second: 19:30:45.0, 44.9, 44.8…
+    assert found["ticks"] == [round(0.123456 + i * 0.1, 6) for i in range(len(found["ticks"]))]
+    assert len(found["ticks"]) == store.MAX_GROUPS + 6
     assert found["found"] == {
         "control": ["BBBUSDT", "DDDUSDT"],
         "states": ["AAAUSDT", "CCCUSDT"],
@@ -115,13 +140,13 @@ def check(found: dict) -> None:
 
 def test_the_bulk_writes_and_reads_on_sqlite(tmp_path):
     with Installation(tmp_path / "data") as installation:
-        check(run(installation))
+        check(run(installation), stamped_again=True)
 
 
 @pytest.mark.postgres
 def test_the_bulk_writes_and_reads_on_postgresql(postgres_database, tmp_path):
     with Installation(tmp_path / "data", {"DATABASE_URL": postgres_database}) as installation:
-        check(run(installation))
+        check(run(installation), stamped_again=False)
 
 
 NON_FINITE = r"""
