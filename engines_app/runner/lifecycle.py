@@ -271,9 +271,9 @@ class Runner:
         self.out.write(line + "\n")
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._unflushed = True
-            self._flush_out()
+        except RuntimeError:  # no loop running: at once
+            self._unflushed = False
+            self.out.flush()
             return
         if not self._unflushed:
             self._unflushed = True

@@ -944,9 +944,9 @@ def _update_from_json(
     than half of a whole fleet's flush under cProfile (1.0 s of 1.86 s). The standard
     library's JSON encoder writes the same values at C speed, and ``jsonb`` parses each row
     once (with ``json`` each ``->>`` parsed it again: 460 against 350 ms for 10,000 status
-    rows). The ids go twice:
-    in the rows, and as a condition on the table's own ids, which the planner looks up by
-    the primary key (joined with the rows alone, it read the whole table for a few rows).
+    rows). The ids go twice: in the rows, and as a condition on the table's own ids, which
+    the planner looks up by the primary key (joined with the rows alone, it read the whole
+    table for a few rows).
     """
     columns = [f"(e->>{i})::{t} AS c{i}" for i, t in enumerate(types)]
     columns.append(f"(e->>{len(types)})::bigint AS id")

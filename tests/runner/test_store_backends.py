@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 
@@ -110,9 +111,10 @@ def expected_rows() -> list[list]:
     ]
 
 
-def run(installation: Installation) -> dict:
+def run(installation: Installation, script: str = ROUND_TRIP) -> Any:
+    """The script's last line, JSON, run on a migrated database."""
     installation.migrate()
-    done = installation.manage("shell", "-c", ROUND_TRIP)
+    done = installation.manage("shell", "-c", script)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -166,9 +168,7 @@ print(json.dumps([repr(v) for v in row]))
 def test_a_figure_that_is_not_finite_is_stored_as_such_on_postgresql(postgres_database, tmp_path):
     """JSON has no number for NaN or an infinity: they go as the text PostgreSQL reads."""
     with Installation(tmp_path / "data", {"DATABASE_URL": postgres_database}) as installation:
-        installation.migrate()
-        done = installation.manage("shell", "-c", NON_FINITE)
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["nan", "inf", "-inf"]
+        assert run(installation, NON_FINITE) == ["nan", "inf", "-inf"]
 
 
 def test_json_rows_keeps_every_value_exact():
